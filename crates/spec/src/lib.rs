@@ -1,0 +1,83 @@
+//! The unetlab design space.
+//!
+//! One YAML file describes one UNet ([`schema`]); presets live under `configs/` ([`presets`]);
+//! `extends` chains are merged by the rule documented in [`load`]; [`resolve`] validates the result
+//! into a [`UnetSpec`] with every default explicit. Every error names its field path.
+
+pub mod error;
+mod load;
+pub mod paper;
+pub mod presets;
+pub mod resolve;
+pub mod schema;
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+pub use error::{FieldError, SpecError};
+pub use load::merge;
+pub use resolve::{
+    check_latent_size, LevelSpec, MidSpec, NormSpec, StageSpec, TextTimeSpec, TimeEmbeddingSpec,
+    TransformerSpec, UnetSpec,
+};
+pub use schema::{AttentionKernel, ConvKind, FeedForwardActivation, Projection};
+
+/// A loaded, validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Display name.
+    pub name: String,
+    /// Description, if the file gives one.
+    pub description: Option<String>,
+    /// Where it came from: a file path or `preset:<name>`.
+    pub origin: String,
+    /// The resolved network.
+    pub spec: UnetSpec,
+}
+
+impl Config {
+    /// Loads a preset name or a YAML file path, following `extends`.
+    pub fn load(reference: &str) -> Result<Config, SpecError> {
+        Self::build(load::load_merged(reference)?)
+    }
+
+    /// Parses YAML text; relative `extends` paths resolve against `base_dir` (default: the
+    /// working directory). `origin` names the text in errors.
+    pub fn from_yaml(
+        text: &str,
+        origin: &str,
+        base_dir: Option<&Path>,
+    ) -> Result<Config, SpecError> {
+        Self::build(load::merged_from_text(text, origin, base_dir)?)
+    }
+
+    fn build(merged: load::Merged) -> Result<Config, SpecError> {
+        let file = load::typed(&merged)?;
+        let spec = resolve::resolve(&file).map_err(|errors| SpecError::Invalid {
+            origin: merged.origin.clone(),
+            errors,
+        })?;
+        Ok(Config {
+            name: merged.name,
+            description: file.description,
+            origin: merged.origin,
+            spec,
+        })
+    }
+
+    /// Stable content hash of the resolved network (SHA-256 of its canonical JSON, hex).
+    /// Independent of name, description, comments, key order and how `extends` was used.
+    pub fn hash(&self) -> String {
+        spec_hash(&self.spec)
+    }
+}
+
+/// SHA-256 (hex) of a spec's canonical JSON form.
+pub fn spec_hash(spec: &UnetSpec) -> String {
+    let json = serde_json::to_vec(spec).expect("a spec always serialises");
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
