@@ -1,0 +1,49 @@
+//! The cost interpreter: runs the UNet forward on shapes alone.
+//!
+//! Conventions (state them wherever a number is shown):
+//! - MACs are multiply-accumulates of conv layers (`out elements × in/groups × k²`), linear layers
+//!   (`out elements × in`) and attention matmuls (QKᵀ and AV); FLOPs = 2 × MACs. Biases, norms,
+//!   activations and softmax are not counted (the convention of `torch.utils.flop_counter`).
+//! - Activation memory is f32 (4 bytes per element). Views (reshape, permute, narrow) share their
+//!   input's buffer; every other op allocates its output, freed when the forward drops the last
+//!   handle. *Peak* is the most bytes live at once during an inference forward; *total* is every
+//!   buffer ever allocated (what a naive backward pass would keep).
+//! - No parameter memory is allocated: parameters are shapes.
+
+mod counter;
+mod report;
+
+pub use counter::{CostError, Counter, Sym};
+pub use report::{BlockCost, Conditions, CostReport, Macs, ParamInfo};
+
+use unetlab_graph::{unet_forward, UnetInputs};
+use unetlab_spec::UnetSpec;
+
+/// Counts one forward of `spec` under `conditions`.
+pub fn count(spec: &UnetSpec, conditions: Conditions) -> Result<CostReport, CostError> {
+    let mut counter = Counter::new();
+    let shapes = UnetInputs::shapes(
+        spec,
+        conditions.batch,
+        conditions.latent_size,
+        conditions.tokens,
+    );
+    let inputs = shapes.try_map(|_, dims| Ok::<_, CostError>(counter.input(dims)))?;
+    let output = unet_forward(&mut counter, spec, &inputs)?;
+    let expected = [
+        conditions.batch,
+        spec.out_channels,
+        conditions.latent_size,
+        conditions.latent_size,
+    ];
+    if output.dims() != expected {
+        return Err(CostError::new(
+            "",
+            "output",
+            format!("output shape {:?}, expected {expected:?}", output.dims()),
+        ));
+    }
+    drop(output);
+    drop(inputs);
+    Ok(counter.finish(conditions))
+}

@@ -1,0 +1,13 @@
+//! The UNet forward pass, written once.
+//!
+//! [`unet_forward`] is generic over [`Ops`]; interpreters give it meaning (shapes and costs in
+//! `unetlab-cost`, real tensors in the candle interpreter, graph nodes in the exporter). Because
+//! parameters are declared inside the forward by diffusers' names, names, counts and graphs all
+//! come from this one definition.
+
+pub mod blocks;
+pub mod ops;
+pub mod unet;
+
+pub use ops::{scoped, Conv2dParams, Init, Ops, Unary};
+pub use unet::{unet_forward, MissingInput, UnetInputs};

@@ -1,0 +1,145 @@
+//! The op trait: the small set of primitives the UNet forward is written in.
+//!
+//! An interpreter gives these ops a meaning: the cost counter propagates shapes and tallies
+//! parameters and MACs, the candle interpreter computes on real tensors, an exporter records nodes.
+//! Parameters are declared where they are used, by their local name inside the current scope
+//! (`push_scope`/`pop_scope`), so full names like `down_blocks.1.attentions.0.proj_in.weight`
+//! come from the forward itself.
+
+/// How a parameter is initialised when an interpreter creates it (rather than loading it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// All zeros (biases of norms).
+    Zeros,
+    /// All ones (scales of norms).
+    Ones,
+    /// Uniform in ±1/√fan_in: PyTorch's default for conv and linear weights and biases.
+    FanIn(usize),
+}
+
+/// Elementwise activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unary {
+    /// x·σ(x).
+    Silu,
+    /// Exact GELU, x·Φ(x) with the error function (diffusers' GEGLU).
+    GeluErf,
+    /// max(x, 0).
+    Relu,
+}
+
+/// Stride, padding and groups of a 2-D convolution (square kernels, symmetric padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Channel groups (= channels for depthwise).
+    pub groups: usize,
+}
+
+/// The primitives of the forward. Shapes follow PyTorch: images `[B, C, H, W]`, tokens `[B, N, C]`,
+/// linear weights `[out, in]`, conv weights `[out, in / groups, k, k]`.
+pub trait Ops {
+    /// A tensor value (a shape, a real tensor, a graph node).
+    type Tensor: Clone;
+    /// Errors of this interpreter.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The tensor's dimensions.
+    fn dims(&self, x: &Self::Tensor) -> Vec<usize>;
+    /// Enters a named scope (a module: `down_blocks.1`, `attn1`, ...).
+    fn push_scope(&mut self, name: &str);
+    /// Leaves the innermost scope.
+    fn pop_scope(&mut self);
+    /// Declares (and returns) parameter `name` of the current scope.
+    fn param(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+    ) -> Result<Self::Tensor, Self::Error>;
+
+    /// 2-D convolution with an optional bias `[out]`.
+    fn conv2d(
+        &mut self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        params: Conv2dParams,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `x · weightᵀ + bias` over the last dimension.
+    fn linear(
+        &mut self,
+        x: &Self::Tensor,
+        weight: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// Batched matrix product `[.., m, k] × [.., k, n]`; the forward uses it only for attention.
+    fn matmul(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    /// GroupNorm over `[B, C, ...]` with per-channel scale and shift.
+    fn group_norm(
+        &mut self,
+        x: &Self::Tensor,
+        groups: usize,
+        eps: f64,
+        weight: &Self::Tensor,
+        bias: &Self::Tensor,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// LayerNorm over the last dimension with scale and shift.
+    fn layer_norm(
+        &mut self,
+        x: &Self::Tensor,
+        eps: f64,
+        weight: &Self::Tensor,
+        bias: &Self::Tensor,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// Softmax over the last dimension.
+    fn softmax_last(&mut self, x: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    /// Elementwise activation.
+    fn unary(&mut self, x: &Self::Tensor, op: Unary) -> Result<Self::Tensor, Self::Error>;
+    /// `x · scale`.
+    fn scale(&mut self, x: &Self::Tensor, scale: f64) -> Result<Self::Tensor, Self::Error>;
+    /// Broadcasting sum.
+    fn add(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    /// Broadcasting product.
+    fn mul(&mut self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    /// Same elements, new dimensions.
+    fn reshape(&mut self, x: &Self::Tensor, dims: &[usize]) -> Result<Self::Tensor, Self::Error>;
+    /// Reorders dimensions.
+    fn permute(&mut self, x: &Self::Tensor, perm: &[usize]) -> Result<Self::Tensor, Self::Error>;
+    /// Concatenation along `dim`.
+    fn concat(&mut self, xs: &[&Self::Tensor], dim: usize) -> Result<Self::Tensor, Self::Error>;
+    /// The slice `start..start + len` of dimension `dim`.
+    fn narrow(
+        &mut self,
+        x: &Self::Tensor,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// Nearest-neighbour 2x upsampling of `[B, C, H, W]`.
+    fn upsample_nearest2x(&mut self, x: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    /// Sinusoidal embedding of every element: `[..]` → `[.., channels]`, diffusers' `Timesteps`
+    /// (`exp(-ln(10⁴)·i/(channels/2 − freq_shift))`, `[sin, cos]`, swapped when `flip_sin_to_cos`).
+    fn sinusoidal(
+        &mut self,
+        x: &Self::Tensor,
+        channels: usize,
+        flip_sin_to_cos: bool,
+        freq_shift: f64,
+    ) -> Result<Self::Tensor, Self::Error>;
+}
+
+/// Runs `f` inside scope `name`, leaving the scope even when `f` fails.
+pub fn scoped<O: Ops + ?Sized, R>(
+    ops: &mut O,
+    name: &str,
+    f: impl FnOnce(&mut O) -> Result<R, O::Error>,
+) -> Result<R, O::Error> {
+    ops.push_scope(name);
+    let result = f(ops);
+    ops.pop_scope();
+    result
+}
