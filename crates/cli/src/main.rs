@@ -1,0 +1,32 @@
+//! The `unetlab` command line.
+
+mod count;
+mod table;
+
+use clap::{Parser, Subcommand};
+
+/// Design, count and compare text-to-image diffusion UNets (a MobileDiffusion study workbench).
+///
+/// A config is a preset name (sd15, sd21, sdxl, mobilediffusion, md-lite) or a YAML file path.
+#[derive(Parser)]
+#[command(name = "unetlab", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Count(count::CountArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Count(args) => count::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
