@@ -4,6 +4,7 @@
 //! `extends` chains are merged by the rule documented in [`load`]; [`resolve`] validates the result
 //! into a [`UnetSpec`] with every default explicit. Every error names its field path.
 
+pub mod diffusers;
 pub mod error;
 mod load;
 pub mod paper;
@@ -50,6 +51,33 @@ impl Config {
         base_dir: Option<&Path>,
     ) -> Result<Config, SpecError> {
         Self::build(load::merged_from_text(text, origin, base_dir)?)
+    }
+
+    /// Imports a diffusers `UNet2DConditionModel` config file (see [`diffusers`]). Returns the
+    /// config and the unetlab YAML it was read from.
+    pub fn from_diffusers_file(path: &Path) -> Result<(Config, String), SpecError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let invalid = |errors| SpecError::Invalid {
+            origin: origin.clone(),
+            errors,
+        };
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| invalid(vec![FieldError::new("", format!("invalid JSON: {e}"))]))?;
+        let name = match path.file_name().and_then(|f| f.to_str()) {
+            Some("config.json") => path.parent().and_then(|p| p.file_name()),
+            _ => path.file_stem(),
+        }
+        .map_or_else(
+            || "diffusers".to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let yaml = diffusers::yaml_from_diffusers(&json, &name).map_err(invalid)?;
+        let config = Self::from_yaml(&yaml, &origin, None)?;
+        Ok((config, yaml))
     }
 
     fn build(merged: load::Merged) -> Result<Config, SpecError> {
