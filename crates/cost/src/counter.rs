@@ -235,7 +235,7 @@ impl Ops for Counter {
         self.scope.pop();
     }
 
-    fn param(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Sym, CostError> {
+    fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Sym, CostError> {
         let mut full = self.scope.join(".");
         if !full.is_empty() {
             full.push('.');
@@ -252,6 +252,7 @@ impl Ops for Counter {
         self.parameters.push(ParamInfo {
             name: full,
             shape: shape.to_vec(),
+            init,
         });
         Ok(Sym {
             dims: shape.to_vec(),

@@ -1,6 +1,7 @@
 //! What the cost interpreter reports.
 
 use serde::Serialize;
+use unetlab_graph::Init;
 
 /// Conditions of one counted forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,12 +39,14 @@ impl Macs {
 }
 
 /// A parameter declared by the forward.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ParamInfo {
     /// Full name (`down_blocks.0.resnets.0.conv1.weight`).
     pub name: String,
     /// Shape.
     pub shape: Vec<usize>,
+    /// How the forward asks for it to be initialised.
+    pub init: Init,
 }
 
 impl ParamInfo {
