@@ -1,0 +1,104 @@
+//! The candle interpreter of the UNet forward.
+//!
+//! [`UnetModel`] pairs a resolved spec with its parameters ([`ParamStore`]) and runs
+//! `unetlab_graph::unet_forward` through [`CandleOps`]. Which parameters exist, with which names and
+//! shapes, is taken from the cost interpreter's walk of the same forward, so the candle model
+//! cannot declare anything the counter does not count.
+
+mod device;
+mod error;
+mod ops;
+mod params;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use unetlab_cost::{count, Conditions, ParamInfo};
+use unetlab_graph::{unet_forward, UnetInputs};
+use unetlab_spec::UnetSpec;
+
+pub use device::{parse_device, parse_dtype, write_safetensors};
+pub use error::ModelError;
+pub use ops::CandleOps;
+pub use params::ParamStore;
+
+/// The parameters `spec` declares, in declaration order (a walk of the forward on shapes).
+pub fn declared_params(spec: &UnetSpec) -> Result<Vec<ParamInfo>, ModelError> {
+    let smallest = 1 << spec.levels.len().saturating_sub(1);
+    let conditions = Conditions {
+        batch: 1,
+        latent_size: smallest,
+        tokens: 1,
+    };
+    Ok(count(spec, conditions)?.parameters)
+}
+
+/// A runnable UNet.
+#[derive(Debug)]
+pub struct UnetModel {
+    /// The network.
+    pub spec: UnetSpec,
+    /// Its parameters.
+    pub params: ParamStore,
+}
+
+impl UnetModel {
+    /// Seeded random initialisation: the same seed gives bit-identical weights.
+    pub fn init(
+        spec: UnetSpec,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let params = ParamStore::init(&declared_params(&spec)?, seed, device, dtype)?;
+        Ok(UnetModel { spec, params })
+    }
+
+    /// Loads diffusers-named weights (e.g. a `diffusion_pytorch_model.safetensors`).
+    pub fn load(
+        spec: UnetSpec,
+        weights: &Path,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let params = ParamStore::load(&declared_params(&spec)?, weights, device, dtype)?;
+        Ok(UnetModel { spec, params })
+    }
+
+    /// Saves the weights under diffusers names.
+    pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<(), ModelError> {
+        self.params.save(path, metadata)
+    }
+
+    /// One UNet evaluation for inference (no autograd graph). Inputs are converted to the model's
+    /// dtype; timesteps and time ids stay f32.
+    pub fn forward(&self, inputs: &UnetInputs<Tensor>) -> Result<Tensor, ModelError> {
+        unet_forward(
+            &mut CandleOps::new(&self.params),
+            &self.spec,
+            &self.cast_inputs(inputs)?,
+        )
+    }
+
+    /// One UNet evaluation that records the autograd graph, so `backward` reaches every parameter.
+    pub fn forward_train(&self, inputs: &UnetInputs<Tensor>) -> Result<Tensor, ModelError> {
+        unet_forward(
+            &mut CandleOps::trainable(&self.params),
+            &self.spec,
+            &self.cast_inputs(inputs)?,
+        )
+    }
+
+    /// Inputs converted to the model's dtype (timesteps and time ids stay f32).
+    pub fn cast_inputs(
+        &self,
+        inputs: &UnetInputs<Tensor>,
+    ) -> Result<UnetInputs<Tensor>, ModelError> {
+        let dtype = self.params.dtype();
+        Ok(inputs.try_map(|name, t| match name {
+            "timestep" | "time_ids" => t.to_dtype(DType::F32),
+            _ => t.to_dtype(dtype),
+        })?)
+    }
+}

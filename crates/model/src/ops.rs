@@ -1,0 +1,290 @@
+//! [`CandleOps`]: the [`Ops`] implementation over real candle tensors.
+//!
+//! Every op here is differentiable with candle's autograd: norms and softmax are written out from
+//! primitive ops (candle 0.11's fused `layer_norm` and `softmax_last_dim` record no backward), and
+//! norms and softmax run in f32 whatever the model dtype.
+
+use candle_core::{DType, Tensor, D};
+use unetlab_graph::{Conv2dParams, Init, Ops, Unary};
+
+use crate::error::ModelError;
+use crate::params::ParamStore;
+
+/// Runs the forward on real tensors, taking parameters from a [`ParamStore`].
+pub struct CandleOps<'a> {
+    store: &'a ParamStore,
+    scope: Vec<String>,
+    accessed: Vec<String>,
+    track_gradients: bool,
+}
+
+impl<'a> CandleOps<'a> {
+    /// An inference interpreter reading parameters from `store`: no autograd graph is kept, so
+    /// activations are freed as soon as the forward is done with them.
+    pub fn new(store: &'a ParamStore) -> Self {
+        CandleOps {
+            store,
+            scope: Vec::new(),
+            accessed: Vec::new(),
+            track_gradients: false,
+        }
+    }
+
+    /// A training interpreter: parameters are the store's variables, so `backward` reaches them.
+    pub fn trainable(store: &'a ParamStore) -> Self {
+        CandleOps {
+            track_gradients: true,
+            ..Self::new(store)
+        }
+    }
+
+    /// Names of the parameters the forward has used so far, in order of use.
+    pub fn accessed(&self) -> &[String] {
+        &self.accessed
+    }
+}
+
+/// candle's CPU backend has no bf16 matmul or conv: there, those ops compute in f32 on upcast
+/// operands and round the result back to bf16. Returns the operands to use and the dtype to return.
+fn matmul_operands<const N: usize>(ts: [&Tensor; N]) -> candle_core::Result<([Tensor; N], DType)> {
+    let dtype = ts[0].dtype();
+    let upcast = dtype == DType::BF16 && ts[0].device().is_cpu();
+    let cast = |t: &Tensor| {
+        if upcast {
+            t.to_dtype(DType::F32)
+        } else {
+            Ok(t.clone())
+        }
+    };
+    let mut out = Vec::with_capacity(N);
+    for t in ts {
+        out.push(cast(t)?);
+    }
+    Ok((out.try_into().expect("N operands"), dtype))
+}
+
+/// Depthwise 3x3 (stride 1) as nine shifted multiply-adds: candle's grouped conv runs one conv per
+/// group and is about 10x slower, forward and backward.
+fn depthwise(x: &Tensor, w: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
+    let (_, c, h, wd) = x.dims4()?;
+    let k = w.dim(2)?;
+    let padded = x
+        .pad_with_zeros(2, padding, padding)?
+        .pad_with_zeros(3, padding, padding)?;
+    let (ho, wo) = (h + 2 * padding + 1 - k, wd + 2 * padding + 1 - k);
+    let mut out: Option<Tensor> = None;
+    for i in 0..k {
+        for j in 0..k {
+            let tap = w.narrow(2, i, 1)?.narrow(3, j, 1)?.reshape((1, c, 1, 1))?;
+            let term = padded
+                .narrow(2, i, ho)?
+                .narrow(3, j, wo)?
+                .broadcast_mul(&tap)?;
+            out = Some(match out {
+                Some(acc) => (acc + term)?,
+                None => term,
+            });
+        }
+    }
+    Ok(out.expect("kernel is at least 1x1"))
+}
+
+/// `(x - mean) / sqrt(var + eps)` over the last dimension, computed in f32.
+fn standardize_last(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+/// `x * weight + bias` with per-channel parameters along `dim`.
+fn affine_channels(x: &Tensor, dim: usize, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    let mut shape = vec![1; x.rank()];
+    shape[dim] = x.dim(dim)?;
+    x.broadcast_mul(&w.reshape(shape.as_slice())?)?
+        .broadcast_add(&b.reshape(shape.as_slice())?)
+}
+
+impl Ops for CandleOps<'_> {
+    type Tensor = Tensor;
+    type Error = ModelError;
+
+    fn dims(&self, x: &Tensor) -> Vec<usize> {
+        x.dims().to_vec()
+    }
+
+    fn push_scope(&mut self, name: &str) {
+        self.scope.push(name.to_string());
+    }
+
+    fn pop_scope(&mut self) {
+        self.scope.pop();
+    }
+
+    fn param(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Tensor, ModelError> {
+        let mut full = self.scope.join(".");
+        if !full.is_empty() {
+            full.push('.');
+        }
+        full.push_str(name);
+        let t = self.store.get(&full, shape)?;
+        self.accessed.push(full);
+        Ok(if self.track_gradients { t } else { t.detach() })
+    }
+
+    fn conv2d(
+        &mut self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        p: Conv2dParams,
+    ) -> Result<Tensor, ModelError> {
+        let channels = x.dim(1)?;
+        let y = if p.groups > 1 && p.groups == channels && w.dim(1)? == 1 && p.stride == 1 {
+            depthwise(x, w, p.padding)?
+        } else {
+            let ([x, w], dtype) = matmul_operands([x, w])?;
+            x.conv2d(&w, p.padding, p.stride, 1, p.groups)?
+                .to_dtype(dtype)?
+        };
+        Ok(match b {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
+            None => y,
+        })
+    }
+
+    fn linear(&mut self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        let dims = x.dims().to_vec();
+        let cin = dims[dims.len() - 1];
+        let rows = x.elem_count() / cin;
+        let ([x, w], dtype) = matmul_operands([x, w])?;
+        let y = x.reshape((rows, cin))?.matmul(&w.t()?)?.to_dtype(dtype)?;
+        let y = match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().expect("non-empty") = w.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+
+    fn matmul(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, ModelError> {
+        let ([a, b], dtype) = matmul_operands([a, b])?;
+        Ok(a.contiguous()?.matmul(&b.contiguous()?)?.to_dtype(dtype)?)
+    }
+
+    fn group_norm(
+        &mut self,
+        x: &Tensor,
+        groups: usize,
+        eps: f64,
+        w: &Tensor,
+        b: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let dims = x.dims().to_vec();
+        let (batch, c) = (dims[0], dims[1]);
+        let grouped = x.reshape((batch, groups, x.elem_count() / (batch * groups)))?;
+        let normed = standardize_last(&grouped, eps)?
+            .reshape(dims)?
+            .to_dtype(x.dtype())?;
+        Ok(affine_channels(&normed, 1, w, b)
+            .map_err(|e| e.context(format!("group_norm over {c} channels")))?)
+    }
+
+    fn layer_norm(
+        &mut self,
+        x: &Tensor,
+        eps: f64,
+        w: &Tensor,
+        b: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let normed = standardize_last(x, eps)?.to_dtype(x.dtype())?;
+        Ok(affine_channels(&normed, x.rank() - 1, w, b)?)
+    }
+
+    fn softmax_last(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let x32 = x.to_dtype(DType::F32)?;
+        // The shift only guards exp against overflow; softmax is invariant to it, so no gradient.
+        let shifted = x32.broadcast_sub(&x32.max_keepdim(D::Minus1)?.detach())?;
+        let e = shifted.exp()?;
+        Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+            .to_dtype(x.dtype())?)
+    }
+
+    fn unary(&mut self, x: &Tensor, op: Unary) -> Result<Tensor, ModelError> {
+        Ok(match op {
+            Unary::Silu => x.silu()?,
+            Unary::GeluErf => x.gelu_erf()?,
+            Unary::Relu => x.relu()?,
+        })
+    }
+
+    fn scale(&mut self, x: &Tensor, scale: f64) -> Result<Tensor, ModelError> {
+        Ok(x.affine(scale, 0.0)?)
+    }
+
+    fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(a.broadcast_add(b)?)
+    }
+
+    fn mul(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(a.broadcast_mul(b)?)
+    }
+
+    fn reshape(&mut self, x: &Tensor, dims: &[usize]) -> Result<Tensor, ModelError> {
+        Ok(x.reshape(dims)?)
+    }
+
+    fn permute(&mut self, x: &Tensor, perm: &[usize]) -> Result<Tensor, ModelError> {
+        Ok(x.permute(perm)?)
+    }
+
+    fn concat(&mut self, xs: &[&Tensor], dim: usize) -> Result<Tensor, ModelError> {
+        Ok(Tensor::cat(xs, dim)?)
+    }
+
+    fn narrow(
+        &mut self,
+        x: &Tensor,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Tensor, ModelError> {
+        Ok(x.narrow(dim, start, len)?)
+    }
+
+    fn upsample_nearest2x(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        // Broadcast instead of candle's upsample op, whose backward runs a grouped conv.
+        let (b, c, h, w) = x.dims4()?;
+        Ok(x.reshape((b, c, h, 1, w, 1))?
+            .broadcast_as((b, c, h, 2, w, 2))?
+            .reshape((b, c, 2 * h, 2 * w))?)
+    }
+
+    fn sinusoidal(
+        &mut self,
+        x: &Tensor,
+        channels: usize,
+        flip_sin_to_cos: bool,
+        freq_shift: f64,
+    ) -> Result<Tensor, ModelError> {
+        let half = channels / 2;
+        // Mirrors diffusers' float32 arithmetic: exp(-ln(10000) * i / (half - shift)).
+        let log_period = -(10000f64.ln()) as f32;
+        let denom = (half as f64 - freq_shift) as f32;
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| (log_period * i as f32 / denom).exp())
+            .collect();
+        let freqs = Tensor::from_vec(freqs, half, x.device())?;
+        let args = x.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
+        let args = args.broadcast_mul(&freqs)?;
+        let (sin, cos) = (args.sin()?, args.cos()?);
+        let parts = if flip_sin_to_cos {
+            [&cos, &sin]
+        } else {
+            [&sin, &cos]
+        };
+        let dtype = self.store.dtype();
+        Ok(Tensor::cat(&parts, D::Minus1)?.to_dtype(dtype)?)
+    }
+}

@@ -1,0 +1,89 @@
+//! The candle interpreter against diffusers: the reference fixtures' outputs to within 1e-4 (f32).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use unetlab_graph::UnetInputs;
+use unetlab_model::UnetModel;
+use unetlab_spec::Config;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/fixtures")
+        .join(name)
+}
+
+fn config(name: &str) -> Config {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../configs/fixtures/{name}.yaml"));
+    Config::load(path.to_str().unwrap()).unwrap()
+}
+
+fn io(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name).join("io.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn inputs(io: &HashMap<String, Tensor>) -> UnetInputs<Tensor> {
+    UnetInputs {
+        sample: io["sample"].clone(),
+        timestep: io["timestep"].clone(),
+        encoder_hidden_states: io["encoder_hidden_states"].clone(),
+        text_embeds: io.get("text_embeds").cloned(),
+        time_ids: io.get("time_ids").cloned(),
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn run(name: &str, dtype: DType) -> (Tensor, Tensor) {
+    let model = UnetModel::load(
+        config(name).spec,
+        &fixture(name).join("diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+        dtype,
+    )
+    .unwrap();
+    let io = io(name);
+    (model.forward(&inputs(&io)).unwrap(), io["output"].clone())
+}
+
+#[test]
+fn fixtures_match_diffusers_in_f32() {
+    for name in ["tiny-sd", "tiny-sdxl"] {
+        let (ours, theirs) = run(name, DType::F32);
+        assert_eq!(ours.dims(), theirs.dims());
+        let diff = max_abs_diff(&ours, &theirs);
+        eprintln!("{name}: max |Δ| = {diff:e}");
+        assert!(diff <= 1e-4, "{name}: max |Δ| = {diff}");
+    }
+}
+
+/// Half-precision tolerances, documented in README.md ("Precision"): the output is unit-scale noise,
+/// and f16 keeps 11 mantissa bits, bf16 8.
+const F16_TOLERANCE: f32 = 1e-2;
+const BF16_TOLERANCE: f32 = 5e-2;
+
+#[test]
+fn half_precision_stays_within_the_documented_tolerance() {
+    let (f32_out, _) = run("tiny-sd", DType::F32);
+    for (dtype, tolerance) in [(DType::F16, F16_TOLERANCE), (DType::BF16, BF16_TOLERANCE)] {
+        let (out, _) = run("tiny-sd", dtype);
+        assert_eq!(out.dtype(), dtype);
+        let diff = max_abs_diff(&out, &f32_out);
+        eprintln!("tiny-sd {dtype:?}: max |Δ| vs f32 = {diff:e}");
+        assert!(diff <= tolerance, "{dtype:?}: max |Δ| = {diff}");
+        assert!(diff > 0.0, "{dtype:?} did not change the arithmetic at all");
+    }
+}
