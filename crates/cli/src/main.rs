@@ -1,6 +1,8 @@
 //! The `unetlab` command line.
 
+mod convert;
 mod count;
+mod forward;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -18,12 +20,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Count(count::CountArgs),
+    Forward(forward::ForwardArgs),
+    Convert(convert::ConvertArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Count(args) => count::run(&args),
+        Command::Forward(args) => forward::run(&args),
+        Command::Convert(args) => convert::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

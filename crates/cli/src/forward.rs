@@ -1,0 +1,139 @@
+//! `unetlab forward`: one UNet evaluation from safetensors inputs to a safetensors output.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Tensor};
+use unetlab_graph::UnetInputs;
+use unetlab_model::{parse_device, parse_dtype, write_safetensors, UnetModel};
+use unetlab_spec::Config;
+
+/// Run one UNet evaluation (for golden tests and debugging).
+///
+/// INPUTS holds `sample` [B, C, S, S], `timestep` [B], `encoder_hidden_states` [B, T, D], and for
+/// `text_time` configs `text_embeds` and `time_ids`. OUTPUT gets `output` (f32).
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("network").required(true).args(["config", "diffusers_config"]))]
+pub struct ForwardArgs {
+    /// A preset name or unetlab YAML config.
+    #[arg(long)]
+    config: Option<String>,
+    /// A diffusers UNet2DConditionModel config.json instead of --config.
+    #[arg(long, value_name = "CONFIG_JSON")]
+    diffusers_config: Option<PathBuf>,
+    /// Weights with diffusers names (e.g. diffusion_pytorch_model.safetensors).
+    #[arg(long, conflicts_with = "seed")]
+    weights: Option<PathBuf>,
+    /// Seed for random weights when no --weights are given.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The inputs (safetensors).
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Where to write the output (safetensors, tensor `output`).
+    #[arg(long)]
+    output: PathBuf,
+    /// cpu, cuda[:N] or metal[:N] (cuda/metal need the matching cargo feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+/// Runs `unetlab forward`.
+pub fn run(args: &ForwardArgs) -> Result<()> {
+    let device = parse_device(&args.device).map_err(|e| anyhow!(e))?;
+    let dtype = parse_dtype(&args.dtype).map_err(|e| anyhow!(e))?;
+    let config = match (&args.config, &args.diffusers_config) {
+        (Some(c), _) => Config::load(c)?,
+        (None, Some(path)) => Config::from_diffusers_file(path)?.0,
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let spec = config.spec.clone();
+    let mut tensors = candle_core::safetensors::load(&args.inputs, &device)
+        .with_context(|| format!("reading inputs {}", args.inputs.display()))?;
+    let inputs = take_inputs(&mut tensors, &config)?;
+    if !tensors.is_empty() {
+        let mut extra: Vec<&String> = tensors.keys().collect();
+        extra.sort();
+        eprintln!(
+            "ignoring tensors in {} that are not inputs: {extra:?}",
+            args.inputs.display()
+        );
+    }
+
+    let model = match &args.weights {
+        Some(w) => UnetModel::load(spec, w, &device, dtype)?,
+        None => {
+            eprintln!("no --weights: random weights from seed {}", args.seed);
+            UnetModel::init(spec, args.seed, &device, dtype)?
+        }
+    };
+    let start = Instant::now();
+    let output = model.forward(&inputs)?.to_dtype(DType::F32)?;
+    eprintln!(
+        "{}: output {:?} ({:?} on {}) in {:.3} s",
+        config.name,
+        output.dims(),
+        dtype,
+        args.device,
+        start.elapsed().as_secs_f64()
+    );
+    let metadata = HashMap::from([
+        ("unetlab.config".to_string(), config.name.clone()),
+        ("unetlab.config_hash".to_string(), config.hash()),
+    ]);
+    write_safetensors(&args.output, &[("output", &output)], metadata)?;
+    Ok(())
+}
+
+/// Takes the named inputs out of `tensors`, checking their shapes against the config.
+fn take_inputs(
+    tensors: &mut HashMap<String, Tensor>,
+    config: &Config,
+) -> Result<UnetInputs<Tensor>> {
+    let spec = &config.spec;
+    let mut take = |name: &str| {
+        tensors
+            .remove(name)
+            .ok_or_else(|| anyhow!("inputs: missing tensor `{name}`"))
+    };
+    let sample = take("sample")?;
+    let ehs = take("encoder_hidden_states")?;
+    let (text_embeds, time_ids) = if spec.addition.is_some() {
+        (Some(take("text_embeds")?), Some(take("time_ids")?))
+    } else {
+        (None, None)
+    };
+    let timestep = take("timestep")?;
+    let &[batch, _, size, _] = sample.dims() else {
+        bail!(
+            "inputs: `sample` must be [B, C, S, S], found {:?}",
+            sample.dims()
+        );
+    };
+    let tokens = ehs.dims().get(1).copied().unwrap_or(0);
+    unetlab_spec::check_latent_size(spec.levels.len(), size)
+        .map_err(|m| anyhow!("inputs: `sample` size {m}"))?;
+    let inputs = UnetInputs {
+        sample,
+        timestep,
+        encoder_hidden_states: ehs,
+        text_embeds,
+        time_ids,
+    };
+    let expected = UnetInputs::shapes(spec, batch, size, tokens);
+    for ((name, t), (_, want)) in inputs.named().into_iter().zip(expected.named()) {
+        if t.dims() != want.as_slice() {
+            bail!(
+                "inputs: `{name}` has shape {:?}, {} expects {want:?}",
+                t.dims(),
+                config.name
+            );
+        }
+    }
+    Ok(inputs)
+}
