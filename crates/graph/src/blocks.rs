@@ -163,21 +163,19 @@ pub fn attention<O: Ops>(
     let v = ops.reshape(&v, &[batch, m, heads, head_dim])?;
     let v = ops.permute(&v, &[0, 2, 1, 3])?;
 
+    // The score scale is applied to Q (n·d elements) rather than to QKᵀ (n·m): for ReLU attention
+    // relu(QKᵀ·s)/m = relu((Q·s/m)Kᵀ) since s/m > 0.
     let scale = 1.0 / (head_dim as f64).sqrt();
+    let q = match t.kernel {
+        AttentionKernel::Softmax => ops.scale(&q, scale)?,
+        AttentionKernel::Relu => ops.scale(&q, scale / m as f64)?,
+    };
     // Scoped so that the raw scores are freed as soon as the probabilities exist.
     let probs = {
         let scores = ops.matmul(&q, &kt)?;
         match t.kernel {
-            AttentionKernel::Softmax => {
-                let s = ops.scale(&scores, scale)?;
-                drop(scores);
-                ops.softmax_last(&s)?
-            }
-            AttentionKernel::Relu => {
-                let s = ops.unary(&scores, Unary::Relu)?;
-                drop(scores);
-                ops.scale(&s, scale / m as f64)?
-            }
+            AttentionKernel::Softmax => ops.softmax_last(&scores)?,
+            AttentionKernel::Relu => ops.unary(&scores, Unary::Relu)?,
         }
     };
     let o = ops.matmul(&probs, &v)?;

@@ -7,6 +7,7 @@
 
 mod device;
 mod error;
+mod inputs;
 mod ops;
 mod params;
 
@@ -20,6 +21,7 @@ use unetlab_spec::UnetSpec;
 
 pub use device::{parse_device, parse_dtype, write_safetensors};
 pub use error::ModelError;
+pub use inputs::example_inputs;
 pub use ops::CandleOps;
 pub use params::ParamStore;
 

@@ -1,8 +1,11 @@
 //! [`CandleOps`]: the [`Ops`] implementation over real candle tensors.
 //!
-//! Every op here is differentiable with candle's autograd: norms and softmax are written out from
-//! primitive ops (candle 0.11's fused `layer_norm` and `softmax_last_dim` record no backward), and
-//! norms and softmax run in f32 whatever the model dtype.
+//! On the training path every op is differentiable with candle's autograd: norms and softmax are
+//! written out from primitive ops, because candle 0.11's fused `layer_norm` and `softmax_last_dim`
+//! record no backward. Inference in f32 uses those fused kernels (one pass instead of five). Norms
+//! and softmax always compute in f32, whatever the model dtype.
+
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor, D};
 use unetlab_graph::{Conv2dParams, Init, Ops, Unary};
@@ -16,6 +19,15 @@ pub struct CandleOps<'a> {
     scope: Vec<String>,
     accessed: Vec<String>,
     track_gradients: bool,
+    block_timer: Option<BlockTimer>,
+}
+
+/// Wall time per top-level block (`conv_in`, `down_blocks.0`, ..., `conv_out`), measured by
+/// synchronising the device when the forward enters and leaves each one.
+#[derive(Debug, Default)]
+struct BlockTimer {
+    entered: Option<Instant>,
+    times: Vec<(String, Duration)>,
 }
 
 impl<'a> CandleOps<'a> {
@@ -27,7 +39,32 @@ impl<'a> CandleOps<'a> {
             scope: Vec::new(),
             accessed: Vec::new(),
             track_gradients: false,
+            block_timer: None,
         }
+    }
+
+    /// An inference interpreter that also times each top-level block (see [`Self::block_times`]).
+    pub fn timed(store: &'a ParamStore) -> Self {
+        CandleOps {
+            block_timer: Some(BlockTimer::default()),
+            ..Self::new(store)
+        }
+    }
+
+    /// Time spent in each top-level block, in execution order (empty unless built with [`Self::timed`]).
+    pub fn block_times(&self) -> &[(String, Duration)] {
+        self.block_timer.as_ref().map_or(&[], |t| &t.times)
+    }
+
+    /// Whether candle's fused (non-differentiable) kernels may be used for `x`: inference in f32.
+    fn fused_kernels(&self, x: &Tensor) -> bool {
+        !self.track_gradients && x.dtype() == DType::F32
+    }
+
+    /// Waits for queued device work, so wall-clock boundaries are real (a no-op on CPU).
+    fn sync(&self) {
+        // A failed synchronise only blurs a block boundary; the forward itself reports real errors.
+        let _ = self.store.device().synchronize();
     }
 
     /// A training interpreter: parameters are the store's variables, so `backward` reaches them.
@@ -114,11 +151,25 @@ impl Ops for CandleOps<'_> {
     }
 
     fn push_scope(&mut self, name: &str) {
+        if self.scope.is_empty() && self.block_timer.is_some() {
+            self.sync();
+            if let Some(t) = &mut self.block_timer {
+                t.entered = Some(Instant::now());
+            }
+        }
         self.scope.push(name.to_string());
     }
 
     fn pop_scope(&mut self) {
-        self.scope.pop();
+        let left = self.scope.pop();
+        if self.scope.is_empty() && self.block_timer.is_some() {
+            self.sync();
+            if let (Some(t), Some(name)) = (&mut self.block_timer, left) {
+                if let Some(start) = t.entered.take() {
+                    t.times.push((name, start.elapsed()));
+                }
+            }
+        }
     }
 
     fn param(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Tensor, ModelError> {
@@ -203,6 +254,9 @@ impl Ops for CandleOps<'_> {
     }
 
     fn softmax_last(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        if self.fused_kernels(x) {
+            return Ok(candle_nn::ops::softmax_last_dim(x)?);
+        }
         let x32 = x.to_dtype(DType::F32)?;
         // The shift only guards exp against overflow; softmax is invariant to it, so no gradient.
         let shifted = x32.broadcast_sub(&x32.max_keepdim(D::Minus1)?.detach())?;

@@ -17,6 +17,7 @@ use crate::error::ModelError;
 pub struct ParamStore {
     vars: BTreeMap<String, Var>,
     dtype: DType,
+    device: Device,
 }
 
 /// A stable 64-bit hash of a parameter name (FNV-1a), so each tensor's random stream depends only
@@ -52,7 +53,11 @@ impl ParamStore {
             let t = Tensor::from_vec(values, p.shape.as_slice(), device)?.to_dtype(dtype)?;
             vars.insert(p.name.clone(), Var::from_tensor(&t)?);
         }
-        Ok(ParamStore { vars, dtype })
+        Ok(ParamStore {
+            vars,
+            dtype,
+            device: device.clone(),
+        })
     }
 
     /// Loads exactly the declared parameters from a safetensors file, converting to `dtype`.
@@ -131,7 +136,11 @@ impl ParamStore {
             let t = view.load(device)?.to_dtype(dtype)?;
             vars.insert(p.name.clone(), Var::from_tensor(&t)?);
         }
-        Ok(ParamStore { vars, dtype })
+        Ok(ParamStore {
+            vars,
+            dtype,
+            device: device.clone(),
+        })
     }
 
     /// Writes every parameter under its diffusers name, with `metadata` in the header. The file
@@ -180,6 +189,11 @@ impl ParamStore {
     /// True when there are no parameters.
     pub fn is_empty(&self) -> bool {
         self.vars.is_empty()
+    }
+
+    /// The device parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The dtype parameters are held in.

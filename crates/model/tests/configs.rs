@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use unetlab_cost::{count, Conditions};
-use unetlab_graph::{unet_forward, UnetInputs};
-use unetlab_model::{CandleOps, UnetModel};
+use unetlab_graph::unet_forward;
+use unetlab_model::{example_inputs, CandleOps, UnetModel};
 use unetlab_spec::{presets, Config};
 
 fn configs_dir() -> PathBuf {
@@ -24,12 +24,6 @@ fn yaml_files(dir: &Path) -> Vec<String> {
     files
 }
 
-fn zeros_inputs(shapes: &UnetInputs<Vec<usize>>) -> UnetInputs<Tensor> {
-    shapes
-        .try_map(|_, d| Tensor::zeros(d.as_slice(), DType::F32, &Device::Cpu))
-        .unwrap()
-}
-
 /// Runs one forward at `latent_size` and checks parameters and output against the cost interpreter.
 fn check(reference: &str, latent_size: usize, dtype: DType) {
     let config = Config::load(reference).unwrap();
@@ -41,9 +35,9 @@ fn check(reference: &str, latent_size: usize, dtype: DType) {
     };
     let cost = count(&spec, conditions).unwrap();
     let model = UnetModel::init(spec.clone(), 0, &Device::Cpu, dtype).unwrap();
-    let shapes = UnetInputs::shapes(&spec, 1, latent_size, 3);
     let mut ops = CandleOps::new(&model.params);
-    let inputs = model.cast_inputs(&zeros_inputs(&shapes)).unwrap();
+    let inputs = example_inputs(&spec, 1, latent_size, 3, 0, &Device::Cpu).unwrap();
+    let inputs = model.cast_inputs(&inputs).unwrap();
     let out = unet_forward(&mut ops, &spec, &inputs).unwrap();
 
     let declared: Vec<&str> = cost.parameters.iter().map(|p| p.name.as_str()).collect();

@@ -70,6 +70,23 @@ fn fixtures_match_diffusers_in_f32() {
     }
 }
 
+#[test]
+fn the_differentiable_training_path_matches_diffusers_too() {
+    // Inference in f32 uses candle's fused softmax and layer norm; training uses our own.
+    for name in ["tiny-sd", "tiny-sdxl"] {
+        let model = UnetModel::load(
+            config(name).spec,
+            &fixture(name).join("diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let io = io(name);
+        let diff = max_abs_diff(&model.forward_train(&inputs(&io)).unwrap(), &io["output"]);
+        assert!(diff <= 1e-4, "{name}: max |Δ| = {diff}");
+    }
+}
+
 /// Half-precision tolerances, documented in README.md ("Precision"): the output is unit-scale noise,
 /// and f16 keeps 11 mantissa bits, bf16 8.
 const F16_TOLERANCE: f32 = 1e-2;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use unetlab_graph::UnetInputs;
-use unetlab_model::UnetModel;
+use unetlab_model::{example_inputs, UnetModel};
 use unetlab_spec::{Config, UnetSpec};
 
 fn fixture(name: &str) -> String {
@@ -28,17 +28,8 @@ fn wave(dims: &[usize], phase: f64) -> Tensor {
 }
 
 fn inputs(spec: &UnetSpec) -> UnetInputs<Tensor> {
-    let shapes = UnetInputs::shapes(spec, 2, spec.latent_size.min(8), spec.text_tokens.min(5));
-    UnetInputs {
-        timestep: Tensor::new(&[3f32, 811.0], &Device::Cpu).unwrap(),
-        time_ids: shapes
-            .time_ids
-            .as_ref()
-            .map(|d| wave(d, 2.0).affine(100.0, 512.0).unwrap()),
-        ..shapes
-            .try_map(|name, d| Ok::<_, ()>(wave(d, name.len() as f64)))
-            .unwrap()
-    }
+    let (size, tokens) = (spec.latent_size.min(8), spec.text_tokens.min(5));
+    example_inputs(spec, 2, size, tokens, 5, &Device::Cpu).unwrap()
 }
 
 fn assert_every_parameter_gets_a_gradient(label: &str, spec: UnetSpec) {
