@@ -22,7 +22,7 @@ pub use resolve::{
     check_latent_size, LevelSpec, MidSpec, NormSpec, StageSpec, TextTimeSpec, TimeEmbeddingSpec,
     TransformerSpec, UnetSpec,
 };
-pub use schema::{AttentionKernel, ConvKind, FeedForwardActivation, Projection};
+pub use schema::{AttentionKernel, ConvKind, FeedForwardActivation, PaperNote, Projection};
 
 /// A loaded, validated config.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +33,8 @@ pub struct Config {
     pub description: Option<String>,
     /// Where it came from: a file path or `preset:<name>`.
     pub origin: String,
+    /// The paper's step and claim for this config, if it declares them.
+    pub paper: Option<PaperNote>,
     /// The resolved network.
     pub spec: UnetSpec,
 }
@@ -90,6 +92,7 @@ impl Config {
             name: merged.name,
             description: file.description,
             origin: merged.origin,
+            paper: file.paper,
             spec,
         })
     }

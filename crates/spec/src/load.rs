@@ -6,7 +6,8 @@
 //!   list entries by index (merging each recursively), e.g. `levels: {2: {channels: 1024}}`;
 //! - anything else (scalars, lists, `null`) replaces the parent's value whole;
 //! - `heads` and `head_dim` are one choice: a child mapping that sets either replaces both;
-//! - `name` is never inherited: it is the child's own `name`, else its file stem or preset name.
+//! - `name` is never inherited: it is the child's own `name`, else its file stem or preset name;
+//!   `paper` (the paper's claim for this config) is never inherited either.
 
 use std::path::{Path, PathBuf};
 
@@ -150,6 +151,7 @@ fn merge_text(
         Some(Value::String(s)) => s,
         Some(_) => return Err(invalid("name", "must be a string".into())),
     };
+    let paper = map.remove("paper");
     let parent = match map.remove("extends") {
         None | Some(Value::Null) => None,
         Some(Value::String(r)) => Some(r),
@@ -173,6 +175,10 @@ fn merge_text(
     }
     if let Some(map) = value.as_mapping_mut() {
         map.insert("name".into(), Value::String(name.clone()));
+        map.remove("paper");
+        if let Some(paper) = paper {
+            map.insert("paper".into(), paper);
+        }
     }
     Ok(Merged {
         origin: origin.to_string(),

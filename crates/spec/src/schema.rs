@@ -13,8 +13,22 @@ pub struct ConfigFile {
     pub name: Option<String>,
     /// Free-text description, shown in reports.
     pub description: Option<String>,
+    /// What the paper says about this config (never inherited through `extends`).
+    pub paper: Option<PaperNote>,
     /// The network.
     pub unet: UnetConfig,
+}
+
+/// The paper's statement about a config: which step it is and what the paper claims for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaperNote {
+    /// What this config changes, in the paper's terms ("share K/V projections").
+    pub step: String,
+    /// The paper's claim for the step ("params −5 %", "FID 12.50 → 17.87").
+    pub claim: String,
+    /// Name of the config the step is measured against (its predecessor), if any.
+    pub baseline: Option<String>,
 }
 
 /// The UNet: global settings, one entry per resolution level, and the bottleneck (`mid`).

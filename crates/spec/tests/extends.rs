@@ -171,3 +171,34 @@ fn every_preset_loads_by_name() {
         assert_eq!(c.origin, format!("preset:{name}"));
     }
 }
+
+#[test]
+fn paper_notes_belong_to_their_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir,
+        "parent.yaml",
+        "extends: sd15\npaper: {step: parent step, claim: parent claim}\n",
+    );
+    let child = write(&dir, "child.yaml", "extends: parent.yaml\n");
+    assert_eq!(Config::load(&child).unwrap().paper, None);
+    let own = write(
+        &dir,
+        "own.yaml",
+        "extends: parent.yaml\npaper: {step: s, claim: c, baseline: parent}\n",
+    );
+    let paper = Config::load(&own).unwrap().paper.unwrap();
+    assert_eq!(
+        (
+            paper.step.as_str(),
+            paper.claim.as_str(),
+            paper.baseline.as_deref()
+        ),
+        ("s", "c", Some("parent"))
+    );
+    let bad = write(&dir, "bad.yaml", "extends: sd15\npaper: {step: s}\n");
+    assert_eq!(
+        Config::load(&bad).unwrap_err().field_errors()[0].path,
+        "paper"
+    );
+}
