@@ -1,0 +1,532 @@
+//! Charts, each written as `<stem>.svg` and `<stem>.png`.
+//!
+//! Categories (configs) run down the y axis so that long names stay readable. Text is drawn with
+//! ab_glyph from a TrueType font found on the system (DejaVu Sans or Liberation Sans; override with
+//! `UNETLAB_FONT=/path/to/font.ttf`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::files::atomic_write;
+use crate::ReportError;
+
+/// One named series of values, one per category.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Legend entry.
+    pub name: String,
+    /// One value per category.
+    pub values: Vec<f64>,
+}
+
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation/LiberationSans-Regular.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+];
+
+/// Registers a system font for plot text once per process.
+fn ensure_font() -> Result<(), String> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let candidates: Vec<PathBuf> = std::env::var_os("UNETLAB_FONT")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(FONT_CANDIDATES.iter().map(PathBuf::from))
+            .collect();
+        let path = candidates.iter().find(|p| p.is_file()).ok_or_else(|| {
+            "no TrueType font found for plot text: install fonts-dejavu-core or set UNETLAB_FONT".to_string()
+        })?;
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            plotters::style::register_font("sans-serif", style, bytes)
+                .map_err(|_| format!("{}: not a usable TrueType font", path.display()))?;
+        }
+        Ok(())
+    })
+    .clone()
+}
+
+/// Something that can draw itself on any plotters backend.
+trait Chart {
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
+}
+
+/// Draws `chart` to `stem.svg` and `stem.png`, each atomically.
+fn render(stem: &Path, chart: &impl Chart) -> Result<(), ReportError> {
+    let fail = |message: String| ReportError::Plot {
+        path: stem.display().to_string(),
+        message,
+    };
+    ensure_font().map_err(fail)?;
+    let size = chart.size();
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        chart.draw(&root).map_err(fail)?;
+        root.present().map_err(|e| fail(e.to_string()))?;
+    }
+    atomic_write(&stem.with_extension("svg"), |out| {
+        use std::io::Write;
+        out.write_all(svg.as_bytes())
+            .map_err(|source| ReportError::Io {
+                path: stem.display().to_string(),
+                source,
+            })
+    })?;
+
+    let png = stem.with_extension("png");
+    let tmp = stem.with_extension(format!("{}.partial.png", std::process::id()));
+    let drawn = (|| {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        chart.draw(&root)?;
+        root.present().map_err(|e| e.to_string())
+    })();
+    if let Err(message) = drawn {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(message));
+    }
+    std::fs::rename(&tmp, &png).map_err(|source| ReportError::Io {
+        path: png.display().to_string(),
+        source,
+    })
+}
+
+fn color(i: usize) -> RGBColor {
+    const COLORS: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    COLORS[i % COLORS.len()]
+}
+
+fn plot_err<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+/// Bar charts need at least one category and one value per category in every series.
+fn check_shape(stem: &Path, categories: &[String], series: &[Series]) -> Result<(), ReportError> {
+    let bad = |message: String| {
+        Err(ReportError::Plot {
+            path: stem.display().to_string(),
+            message,
+        })
+    };
+    if categories.is_empty() || series.is_empty() {
+        return bad("nothing to plot".into());
+    }
+    match series.iter().find(|s| s.values.len() != categories.len()) {
+        Some(s) => bad(format!(
+            "series `{}` has {} values for {} categories",
+            s.name,
+            s.values.len(),
+            categories.len()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Segment of category `i` of `n`: the first category at the top.
+fn row(i: usize, n: usize) -> usize {
+    n - 1 - i
+}
+
+/// The name shown at a y segment.
+fn category_label(categories: &[String], v: &SegmentValue<usize>) -> String {
+    match v {
+        SegmentValue::CenterOf(p) if *p < categories.len() => {
+            categories[row(*p, categories.len())].clone()
+        }
+        _ => String::new(),
+    }
+}
+
+/// Tick labels without spurious decimals.
+fn tick(top: f64) -> impl Fn(&f64) -> String {
+    move |v| {
+        if top >= 20.0 {
+            format!("{v:.0}")
+        } else if top >= 2.0 {
+            format!("{v:.1}")
+        } else {
+            format!("{v:.2}")
+        }
+    }
+}
+
+fn label_width(categories: &[String]) -> u32 {
+    (categories
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(4) as u32
+        * 8
+        + 16)
+        .min(420)
+}
+
+/// Horizontal bars: one panel per series, side by side, sharing the categories. `whiskers` (low,
+/// high) per category, if given, are drawn on the first panel (e.g. p10–p90).
+struct BarPanels<'a> {
+    title: &'a str,
+    categories: &'a [String],
+    panels: &'a [Series],
+    whiskers: Option<&'a [(f64, f64)]>,
+}
+
+impl Chart for BarPanels<'_> {
+    fn size(&self) -> (u32, u32) {
+        (
+            (label_width(self.categories) + 380 * self.panels.len() as u32).max(900),
+            120 + 26 * self.categories.len() as u32,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let root = root
+            .titled(self.title, ("sans-serif", 20))
+            .map_err(plot_err)?;
+        let (w, _) = root.dim_in_pixel();
+        let labels = label_width(self.categories);
+        let panel_w = (w - labels) / self.panels.len() as u32;
+        let n = self.categories.len();
+        for (p, series) in self.panels.iter().enumerate() {
+            let x0 = if p == 0 {
+                0
+            } else {
+                labels + panel_w * p as u32
+            };
+            let x1 = labels + panel_w * (p as u32 + 1);
+            let area = root.margin(0, 0, x0 as i32, (w - x1) as i32);
+            let top = series
+                .values
+                .iter()
+                .copied()
+                .chain(
+                    self.whiskers
+                        .filter(|_| p == 0)
+                        .into_iter()
+                        .flatten()
+                        .map(|w| w.1),
+                )
+                .fold(0.0f64, f64::max)
+                .max(f64::MIN_POSITIVE)
+                * 1.1;
+            let mut chart = ChartBuilder::on(&area)
+                .margin(8)
+                .x_label_area_size(36)
+                .y_label_area_size(if p == 0 { labels } else { 0 })
+                .build_cartesian_2d(0.0..top, (0..n - 1).into_segmented())
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .x_desc(series.name.as_str())
+                .x_label_formatter(&tick(top))
+                .y_labels(n)
+                .y_label_formatter(&|v| {
+                    if p == 0 {
+                        category_label(self.categories, v)
+                    } else {
+                        String::new()
+                    }
+                })
+                .label_style(("sans-serif", 13))
+                .draw()
+                .map_err(plot_err)?;
+            let c = color(p);
+            chart
+                .draw_series(series.values.iter().enumerate().map(|(i, &v)| {
+                    let y = row(i, n);
+                    let mut bar = Rectangle::new(
+                        [
+                            (0.0, SegmentValue::Exact(y)),
+                            (v, SegmentValue::Exact(y + 1)),
+                        ],
+                        c.filled(),
+                    );
+                    bar.set_margin(4, 4, 0, 0);
+                    bar
+                }))
+                .map_err(plot_err)?;
+            if let (0, Some(whiskers)) = (p, self.whiskers) {
+                chart
+                    .draw_series(whiskers.iter().enumerate().map(|(i, &(lo, hi))| {
+                        let y = SegmentValue::CenterOf(row(i, n));
+                        PathElement::new(vec![(lo, y.clone()), (hi, y)], BLACK.stroke_width(2))
+                    }))
+                    .map_err(plot_err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Horizontal bars, one panel per series (e.g. parameters and GFLOPs side by side); optional
+/// whiskers on the first panel.
+pub fn grouped_bars(
+    stem: &Path,
+    title: &str,
+    categories: &[String],
+    panels: &[Series],
+    whiskers: Option<&[(f64, f64)]>,
+) -> Result<(), ReportError> {
+    check_shape(stem, categories, panels)?;
+    render(
+        stem,
+        &BarPanels {
+            title,
+            categories,
+            panels,
+            whiskers,
+        },
+    )
+}
+
+/// Horizontal stacked bars: each category's bar is the sum of the series, stacked in order.
+struct Stacked<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    categories: &'a [String],
+    series: &'a [Series],
+}
+
+impl Chart for Stacked<'_> {
+    fn size(&self) -> (u32, u32) {
+        (
+            label_width(self.categories) + 720,
+            140 + 24 * self.categories.len() as u32 + 18 * self.series.len() as u32,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let root = root
+            .titled(self.title, ("sans-serif", 20))
+            .map_err(plot_err)?;
+        let n = self.categories.len();
+        let totals: Vec<f64> = (0..n)
+            .map(|i| self.series.iter().map(|s| s.values[i]).sum())
+            .collect();
+        // Room on the right for the legend.
+        let top = totals
+            .iter()
+            .copied()
+            .fold(0.0f64, f64::max)
+            .max(f64::MIN_POSITIVE)
+            * 1.4;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(8)
+            .x_label_area_size(36)
+            .y_label_area_size(label_width(self.categories))
+            .build_cartesian_2d(0.0..top, (0..n - 1).into_segmented())
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_desc(self.x_label)
+            .x_label_formatter(&tick(top))
+            .y_labels(n)
+            .y_label_formatter(&|v| category_label(self.categories, v))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(plot_err)?;
+        let mut start = vec![0.0; n];
+        for (k, s) in self.series.iter().enumerate() {
+            let c = color(k);
+            let bars: Vec<Rectangle<(f64, SegmentValue<usize>)>> = (0..n)
+                .map(|i| {
+                    let (a, b) = (start[i], start[i] + s.values[i]);
+                    start[i] = b;
+                    let y = row(i, n);
+                    let mut bar = Rectangle::new(
+                        [(a, SegmentValue::Exact(y)), (b, SegmentValue::Exact(y + 1))],
+                        c.filled(),
+                    );
+                    bar.set_margin(3, 3, 0, 0);
+                    bar
+                })
+                .collect();
+            chart
+                .draw_series(bars)
+                .map_err(plot_err)?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(plot_err)
+    }
+}
+
+/// Horizontal stacked bars with a legend.
+pub fn stacked_bars(
+    stem: &Path,
+    title: &str,
+    x_label: &str,
+    categories: &[String],
+    series: &[Series],
+) -> Result<(), ReportError> {
+    check_shape(stem, categories, series)?;
+    render(
+        stem,
+        &Stacked {
+            title,
+            x_label,
+            categories,
+            series,
+        },
+    )
+}
+
+/// Labelled points.
+struct Scatter<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+    points: &'a [(String, f64, f64)],
+}
+
+impl Chart for Scatter<'_> {
+    fn size(&self) -> (u32, u32) {
+        (960, 640)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let max = |f: fn(&(String, f64, f64)) -> f64| {
+            self.points
+                .iter()
+                .map(f)
+                .fold(0.0f64, f64::max)
+                .max(f64::MIN_POSITIVE)
+                * 1.15
+        };
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..max(|p| p.1), 0.0..max(|p| p.2))
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(plot_err)?;
+        chart
+            .draw_series(self.points.iter().enumerate().map(|(i, (name, x, y))| {
+                EmptyElement::at((*x, *y))
+                    + Circle::new((0, 0), 5, color(i).filled())
+                    + Text::new(name.clone(), (8, -6), ("sans-serif", 12))
+            }))
+            .map_err(plot_err)?;
+        Ok(())
+    }
+}
+
+/// A scatter plot of named points.
+pub fn scatter(
+    stem: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    points: &[(String, f64, f64)],
+) -> Result<(), ReportError> {
+    render(
+        stem,
+        &Scatter {
+            title,
+            x_label,
+            y_label,
+            points,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_chart_writes_svg_and_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let cats: Vec<String> = ["sd15", "mobilediffusion"].map(String::from).to_vec();
+        let a = Series {
+            name: "params (M)".into(),
+            values: vec![859.5, 387.7],
+        };
+        let b = Series {
+            name: "GFLOPs".into(),
+            values: vec![803.3, 358.8],
+        };
+        grouped_bars(
+            &dir.path().join("bars"),
+            "t",
+            &cats,
+            &[a.clone(), b.clone()],
+            Some(&[(800.0, 810.0), (350.0, 360.0)]),
+        )
+        .unwrap();
+        stacked_bars(&dir.path().join("stack"), "t", "x", &cats, &[a, b]).unwrap();
+        scatter(
+            &dir.path().join("scatter"),
+            "t",
+            "x",
+            "y",
+            &[("sd15".into(), 1.0, 2.0)],
+        )
+        .unwrap();
+        for stem in ["bars", "stack", "scatter"] {
+            let svg = std::fs::read_to_string(dir.path().join(format!("{stem}.svg"))).unwrap();
+            assert!(
+                svg.starts_with("<svg") && svg.contains("<rect"),
+                "{stem}.svg"
+            );
+            let png = std::fs::read(dir.path().join(format!("{stem}.png"))).unwrap();
+            assert_eq!(&png[1..4], b"PNG", "{stem}.png");
+        }
+        assert!(std::fs::read_to_string(dir.path().join("bars.svg"))
+            .unwrap()
+            .contains("mobilediffusion"));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            6,
+            "no temporary files remain"
+        );
+        let short = Series {
+            name: "short".into(),
+            values: vec![1.0],
+        };
+        assert!(stacked_bars(&dir.path().join("bad"), "t", "x", &cats, &[short]).is_err());
+        assert!(grouped_bars(&dir.path().join("bad"), "t", &[], &[], None).is_err());
+    }
+}
