@@ -1,5 +1,7 @@
 //! The `unetlab` command line.
 
+mod bench;
+mod compare;
 mod convert;
 mod count;
 mod forward;
@@ -20,6 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Count(count::CountArgs),
+    Bench(bench::BenchArgs),
+    Compare(compare::CompareArgs),
     Forward(forward::ForwardArgs),
     Convert(convert::ConvertArgs),
 }
@@ -28,6 +32,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Count(args) => count::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::Forward(args) => forward::run(&args),
         Command::Convert(args) => convert::run(&args),
     };
