@@ -24,7 +24,8 @@ pub fn run(check: bool) -> Result<()> {
     Ok(())
 }
 
-fn workspace() -> PathBuf {
+/// The workspace root.
+pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

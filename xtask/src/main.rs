@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask <command>`.
 
+mod ablate;
 mod docs;
 
 use anyhow::Result;
@@ -15,6 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Count and time every config (the MobileDiffusion study and yours); tables, plots and
+    /// run.json in results/<study>/. Measurements are cached: re-runs measure only what changed.
+    Ablate(ablate::AblateArgs),
     /// Regenerate the generated tables in the docs (configs/README.md) from the cost interpreter.
     Docs {
         /// Fail if a generated table is out of date instead of rewriting it.
@@ -25,6 +29,7 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Ablate(args) => ablate::run(&args, docs::workspace()),
         Command::Docs { check } => docs::run(check),
     }
 }

@@ -1,0 +1,537 @@
+//! The files of a study folder: tables (Markdown, CSV, Parquet), plots, `run.json`, `README.md`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::json;
+use unetlab_bench::Machine;
+use unetlab_report::{
+    atomic_write, grouped_bars, measurements_frame, scatter, stacked_bars, to_markdown,
+    write_tables, Measurement, ReportError, Series,
+};
+
+use super::{AblateArgs, Row};
+
+use polars::prelude::{Column, DataFrame};
+
+/// Writes every output of the run.
+pub fn write(
+    out: &Path,
+    (study, description): (&str, Option<&str>),
+    rows: &[Row],
+    tables: &[(String, Vec<String>)],
+    args: &AblateArgs,
+    machine: &Machine,
+) -> Result<()> {
+    let mut long = measurements_frame(&measurements(rows))?;
+    write_tables(&mut long, out, "measurements")?;
+    let mut wide = wide_table(rows)?;
+    write_tables(&mut wide, out, "table")?;
+    plots(out, rows)?;
+
+    let run = json!({
+        "study": study,
+        "command": command_line(),
+        "budget": args.budget.name(),
+        "date_utc": now_utc(),
+        "commit": commit(),
+        "machine": machine,
+        "device": args.device,
+        "dtype": args.dtype,
+        "configs": rows.iter().map(|r| json!({"name": r.config.name, "origin": r.config.origin, "hash": r.config.hash()})).collect::<Vec<_>>(),
+    });
+    write_text(&out.join("run.json"), &serde_json::to_string_pretty(&run)?)?;
+    write_text(
+        &out.join("README.md"),
+        &readme(
+            (study, description),
+            rows,
+            tables,
+            &run,
+            &to_markdown(&wide),
+        ),
+    )?;
+    Ok(())
+}
+
+fn write_text(path: &Path, text: &str) -> Result<(), ReportError> {
+    atomic_write(path, |out| {
+        use std::io::Write;
+        out.write_all(text.as_bytes())
+            .map_err(|source| ReportError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+    })
+}
+
+fn count_conditions(r: &Row) -> String {
+    let c = r.cost.conditions;
+    format!(
+        "latent {0}x{0}, batch {1}, {2} tokens",
+        c.latent_size, c.batch, c.tokens
+    )
+}
+
+fn bench_conditions(b: &unetlab_bench::BenchResult) -> String {
+    format!(
+        "latent {0}x{0}, batch {1}, {2} tokens, {3}, {4}, {5} threads, {6} warm-up + {7} runs",
+        b.latent_size,
+        b.batch,
+        b.tokens,
+        b.dtype,
+        b.device,
+        b.machine.threads,
+        b.warmup,
+        b.times_s.len()
+    )
+}
+
+/// Every number as one row.
+fn measurements(rows: &[Row]) -> Vec<Measurement> {
+    let mut out = Vec::new();
+    for r in rows {
+        let spec = &r.config.spec;
+        let mut push = |measurement: &str, value: f64, unit: &str, conditions: String| {
+            out.push(Measurement {
+                config: r.config.name.clone(),
+                hash: r.config.hash(),
+                measurement: measurement.into(),
+                value,
+                unit: unit.into(),
+                conditions,
+            })
+        };
+        let cc = count_conditions(r);
+        let m = r.cost.macs;
+        for (name, value, unit) in [
+            ("params", r.cost.params() as f64, "count"),
+            ("tensors", r.cost.tensors() as f64, "count"),
+            ("macs_conv", m.conv as f64, "MAC"),
+            ("macs_linear", m.linear as f64, "MAC"),
+            ("macs_attention", m.attention as f64, "MAC"),
+            ("macs_total", m.total() as f64, "MAC"),
+            ("flops", r.cost.flops() as f64, "FLOP"),
+            ("res_blocks", spec.res_block_count() as f64, "count"),
+            (
+                "transformer_blocks",
+                spec.transformer_block_count() as f64,
+                "count",
+            ),
+            (
+                "self_attention_blocks",
+                spec.self_attention_count() as f64,
+                "count",
+            ),
+            (
+                "cross_attention_blocks",
+                spec.cross_attention_count() as f64,
+                "count",
+            ),
+            (
+                "peak_activation_memory",
+                r.cost.peak_activation_bytes as f64,
+                "byte",
+            ),
+        ] {
+            push(name, value, unit, cc.clone());
+        }
+        if let Ok(b) = &r.bench {
+            let bc = bench_conditions(b);
+            for (name, value, unit) in [
+                ("latency_median", b.median_s, "s"),
+                ("latency_p10", b.p10_s, "s"),
+                ("latency_p90", b.p90_s, "s"),
+                ("achieved_throughput", b.achieved_gflops_per_s, "GFLOP/s"),
+            ] {
+                push(name, value, unit, bc.clone());
+            }
+            if let Some(rss) = b.peak_rss_bytes {
+                push("peak_rss", rss as f64, "byte", bc.clone());
+            }
+            for block in &b.per_block {
+                push(
+                    &format!("latency_block:{}", block.block),
+                    block.median_s,
+                    "s",
+                    bc.clone(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn percent(new: f64, old: f64) -> String {
+    format!("{:+.1} %", 100.0 * (new / old - 1.0))
+}
+
+/// The step's measured effect against its declared baseline, when that baseline is in the run.
+fn effect(row: &Row, by_name: &HashMap<&str, &Row>) -> String {
+    let Some(base) = row
+        .config
+        .paper
+        .as_ref()
+        .and_then(|p| p.baseline.as_deref())
+        .and_then(|b| by_name.get(b))
+    else {
+        return String::new();
+    };
+    let mut parts = vec![
+        format!(
+            "params {}",
+            percent(row.cost.params() as f64, base.cost.params() as f64)
+        ),
+        format!(
+            "GFLOPs {}",
+            percent(row.cost.flops() as f64, base.cost.flops() as f64)
+        ),
+    ];
+    if let (Ok(a), Ok(b)) = (&row.bench, &base.bench) {
+        parts.push(format!("latency {}", percent(a.median_s, b.median_s)));
+    }
+    format!("vs {}: {}", base.config.name, parts.join(", "))
+}
+
+/// One row per config: counts, latency, and the paper's claim beside the measured effect.
+fn wide_table(rows: &[Row]) -> Result<DataFrame> {
+    let by_name: HashMap<&str, &Row> = rows.iter().map(|r| (r.config.name.as_str(), r)).collect();
+    let text = |name: &str, f: &dyn Fn(&Row) -> String| {
+        Column::new(name.into(), rows.iter().map(f).collect::<Vec<String>>())
+    };
+    let num = |name: &str, f: &dyn Fn(&Row) -> f64| {
+        Column::new(name.into(), rows.iter().map(f).collect::<Vec<f64>>())
+    };
+    let lat = |name: &str, f: &dyn Fn(&unetlab_bench::BenchResult) -> f64| {
+        let values: Vec<Option<f64>> = rows.iter().map(|r| r.bench.as_ref().ok().map(f)).collect();
+        Column::new(name.into(), values)
+    };
+    let g = |x: u64| x as f64 / 1e9;
+    Ok(DataFrame::new(
+        rows.len(),
+        vec![
+            text("config", &|r| r.config.name.clone()),
+            text("step", &|r| {
+                r.config
+                    .paper
+                    .as_ref()
+                    .map(|p| p.step.clone())
+                    .unwrap_or_default()
+            }),
+            num("params (M)", &|r| r.cost.params() as f64 / 1e6),
+            num("conv GMACs", &|r| g(r.cost.macs.conv)),
+            num("linear GMACs", &|r| g(r.cost.macs.linear)),
+            num("attention GMACs", &|r| g(r.cost.macs.attention)),
+            num("GFLOPs", &|r| g(r.cost.flops())),
+            text("res / SA / CA", &|r| {
+                let s = &r.config.spec;
+                format!(
+                    "{} / {} / {}",
+                    s.res_block_count(),
+                    s.self_attention_count(),
+                    s.cross_attention_count()
+                )
+            }),
+            text("latent", &|r| {
+                format!("{0}x{0}", r.cost.conditions.latent_size)
+            }),
+            lat("latency median (s)", &|b| b.median_s),
+            lat("p10 (s)", &|b| b.p10_s),
+            lat("p90 (s)", &|b| b.p90_s),
+            lat("GFLOP/s", &|b| b.achieved_gflops_per_s),
+            text("paper claim", &|r| {
+                r.config
+                    .paper
+                    .as_ref()
+                    .map(|p| p.claim.clone())
+                    .unwrap_or_default()
+            }),
+            text("measured effect", &|r| match &r.bench {
+                Err(e) => format!("FAILED: {e}"),
+                Ok(_) => effect(r, &by_name),
+            }),
+        ],
+    )?)
+}
+
+fn plots(out: &Path, rows: &[Row]) -> Result<()> {
+    let names: Vec<String> = rows.iter().map(|r| r.config.name.clone()).collect();
+    let latent = rows.first().map_or(0, |r| r.cost.conditions.latent_size);
+    grouped_bars(
+        &out.join("params_gflops"),
+        &format!("Parameters and compute (one UNet evaluation, batch 1, latent {latent}x{latent})"),
+        &names,
+        &[
+            Series {
+                name: "parameters (M)".into(),
+                values: rows.iter().map(|r| r.cost.params() as f64 / 1e6).collect(),
+            },
+            Series {
+                name: "GFLOPs (2 x MACs)".into(),
+                values: rows.iter().map(|r| r.cost.flops() as f64 / 1e9).collect(),
+            },
+        ],
+        None,
+    )?;
+
+    let (mut categories, mut conv, mut linear, mut attention) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in rows {
+        for (level, m) in macs_by_level(r) {
+            categories.push(format!("{} · {level}", r.config.name));
+            conv.push(m.conv as f64 / 1e9);
+            linear.push(m.linear as f64 / 1e9);
+            attention.push(m.attention as f64 / 1e9);
+        }
+    }
+    stacked_bars(
+        &out.join("macs_by_level"),
+        "Where the compute goes: MACs by kind per resolution level",
+        "G MACs (batch 1, 77 tokens)",
+        &categories,
+        &[
+            Series {
+                name: "conv".into(),
+                values: conv,
+            },
+            Series {
+                name: "linear".into(),
+                values: linear,
+            },
+            Series {
+                name: "attention matmuls".into(),
+                values: attention,
+            },
+        ],
+    )?;
+
+    let timed: Vec<(&Row, &unetlab_bench::BenchResult)> = rows
+        .iter()
+        .filter_map(|r| r.bench.as_ref().ok().map(|b| (r, b)))
+        .collect();
+    if let Some((_, first)) = timed.first() {
+        let conditions = bench_conditions(first);
+        let names: Vec<String> = timed.iter().map(|(r, _)| r.config.name.clone()).collect();
+        let whiskers: Vec<(f64, f64)> = timed.iter().map(|(_, b)| (b.p10_s, b.p90_s)).collect();
+        grouped_bars(
+            &out.join("latency"),
+            &format!(
+                "Latency on {}: median, p10-p90 whiskers",
+                first.machine.cpu_model
+            ),
+            &names,
+            &[Series {
+                name: format!("seconds per UNet evaluation ({conditions})"),
+                values: timed.iter().map(|(_, b)| b.median_s).collect(),
+            }],
+            Some(&whiskers),
+        )?;
+        scatter(
+            &out.join("latency_vs_gflops"),
+            &format!("Latency vs compute ({})", first.machine.cpu_model),
+            "GFLOPs per UNet evaluation",
+            "median latency (s)",
+            &timed
+                .iter()
+                .map(|(r, b)| (r.config.name.clone(), b.flops as f64 / 1e9, b.median_s))
+                .collect::<Vec<_>>(),
+        )?;
+        // Blocks grouped by level, so configs with different depths share one legend.
+        let grouped: Vec<_> = timed.iter().map(|(r, b)| block_groups(r, b)).collect();
+        let mut groups: Vec<((u8, i64), String)> = grouped
+            .iter()
+            .flatten()
+            .map(|(k, n, _)| (*k, n.clone()))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        let series: Vec<Series> = groups
+            .iter()
+            .map(|(key, name)| Series {
+                name: name.clone(),
+                values: grouped
+                    .iter()
+                    .map(|g| {
+                        g.iter()
+                            .filter(|(k, _, _)| k == key)
+                            .map(|(_, _, t)| t)
+                            .sum()
+                    })
+                    .collect(),
+            })
+            .collect();
+        stacked_bars(
+            &out.join("per_block"),
+            "Latency per top-level block (medians)",
+            &format!("seconds ({conditions})"),
+            &names,
+            &series,
+        )?;
+    }
+    Ok(())
+}
+
+/// Per-block medians summed by level ("down level 0" is the outermost), execution order.
+fn block_groups(r: &Row, b: &unetlab_bench::BenchResult) -> Vec<((u8, i64), String, f64)> {
+    let levels = r.config.spec.levels.len() as i64;
+    let mut out: Vec<((u8, i64), String, f64)> = Vec::new();
+    for block in &b.per_block {
+        let index = |prefix: &str| {
+            block
+                .block
+                .strip_prefix(prefix)
+                .and_then(|i| i.parse::<i64>().ok())
+        };
+        let (key, name) = if let Some(l) = index("down_blocks.") {
+            ((1, l), format!("down level {l}"))
+        } else if let Some(u) = index("up_blocks.") {
+            let l = levels - 1 - u;
+            ((3, -l), format!("up level {l}"))
+        } else if block.block == "mid_block" {
+            ((2, 0), "mid block".to_string())
+        } else {
+            ((0, 0), "embeddings, in/out".to_string())
+        };
+        match out.iter_mut().find(|(k, _, _)| *k == key) {
+            Some(slot) => slot.2 += block.median_s,
+            None => out.push((key, name, block.median_s)),
+        }
+    }
+    out
+}
+
+/// MACs per resolution level (down and up blocks of a level together), the mid block, and the rest.
+fn macs_by_level(r: &Row) -> Vec<(String, unetlab_cost::Macs)> {
+    let levels = r.config.spec.levels.len();
+    let size = r.cost.conditions.latent_size;
+    let mut out: Vec<(String, unetlab_cost::Macs)> = (0..levels)
+        .map(|l| (format!("{0}x{0}", size >> l), unetlab_cost::Macs::default()))
+        .collect();
+    out.push((
+        format!("mid {0}x{0}", size >> (levels - 1)),
+        Default::default(),
+    ));
+    out.push(("in/out".into(), Default::default()));
+    for b in r.cost.breakdown(1) {
+        let slot = if let Some(i) = b
+            .path
+            .strip_prefix("down_blocks.")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            i
+        } else if let Some(u) = b
+            .path
+            .strip_prefix("up_blocks.")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            levels - 1 - u
+        } else if b.path == "mid_block" {
+            levels
+        } else {
+            levels + 1
+        };
+        let m = &mut out[slot].1;
+        m.conv += b.macs.conv;
+        m.linear += b.macs.linear;
+        m.attention += b.macs.attention;
+    }
+    out
+}
+
+fn readme(
+    (study, description): (&str, Option<&str>),
+    rows: &[Row],
+    tables: &[(String, Vec<String>)],
+    run: &serde_json::Value,
+    table_md: &str,
+) -> String {
+    let mut s = format!(
+        "# Study `{study}`\n\n{}Produced by `{}` on {} (commit {}, {} UTC, budget `{}`). Nothing here is edited by hand.\n\n\
+         Conventions: one UNet evaluation, batch 1; MACs count conv, linear and attention matmuls (QKᵀ, AV), \
+         FLOPs = 2 × MACs; latency is the median of timed runs after warm-up, with p10/p90; the measured \
+         effect compares a config with the baseline its `paper:` block names.\n\n## Table\n\n{table_md}\n",
+        description.map(|d| format!("{d}.\n\n")).unwrap_or_default(),
+        run["command"].as_str().unwrap_or_default(),
+        run["machine"]["cpu_model"].as_str().unwrap_or_default(),
+        run["commit"].as_str().unwrap_or_default(),
+        run["date_utc"].as_str().unwrap_or_default(),
+        run["budget"].as_str().unwrap_or_default(),
+    );
+    for (title, members) in tables {
+        s.push_str(&format!("\n### {title}\n\n"));
+        for m in members {
+            if let Some(r) = rows
+                .iter()
+                .find(|r| &r.config.origin == m || &r.config.name == m)
+            {
+                let claim = r
+                    .config
+                    .paper
+                    .as_ref()
+                    .map(|p| p.claim.as_str())
+                    .unwrap_or("");
+                s.push_str(&format!("- `{}`: {claim}\n", r.config.name));
+            }
+        }
+    }
+    s.push_str(
+        "\n## Files\n\n- `table.{md,csv,parquet}`: one row per config.\n- `measurements.{md,csv,parquet}`: every number as \
+         (config, hash, measurement, value, unit, conditions).\n- `params_gflops`, `macs_by_level`, `latency`, `latency_vs_gflops`, \
+         `per_block` (`.svg`, `.png`).\n- `run.json`: machine, commit, date, command.\n- `cache/`: one JSON per measured config and conditions; \
+         a re-run measures only what is missing.\n",
+    );
+    s
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo xtask {}", args.join(" "))
+}
+
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(head) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{head}+uncommitted")
+            } else {
+                head
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+fn now_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
