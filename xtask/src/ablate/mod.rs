@@ -112,6 +112,8 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         .map(|r| Config::load(r).with_context(|| format!("loading {r}")))
         .collect::<Result<Vec<_>>>()?;
 
+    // Recorded before measuring, so edits made while it runs cannot be attributed to it.
+    let (commit, started) = (output::commit(), output::now_utc());
     let machine = Machine::current();
     let (warmup, runs, max_seconds) = args.budget.timing();
     let mut rows = Vec::new();
@@ -194,6 +196,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         &plan.tables,
         args,
         &machine,
+        (&commit, &started),
     )?;
     eprintln!("wrote {}", out.display());
     Ok(())

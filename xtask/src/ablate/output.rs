@@ -15,7 +15,7 @@ use super::{AblateArgs, Row};
 
 use polars::prelude::{Column, DataFrame};
 
-/// Writes every output of the run.
+/// Writes every output of the run; `commit` and `started_utc` were recorded when it began.
 pub fn write(
     out: &Path,
     (study, description): (&str, Option<&str>),
@@ -23,6 +23,7 @@ pub fn write(
     tables: &[(String, Vec<String>)],
     args: &AblateArgs,
     machine: &Machine,
+    (commit, started_utc): (&str, &str),
 ) -> Result<()> {
     let mut long = measurements_frame(&measurements(rows))?;
     write_tables(&mut long, out, "measurements")?;
@@ -34,8 +35,8 @@ pub fn write(
         "study": study,
         "command": command_line(),
         "budget": args.budget.name(),
-        "date_utc": now_utc(),
-        "commit": commit(),
+        "date_utc": started_utc,
+        "commit": commit,
         "machine": machine,
         "device": args.device,
         "dtype": args.dtype,
@@ -489,7 +490,8 @@ fn command_line() -> String {
     format!("cargo xtask {}", args.join(" "))
 }
 
-fn commit() -> String {
+/// The checked-out commit, marked `+uncommitted` when tracked files differ from it.
+pub fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -513,7 +515,7 @@ fn commit() -> String {
 }
 
 /// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
-fn now_utc() -> String {
+pub fn now_utc() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as i64;
