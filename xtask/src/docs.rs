@@ -9,16 +9,34 @@ use unetlab_spec::Config;
 
 /// Rewrites (or with `check`, verifies) every generated block.
 pub fn run(check: bool) -> Result<()> {
-    let path = workspace().join("configs/README.md");
+    update(
+        &workspace().join("configs/README.md"),
+        "table-1",
+        &table_1()?,
+        check,
+    )?;
+    let results = workspace().join("results/ablate/table.md");
+    let table = std::fs::read_to_string(&results)
+        .with_context(|| format!("reading {}", results.display()))?;
+    update(
+        &workspace().join("README.md"),
+        "results-table",
+        &table,
+        check,
+    )
+}
+
+/// Replaces one generated block of `path`, or with `check` fails if it differs.
+fn update(path: &Path, block: &str, body: &str, check: bool) -> Result<()> {
     let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let updated = replace_block(&text, "table-1", &table_1()?)?;
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let updated = replace_block(&text, block, body)?;
     if updated == text {
         println!("{} is up to date", path.display());
     } else if check {
         bail!("{} is out of date: run `cargo xtask docs`", path.display());
     } else {
-        std::fs::write(&path, updated)?;
+        std::fs::write(path, updated)?;
         println!("rewrote {}", path.display());
     }
     Ok(())

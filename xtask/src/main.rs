@@ -19,7 +19,8 @@ enum Command {
     /// Count and time every config (the MobileDiffusion study and yours); tables, plots and
     /// run.json in results/<study>/. Measurements are cached: re-runs measure only what changed.
     Ablate(ablate::AblateArgs),
-    /// Regenerate the generated tables in the docs (configs/README.md) from the cost interpreter.
+    /// Regenerate the generated tables in the docs: Table 1 in configs/README.md (from the cost
+    /// interpreter) and the results table in README.md (from results/ablate/table.md).
     Docs {
         /// Fail if a generated table is out of date instead of rewriting it.
         #[arg(long)]

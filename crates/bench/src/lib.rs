@@ -6,6 +6,7 @@
 //! ÷ median), peak RSS, and the machine. `per_block` adds separate timed forwards that synchronise
 //! the device at every top-level block boundary and report each block's median.
 
+mod device_args;
 mod machine;
 mod progress;
 
@@ -18,6 +19,7 @@ use unetlab_graph::unet_forward;
 use unetlab_model::{example_inputs, CandleOps, ModelError, UnetModel};
 use unetlab_spec::Config;
 
+pub use device_args::DeviceArgs;
 pub use machine::{peak_rss_bytes, Machine};
 pub use progress::{progress_bar, set_threads};
 

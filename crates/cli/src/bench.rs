@@ -1,8 +1,7 @@
 //! `unetlab bench`: latency of one UNet forward on this machine.
 
 use anyhow::{anyhow, bail, Result};
-use unetlab_bench::{bench, progress_bar, set_threads, BenchOptions, BenchResult};
-use unetlab_model::{parse_device, parse_dtype};
+use unetlab_bench::{bench, progress_bar, BenchOptions, BenchResult, DeviceArgs};
 use unetlab_spec::Config;
 
 use crate::table::{mebibytes, Table};
@@ -16,12 +15,8 @@ pub struct BenchArgs {
     /// Presets or YAML config files.
     #[arg(required = true)]
     configs: Vec<String>,
-    /// cpu, cuda[:N] or metal[:N] (cuda/metal need the matching cargo feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[command(flatten)]
+    run_on: DeviceArgs,
     /// Batch size.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -31,9 +26,6 @@ pub struct BenchArgs {
     /// Text tokens (default: each config's text.tokens).
     #[arg(long)]
     tokens: Option<usize>,
-    /// CPU threads for candle's kernels (default: all; sets RAYON_NUM_THREADS).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Untimed forwards before timing.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -56,9 +48,7 @@ pub struct BenchArgs {
 
 /// Runs `unetlab bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    set_threads(args.threads).map_err(|e| anyhow!(e))?;
-    let device = parse_device(&args.device).map_err(|e| anyhow!(e))?;
-    let dtype = parse_dtype(&args.dtype).map_err(|e| anyhow!(e))?;
+    let (device, dtype) = args.run_on.open().map_err(|e| anyhow!(e))?;
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -75,7 +65,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             per_block: args.per_block,
             dtype,
             device: device.clone(),
-            device_name: args.device.clone(),
+            device_name: args.run_on.device.clone(),
             seed: args.seed,
         };
         let (bar, mut update) = progress_bar(&config.name);

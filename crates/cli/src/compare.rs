@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
-use unetlab_bench::{bench, progress_bar, set_threads, BenchOptions};
+use unetlab_bench::{bench, progress_bar, BenchOptions, DeviceArgs};
 use unetlab_cost::{count, Conditions};
-use unetlab_model::{parse_device, parse_dtype};
 use unetlab_report::{grouped_bars, scatter, Series};
 use unetlab_spec::paper::{row_for, GFLOPS_LATENT_SIZE};
 use unetlab_spec::Config;
@@ -28,15 +27,8 @@ pub struct CompareArgs {
     /// Timed runs per config.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// cpu, cuda[:N] or metal[:N].
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// CPU threads (default: all).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    run_on: DeviceArgs,
     /// Write plots (SVG and PNG) into this folder.
     #[arg(long)]
     plots: Option<PathBuf>,
@@ -51,9 +43,7 @@ struct Compared {
 
 /// Runs `unetlab compare`.
 pub fn run(args: &CompareArgs) -> Result<()> {
-    set_threads(args.threads).map_err(|e| anyhow!(e))?;
-    let device = parse_device(&args.device).map_err(|e| anyhow!(e))?;
-    let dtype = parse_dtype(&args.dtype).map_err(|e| anyhow!(e))?;
+    let (device, dtype) = args.run_on.open().map_err(|e| anyhow!(e))?;
     let mut rows = Vec::new();
     for reference in &args.configs {
         let config = Config::load(reference)?;
@@ -77,7 +67,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                 per_block: false,
                 dtype,
                 device: device.clone(),
-                device_name: args.device.clone(),
+                device_name: args.run_on.device.clone(),
                 seed: 0,
             };
             let (bar, mut update) = progress_bar(&config.name);
@@ -148,8 +138,8 @@ fn render(rows: &[Compared], args: &CompareArgs) -> String {
          77 tokens; G MACs = conv + linear + attention matmuls. Latency: median of {} runs, {} on {}.\n",
         t.render(),
         args.runs,
-        args.dtype,
-        args.device
+        args.run_on.dtype,
+        args.run_on.device
     )
 }
 

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Tensor};
+use unetlab_bench::DeviceArgs;
 use unetlab_graph::UnetInputs;
-use unetlab_model::{parse_device, parse_dtype, write_safetensors, UnetModel};
+use unetlab_model::{write_safetensors, UnetModel};
 use unetlab_spec::Config;
 
 /// Run one UNet evaluation (for golden tests and debugging).
@@ -35,18 +36,13 @@ pub struct ForwardArgs {
     /// Where to write the output (safetensors, tensor `output`).
     #[arg(long)]
     output: PathBuf,
-    /// cpu, cuda[:N] or metal[:N] (cuda/metal need the matching cargo feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    #[command(flatten)]
+    run_on: DeviceArgs,
 }
 
 /// Runs `unetlab forward`.
 pub fn run(args: &ForwardArgs) -> Result<()> {
-    let device = parse_device(&args.device).map_err(|e| anyhow!(e))?;
-    let dtype = parse_dtype(&args.dtype).map_err(|e| anyhow!(e))?;
+    let (device, dtype) = args.run_on.open().map_err(|e| anyhow!(e))?;
     let config = match (&args.config, &args.diffusers_config) {
         (Some(c), _) => Config::load(c)?,
         (None, Some(path)) => Config::from_diffusers_file(path)?.0,
@@ -79,7 +75,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         config.name,
         output.dims(),
         dtype,
-        args.device,
+        args.run_on.device,
         start.elapsed().as_secs_f64()
     );
     let metadata = HashMap::from([

@@ -7,10 +7,8 @@ mod study;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
-use candle_core::Device;
-use unetlab_bench::{bench, progress_bar, set_threads, BenchOptions, BenchResult, Machine};
+use unetlab_bench::{bench, progress_bar, BenchOptions, BenchResult, DeviceArgs, Machine};
 use unetlab_cost::{count, Conditions, CostReport};
-use unetlab_model::{parse_device, parse_dtype};
 use unetlab_spec::Config;
 
 use cache::{BenchConditions, Cache};
@@ -67,15 +65,8 @@ pub struct AblateArgs {
     /// Output folder (default: results/<study> in the workspace).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// cpu, cuda[:N] or metal[:N].
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// CPU threads for candle (default: all).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    run_on: DeviceArgs,
     /// Measure again even what is cached.
     #[arg(long)]
     force: bool,
@@ -90,9 +81,7 @@ pub struct Row {
 
 /// Runs `cargo xtask ablate`.
 pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
-    set_threads(args.threads).map_err(|e| anyhow!(e))?;
-    let device: Device = parse_device(&args.device).map_err(|e| anyhow!(e))?;
-    let dtype = parse_dtype(&args.dtype).map_err(|e| anyhow!(e))?;
+    let (device, dtype) = args.run_on.open().map_err(|e| anyhow!(e))?;
     let plan = study::plan(&args.files)?;
     let study = args
         .study
@@ -132,8 +121,8 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
             latent_size,
             batch: 1,
             tokens,
-            dtype: args.dtype.clone(),
-            device: args.device.clone(),
+            dtype: args.run_on.dtype.clone(),
+            device: args.run_on.device.clone(),
             threads: machine.threads,
             warmup,
             runs,
@@ -160,7 +149,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
                     per_block: true,
                     dtype,
                     device: device.clone(),
-                    device_name: args.device.clone(),
+                    device_name: args.run_on.device.clone(),
                     seed: 0,
                 };
                 let (bar, mut update) = progress_bar(&label);

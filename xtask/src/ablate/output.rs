@@ -38,8 +38,8 @@ pub fn write(
         "date_utc": started_utc,
         "commit": commit,
         "machine": machine,
-        "device": args.device,
-        "dtype": args.dtype,
+        "device": args.run_on.device,
+        "dtype": args.run_on.dtype,
         "configs": rows.iter().map(|r| json!({"name": r.config.name, "origin": r.config.origin, "hash": r.config.hash()})).collect::<Vec<_>>(),
     });
     write_text(&out.join("run.json"), &serde_json::to_string_pretty(&run)?)?;
