@@ -170,15 +170,7 @@ pub fn attention<O: Ops>(
         AttentionKernel::Softmax => ops.scale(&q, scale)?,
         AttentionKernel::Relu => ops.scale(&q, scale / m as f64)?,
     };
-    // Scoped so that the raw scores are freed as soon as the probabilities exist.
-    let probs = {
-        let scores = ops.matmul(&q, &kt)?;
-        match t.kernel {
-            AttentionKernel::Softmax => ops.softmax_last(&scores)?,
-            AttentionKernel::Relu => ops.unary(&scores, Unary::Relu)?,
-        }
-    };
-    let o = ops.matmul(&probs, &v)?;
+    let o = ops.attend(&q, &kt, &v, t.kernel)?;
     let o = ops.permute(&o, &[0, 2, 1, 3])?;
     let o = ops.reshape(&o, &[batch, n, dim])?;
     scoped(ops, "to_out.0", |ops| linear(ops, &o, dim, true))

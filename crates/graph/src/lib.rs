@@ -9,5 +9,5 @@ pub mod blocks;
 pub mod ops;
 pub mod unet;
 
-pub use ops::{scoped, Conv2dParams, Init, Ops, Unary};
+pub use ops::{attend, scoped, AttentionKernel, Conv2dParams, Init, Ops, Unary};
 pub use unet::{unet_forward, MissingInput, UnetInputs};

@@ -6,6 +6,8 @@
 //! (`push_scope`/`pop_scope`), so full names like `down_blocks.1.attentions.0.proj_in.weight`
 //! come from the forward itself.
 
+pub use unetlab_spec::AttentionKernel;
+
 /// How a parameter is initialised when an interpreter creates it (rather than loading it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
@@ -97,6 +99,18 @@ pub trait Ops {
     ) -> Result<Self::Tensor, Self::Error>;
     /// Softmax over the last dimension.
     fn softmax_last(&mut self, x: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    /// The attention core `weights(q · kt) · v`, with `weights` a softmax over keys or a ReLU:
+    /// q `[.., n, d]`, kt `[.., d, m]`, v `[.., m, d]` → `[.., n, d]`. The default is [`attend`];
+    /// an interpreter may compute the same thing in blocks of queries.
+    fn attend(
+        &mut self,
+        q: &Self::Tensor,
+        kt: &Self::Tensor,
+        v: &Self::Tensor,
+        kernel: AttentionKernel,
+    ) -> Result<Self::Tensor, Self::Error> {
+        attend(self, q, kt, v, kernel)
+    }
     /// Elementwise activation.
     fn unary(&mut self, x: &Self::Tensor, op: Unary) -> Result<Self::Tensor, Self::Error>;
     /// `x · scale`.
@@ -130,6 +144,25 @@ pub trait Ops {
         flip_sin_to_cos: bool,
         freq_shift: f64,
     ) -> Result<Self::Tensor, Self::Error>;
+}
+
+/// `weights(q · kt) · v` as two matmuls around the weighting; the raw scores are freed as soon as
+/// the weights exist.
+pub fn attend<O: Ops + ?Sized>(
+    ops: &mut O,
+    q: &O::Tensor,
+    kt: &O::Tensor,
+    v: &O::Tensor,
+    kernel: AttentionKernel,
+) -> Result<O::Tensor, O::Error> {
+    let weights = {
+        let scores = ops.matmul(q, kt)?;
+        match kernel {
+            AttentionKernel::Softmax => ops.softmax_last(&scores)?,
+            AttentionKernel::Relu => ops.unary(&scores, Unary::Relu)?,
+        }
+    };
+    ops.matmul(&weights, v)
 }
 
 /// Runs `f` inside scope `name`, leaving the scope even when `f` fails.

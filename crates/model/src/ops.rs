@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor, D};
-use unetlab_graph::{Conv2dParams, Init, Ops, Unary};
+use unetlab_graph::{attend, AttentionKernel, Conv2dParams, Init, Ops, Unary};
 
 use crate::error::ModelError;
 use crate::params::ParamStore;
@@ -80,6 +80,9 @@ impl<'a> CandleOps<'a> {
         &self.accessed
     }
 }
+
+/// Largest score block one attention step materialises during inference.
+const ATTENTION_BLOCK_BYTES: usize = 16 << 20;
 
 /// candle's CPU backend has no bf16 matmul or conv: there, those ops compute in f32 on upcast
 /// operands and round the result back to bf16. Returns the operands to use and the dtype to return.
@@ -263,6 +266,35 @@ impl Ops for CandleOps<'_> {
         let e = shifted.exp()?;
         Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
             .to_dtype(x.dtype())?)
+    }
+
+    fn attend(
+        &mut self,
+        q: &Tensor,
+        kt: &Tensor,
+        v: &Tensor,
+        kernel: AttentionKernel,
+    ) -> Result<Tensor, ModelError> {
+        // Inference computes blocks of queries so that each block's scores (at most
+        // ATTENTION_BLOCK_BYTES) stay in cache and reuse one allocation, instead of materialising
+        // the whole n x m map (512 MB per 64x64 self-attention of SD 1.5).
+        let dims = q.dims();
+        let (n, m) = (dims[dims.len() - 2], kt.dims()[kt.rank() - 1]);
+        let outer: usize = dims[..dims.len() - 2].iter().product();
+        let row_bytes = outer * m * q.dtype().size_in_bytes();
+        let rows = (ATTENTION_BLOCK_BYTES / row_bytes.max(1)).max(1);
+        if self.track_gradients || rows >= n {
+            return attend(self, q, kt, v, kernel);
+        }
+        let kt = kt.contiguous()?;
+        let v = v.contiguous()?;
+        let row_dim = dims.len() - 2;
+        let mut blocks = Vec::with_capacity(n.div_ceil(rows));
+        for start in (0..n).step_by(rows) {
+            let q_block = q.narrow(row_dim, start, rows.min(n - start))?;
+            blocks.push(attend(self, &q_block, &kt, &v, kernel)?);
+        }
+        Ok(Tensor::cat(&blocks, row_dim)?)
     }
 
     fn unary(&mut self, x: &Tensor, op: Unary) -> Result<Tensor, ModelError> {
