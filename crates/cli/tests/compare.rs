@@ -1,15 +1,9 @@
 //! `unetlab compare` and `unetlab bench` end to end, through the binary (tiny configs only; timings
 //! are printed, never asserted).
 
-use std::process::Command;
+mod common;
 
-fn unetlab(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_unetlab"))
-        .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .output()
-        .expect("runs the unetlab binary")
-}
+use common::unetlab;
 
 #[test]
 fn compare_puts_the_papers_numbers_beside_ours_and_writes_plots() {

@@ -1,16 +1,12 @@
 //! `unetlab count` end to end, through the binary.
 
-use std::process::{Command, Output};
+mod common;
+
+use common::unetlab;
+
+use std::process::Command;
 
 use serde_json::Value;
-
-fn unetlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unetlab"))
-        .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .output()
-        .expect("runs the unetlab binary")
-}
 
 fn json(args: &[&str]) -> Vec<Value> {
     let out = unetlab(args);

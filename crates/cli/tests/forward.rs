@@ -1,18 +1,13 @@
 //! `unetlab forward` and `unetlab convert` end to end, through the binary.
 
+mod common;
+
+use common::unetlab;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use unetlab_spec::Config;
-
-fn unetlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unetlab"))
-        .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .output()
-        .expect("runs the unetlab binary")
-}
 
 fn fixture(name: &str, file: &str) -> String {
     format!("../shared/reference/fixtures/{name}/{file}")
