@@ -7,6 +7,9 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::resolve::{StageSpec, UnetSpec};
+use crate::schema::{AttentionKernel, ConvKind, FeedForwardActivation, Projection};
+
 use crate::error::FieldError;
 
 /// Number of SDXL time ids (`original_size + crops_coords_top_left + target_size`); diffusers' config
@@ -340,4 +343,221 @@ fn block_types(r: &mut Reader, key: &str, levels: usize, cross: &str, plain: &st
             }
         })
         .collect()
+}
+
+/// The diffusers `UNet2DConditionModel` config of `spec`, or why diffusers cannot express it.
+///
+/// Expressible networks are the ones this module imports: self- and cross-attention in every
+/// transformer, softmax, separate K and V, a GEGLU feed-forward of mult 4, dense convs, one more up
+/// res block than down per level, a mid block of two res blocks around one transformer stack, and
+/// per-level uniform transformer depths. The result is checked by importing it back: it must give
+/// the same spec (text tokens aside, which diffusers configs do not store).
+pub fn diffusers_from_spec(spec: &UnetSpec) -> Result<Value, String> {
+    let levels = spec.levels.len();
+    let mut problems = Vec::new();
+    let stacks = spec
+        .levels
+        .iter()
+        .flat_map(|l| [&l.down, &l.up])
+        .filter(|s| s.transformer_depths.iter().any(|&d| d > 0))
+        .map(|s| &s.transformer)
+        .chain(
+            (spec.mid.transformer_depths.iter().any(|&d| d > 0)).then_some(&spec.mid.transformer),
+        );
+    for t in stacks {
+        let diffusers_like = t.self_attention
+            && t.cross_attention
+            && !t.shared_kv
+            && t.kernel == AttentionKernel::Softmax
+            && t.ff_mult == 4.0
+            && t.ff_activation == FeedForwardActivation::Gelu;
+        if !diffusers_like {
+            problems.push("transformer blocks other than self+cross softmax attention, separate K/V and a GEGLU feed-forward of mult 4".to_string());
+            break;
+        }
+    }
+    if spec.levels.iter().any(|l| l.conv != ConvKind::Regular) || spec.mid.conv != ConvKind::Regular
+    {
+        problems.push("separable convolutions".to_string());
+    }
+    if spec.mid.res_blocks() != 2 {
+        problems.push(format!(
+            "a mid block of {} res blocks (diffusers: 2)",
+            spec.mid.res_blocks()
+        ));
+    }
+    if spec.time.channels != spec.levels.first().map_or(0, |l| l.channels) {
+        problems
+            .push("a timestep sinusoid width other than the first level's channels".to_string());
+    }
+    if spec
+        .addition
+        .as_ref()
+        .is_some_and(|a| a.time_ids != TEXT_TIME_IDS as usize)
+    {
+        problems.push(format!(
+            "text_time with other than {TEXT_TIME_IDS} time ids"
+        ));
+    }
+    let uniform = |s: &StageSpec| {
+        let first = s.transformer_depths.first().copied().unwrap_or(0);
+        s.transformer_depths
+            .iter()
+            .all(|&d| d == first)
+            .then_some(first)
+    };
+    let mut down_depth = Vec::with_capacity(levels);
+    let mut up_depth = Vec::with_capacity(levels);
+    for (i, l) in spec.levels.iter().enumerate() {
+        if l.up.res_blocks() != l.down.res_blocks() + 1 {
+            problems.push(format!("level {i}: up res blocks other than down + 1"));
+        }
+        match (uniform(&l.down), uniform(&l.up)) {
+            (Some(d), Some(u)) => {
+                down_depth.push(d);
+                up_depth.push(u);
+            }
+            _ => problems.push(format!(
+                "level {i}: transformer depths that differ between res blocks"
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(format!(
+            "not a diffusers UNet2DConditionModel: {}",
+            problems.join("; ")
+        ));
+    }
+
+    // A level without transformers still needs an entry in diffusers' per-level lists; use the
+    // other direction's value (or the mid block's at the last level) so uniform lists stay scalar.
+    let mid_depth = spec.mid.transformer_depths.first().copied().unwrap_or(0);
+    let mut layers: Vec<usize> = (0..levels)
+        .map(|i| match (down_depth[i], up_depth[i]) {
+            (0, 0) => 1,
+            (0, u) => u,
+            (d, _) => d,
+        })
+        .collect();
+    if let Some(last) = layers.last_mut() {
+        if down_depth[levels - 1] == 0 {
+            *last = mid_depth;
+        }
+    }
+    let reverse: Vec<usize> = (0..levels)
+        .rev()
+        .map(|i| {
+            if up_depth[i] == 0 {
+                layers[i]
+            } else {
+                up_depth[i]
+            }
+        })
+        .collect();
+    let head_counts: Vec<usize> = spec
+        .levels
+        .iter()
+        .map(|l| l.down.transformer.heads.max(l.up.transformer.heads))
+        .collect();
+    let mid_heads = spec.mid.transformer.heads;
+    let used: Vec<usize> = head_counts
+        .iter()
+        .chain([&mid_heads])
+        .copied()
+        .filter(|&h| h > 0)
+        .collect();
+    let heads: Value = if used.windows(2).all(|w| w[0] == w[1]) {
+        json!(used.first().copied().unwrap_or(8))
+    } else {
+        let per_level: Vec<usize> = spec
+            .levels
+            .iter()
+            .zip(&head_counts)
+            .enumerate()
+            .map(|(i, (l, &h))| match h {
+                0 if i + 1 == levels && mid_heads > 0 => mid_heads,
+                0 => (l.channels / 64).max(1),
+                h => h,
+            })
+            .collect();
+        json!(per_level)
+    };
+    let scalar_or_list = |v: &[usize]| -> Value {
+        if v.windows(2).all(|w| w[0] == w[1]) {
+            json!(v[0])
+        } else {
+            json!(v)
+        }
+    };
+    let down_types: Vec<&str> = down_depth
+        .iter()
+        .map(|&d| {
+            if d > 0 {
+                "CrossAttnDownBlock2D"
+            } else {
+                "DownBlock2D"
+            }
+        })
+        .collect();
+    let up_types: Vec<&str> = up_depth
+        .iter()
+        .rev()
+        .map(|&d| {
+            if d > 0 {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            }
+        })
+        .collect();
+    let res: Vec<usize> = spec.levels.iter().map(|l| l.down.res_blocks()).collect();
+    let mut config = json!({
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": spec.latent_size,
+        "in_channels": spec.in_channels,
+        "out_channels": spec.out_channels,
+        "flip_sin_to_cos": spec.time.flip_sin_to_cos,
+        "freq_shift": spec.time.freq_shift,
+        "down_block_types": down_types,
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "up_block_types": up_types,
+        "block_out_channels": spec.levels.iter().map(|l| l.channels).collect::<Vec<_>>(),
+        "layers_per_block": scalar_or_list(&res),
+        "norm_num_groups": spec.norm.groups,
+        "norm_eps": spec.norm.eps,
+        "cross_attention_dim": spec.text_dim,
+        "transformer_layers_per_block": scalar_or_list(&layers),
+        "attention_head_dim": heads,
+        "use_linear_projection": spec.proj == Projection::Linear,
+    });
+    let reversed: Vec<usize> = layers.iter().rev().copied().collect();
+    if reverse != reversed {
+        config["reverse_transformer_layers_per_block"] = json!(reverse);
+    }
+    if spec.time.dim != 4 * spec.time.channels {
+        config["time_embedding_dim"] = json!(spec.time.dim);
+    }
+    if let Some(a) = &spec.addition {
+        config["addition_embed_type"] = json!("text_time");
+        config["addition_time_embed_dim"] = json!(a.time_channels);
+        config["projection_class_embeddings_input_dim"] = json!(a.input_dim());
+    }
+
+    let back = yaml_from_diffusers(&config, "check")
+        .map_err(|e| format!("internal: the diffusers config does not import: {e:?}"))
+        .and_then(|yaml| {
+            crate::Config::from_yaml(&yaml, "diffusers export check", None)
+                .map_err(|e| format!("internal: the diffusers config does not resolve: {e}"))
+        })?;
+    let expected = UnetSpec {
+        text_tokens: back.spec.text_tokens,
+        ..spec.clone()
+    };
+    if back.spec != expected {
+        return Err(
+            "not a diffusers UNet2DConditionModel: its diffusers config would build a different network"
+                .to_string(),
+        );
+    }
+    Ok(config)
 }

@@ -6,6 +6,7 @@
 
 pub mod diffusers;
 pub mod error;
+pub mod explicit;
 mod load;
 pub mod paper;
 pub mod presets;
