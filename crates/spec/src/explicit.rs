@@ -11,6 +11,16 @@ use crate::Config;
 /// `unet` section in which every option of every level, stage and the mid block is spelled out.
 /// Loading it gives a spec equal to `config.spec`.
 pub fn explicit_yaml(config: &Config) -> String {
+    let yaml =
+        serde_norway::to_string(&explicit_value(config)).expect("JSON values always serialise");
+    format!(
+        "# Resolved unetlab config: `extends` flattened, every default explicit (written by unetlab {}).\n{yaml}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The document of [`explicit_yaml`] as a JSON value (what a bundle's `config.json` holds).
+pub fn explicit_value(config: &Config) -> Value {
     let mut doc = json!({ "name": config.name });
     if let Some(d) = &config.description {
         doc["description"] = json!(d);
@@ -19,11 +29,7 @@ pub fn explicit_yaml(config: &Config) -> String {
         doc["paper"] = serde_json::to_value(p).expect("a paper note always serialises");
     }
     doc["unet"] = unet_value(&config.spec);
-    let yaml = serde_norway::to_string(&doc).expect("JSON values always serialise");
-    format!(
-        "# Resolved unetlab config: `extends` flattened, every default explicit (written by unetlab {}).\n{yaml}",
-        env!("CARGO_PKG_VERSION")
-    )
+    doc
 }
 
 fn unet_value(spec: &UnetSpec) -> Value {

@@ -1,0 +1,592 @@
+//! Inference bundles: one directory with everything needed to run a config elsewhere.
+//!
+//! ```text
+//! BUNDLE/
+//!   config.yaml, config.json   the resolved config (extends flattened, every default explicit)
+//!   model.safetensors          weights, diffusers names; metadata: config, hash, unetlab version
+//!   model.onnx[, .data]        the UNet graph (external data when the weights pass 2 GB)
+//!   example_io.safetensors     a test vector: inputs (batch 2) and the candle model's output
+//!   diffusers/config.json      when the network is a diffusers UNet2DConditionModel, with
+//!   diffusers/diffusion_pytorch_model.safetensors -> ../model.safetensors
+//!   README.md                  model card
+//!   manifest.json              what is where: sizes and SHA-256 of every file, shapes, the command
+//! ```
+//!
+//! A bundle is written into a hidden sibling directory and renamed into place, so a failed or
+//! killed export never leaves a half-written bundle under the requested name. [`Bundle::open`]
+//! re-checks every file's hash, the config against its hash, and the weights against the config.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use unetlab_cost::{count, Conditions};
+use unetlab_graph::UnetInputs;
+use unetlab_model::{example_inputs, write_safetensors, UnetModel};
+use unetlab_spec::diffusers::diffusers_from_spec;
+use unetlab_spec::explicit::{explicit_value, explicit_yaml};
+use unetlab_spec::Config;
+
+use crate::card::model_card;
+use crate::error::ExportError;
+use crate::onnx::{input_type, onnx_model, OnnxOptions, BATCH};
+use crate::proto::{ElemType, Initializer, Model, TensorBytes};
+
+/// Format name in `manifest.json`.
+pub const FORMAT: &str = "unetlab-bundle/1";
+/// Batch of the bundled test vector (2, so a runtime must honour the dynamic batch).
+pub const EXAMPLE_BATCH: usize = 2;
+/// Initializers move to `model.onnx.data` when they total more than this (protobuf's 2 GiB limit,
+/// less room for the graph).
+pub const EXTERNAL_DATA_THRESHOLD: usize = (2 << 30) - (64 << 20);
+
+/// A measured latency, for the model card and manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    /// Median seconds per forward.
+    pub median_s: f64,
+    /// Timed runs.
+    pub runs: usize,
+    /// Where and how: runtime, device, dtype, threads, batch, latent size.
+    pub setting: String,
+}
+
+/// One file of a bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Size in bytes.
+    pub bytes: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+}
+
+/// A graph input or output: name, element type and shape (`"batch"` for the dynamic dimension).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TensorSignature {
+    /// Name.
+    pub name: String,
+    /// `f32` or `f16`.
+    pub dtype: String,
+    /// Dimensions; the batch is the string `"batch"`.
+    pub shape: Vec<serde_json::Value>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: String,
+    /// unetlab version that wrote the bundle.
+    pub unetlab_version: String,
+    /// Config name.
+    pub name: String,
+    /// [`Config::hash`] of the bundled config.
+    pub config_hash: String,
+    /// Weight and activation type: `f32` or `f16`.
+    pub dtype: String,
+    /// ONNX opset.
+    pub opset: i64,
+    /// Latent size the graph was exported for.
+    pub latent_size: usize,
+    /// Text tokens the graph was exported for.
+    pub tokens: usize,
+    /// Graph inputs.
+    pub inputs: Vec<TensorSignature>,
+    /// Graph output.
+    pub output: TensorSignature,
+    /// Parameter count.
+    pub parameters: u64,
+    /// Multiply-accumulates per sample at `latent_size` (the paper's "GFLOPs" are G of these).
+    pub macs: u64,
+    /// Where the weights came from (`seed 0`, a file).
+    pub weights: String,
+    /// Whether this is a diffusers UNet2DConditionModel (`diffusers/`), or why not.
+    pub diffusers: Result<String, String>,
+    /// candle latency measured at export, if any.
+    pub latency: Option<Latency>,
+    /// The command that wrote the bundle.
+    pub command: String,
+    /// Every file but this one, by relative path.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// How a bundle is made.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Element type of weights and activations.
+    pub dtype: ElemType,
+    /// ONNX opset.
+    pub opset: i64,
+    /// Latent size of the graph.
+    pub latent_size: usize,
+    /// Text tokens of the graph.
+    pub tokens: usize,
+    /// Put the ONNX weights in `model.onnx.data` even below [`EXTERNAL_DATA_THRESHOLD`].
+    pub external_data: bool,
+    /// Replace an existing bundle at the destination.
+    pub force: bool,
+    /// Where the weights came from, for the card.
+    pub weights: String,
+    /// The command line, for the card.
+    pub command: String,
+    /// A latency measured beforehand, for the card.
+    pub latency: Option<Latency>,
+}
+
+/// The short name of an element type in manifests and on the command line.
+pub fn dtype_name(elem: ElemType) -> &'static str {
+    match elem {
+        ElemType::F32 => "f32",
+        ElemType::F16 => "f16",
+        ElemType::I64 => "i64",
+    }
+}
+
+/// Writes the bundle of `config` with `model`'s weights to `out`, atomically. The model's dtype
+/// must be the export dtype.
+pub fn write_bundle(
+    config: &Config,
+    model: &UnetModel,
+    options: &ExportOptions,
+    out: &Path,
+) -> Result<Manifest, ExportError> {
+    let bundle_error = |message: String| ExportError::Bundle {
+        dir: out.to_path_buf(),
+        message,
+    };
+    if out.exists() && !options.force {
+        return Err(bundle_error(
+            "already exists (pass --force to replace it)".into(),
+        ));
+    }
+    if model.params.dtype() != crate::onnx::candle_dtype(options.dtype) {
+        return Err(bundle_error(format!(
+            "the model is {:?} but the export dtype is {}",
+            model.params.dtype(),
+            dtype_name(options.dtype)
+        )));
+    }
+    let staging = sibling(out, "partial")?;
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(ExportError::io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(ExportError::io(&staging))?;
+    let written = fill(config, model, options, &staging);
+    let manifest = match written {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if out.exists() {
+        let old = sibling(out, "old")?;
+        std::fs::rename(out, &old).map_err(ExportError::io(out))?;
+        std::fs::rename(&staging, out).map_err(ExportError::io(out))?;
+        std::fs::remove_dir_all(&old).map_err(ExportError::io(&old))?;
+    } else {
+        std::fs::rename(&staging, out).map_err(ExportError::io(out))?;
+    }
+    Ok(manifest)
+}
+
+/// A hidden directory beside `out` for staging (`.NAME.partial-PID`).
+fn sibling(out: &Path, what: &str) -> Result<PathBuf, ExportError> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| ExportError::Bundle {
+            dir: out.to_path_buf(),
+            message: "the output must name a directory".into(),
+        })?
+        .to_string_lossy();
+    Ok(out.with_file_name(format!(".{name}.{what}-{}", std::process::id())))
+}
+
+/// Writes every file of the bundle into `dir`.
+fn fill(
+    config: &Config,
+    model: &UnetModel,
+    options: &ExportOptions,
+    dir: &Path,
+) -> Result<Manifest, ExportError> {
+    let spec = &config.spec;
+    let hash = config.hash();
+    let yaml = explicit_yaml(config);
+    write_file(&dir.join("config.yaml"), yaml.as_bytes())?;
+    let json = serde_json::to_string_pretty(&explicit_value(config)).expect("JSON always prints");
+    write_file(&dir.join("config.json"), json.as_bytes())?;
+
+    let diffusers = diffusers_from_spec(spec).map(|diffusers_config| {
+        let sub = dir.join("diffusers");
+        (sub, diffusers_config)
+    });
+    let diffusers = match diffusers {
+        Ok((sub, diffusers_config)) => {
+            std::fs::create_dir_all(&sub).map_err(ExportError::io(&sub))?;
+            let text = serde_json::to_string_pretty(&diffusers_config).expect("JSON always prints");
+            write_file(&sub.join("config.json"), text.as_bytes())?;
+            let link = sub.join("diffusion_pytorch_model.safetensors");
+            symlink("../model.safetensors", &link)?;
+            Ok("diffusers/".to_string())
+        }
+        Err(reason) => Err(reason),
+    };
+
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("unetlab.config".to_string(), yaml.clone()),
+        ("unetlab.config_hash".to_string(), hash.clone()),
+        (
+            "unetlab.version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        (
+            "unetlab.dtype".to_string(),
+            dtype_name(options.dtype).to_string(),
+        ),
+    ]);
+    model.save(&dir.join("model.safetensors"), metadata)?;
+
+    let example = example_io(model, options)?;
+    let refs: Vec<(&str, &Tensor)> = example.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    write_safetensors(&dir.join("example_io.safetensors"), &refs, HashMap::new())?;
+
+    let onnx_options = OnnxOptions {
+        latent_size: options.latent_size,
+        tokens: options.tokens,
+        opset: options.opset,
+        dtype: options.dtype,
+    };
+    let mut graph = onnx_model(spec, &model.params, onnx_options)?;
+    graph.metadata = vec![
+        ("unetlab.config_hash".into(), hash.clone()),
+        ("unetlab.config".into(), yaml),
+    ];
+    write_onnx(graph, dir, options.external_data)?;
+
+    let costs = count(
+        spec,
+        Conditions {
+            batch: 1,
+            latent_size: options.latent_size,
+            tokens: options.tokens,
+        },
+    )
+    .map_err(unetlab_model::ModelError::from)?;
+    let signature = |name: &str, elem: ElemType, dims: &[usize]| TensorSignature {
+        name: name.into(),
+        dtype: dtype_name(elem).into(),
+        shape: dims
+            .iter()
+            .map(|&d| match d {
+                BATCH => serde_json::json!("batch"),
+                d => serde_json::json!(d),
+            })
+            .collect(),
+    };
+    let shapes = UnetInputs::shapes(spec, BATCH, options.latent_size, options.tokens);
+    let mut manifest = Manifest {
+        format: FORMAT.into(),
+        unetlab_version: env!("CARGO_PKG_VERSION").into(),
+        name: config.name.clone(),
+        config_hash: hash,
+        dtype: dtype_name(options.dtype).into(),
+        opset: options.opset,
+        latent_size: options.latent_size,
+        tokens: options.tokens,
+        inputs: shapes
+            .named()
+            .into_iter()
+            .map(|(name, dims)| signature(name, input_type(name, options.dtype), dims))
+            .collect(),
+        output: signature(
+            "output",
+            options.dtype,
+            &[
+                BATCH,
+                spec.out_channels,
+                options.latent_size,
+                options.latent_size,
+            ],
+        ),
+        parameters: costs.params(),
+        macs: costs.macs.total(),
+        weights: options.weights.clone(),
+        diffusers,
+        latency: options.latency.clone(),
+        command: options.command.clone(),
+        files: BTreeMap::new(),
+    };
+    write_file(
+        &dir.join("README.md"),
+        model_card(config, &manifest).as_bytes(),
+    )?;
+    manifest.files = hash_files(dir)?;
+    let text = serde_json::to_string_pretty(&manifest).expect("JSON always prints");
+    write_file(&dir.join("manifest.json"), text.as_bytes())?;
+    Ok(manifest)
+}
+
+/// The test vector: seeded example inputs at batch [`EXAMPLE_BATCH`] in the graph's input types,
+/// and the candle model's output on them.
+fn example_io(
+    model: &UnetModel,
+    options: &ExportOptions,
+) -> Result<Vec<(String, Tensor)>, ExportError> {
+    let device = model.params.device().clone();
+    let inputs = example_inputs(
+        &model.spec,
+        EXAMPLE_BATCH,
+        options.latent_size,
+        options.tokens,
+        0,
+        &device,
+    )?;
+    let inputs = inputs.try_map(|name, t| {
+        t.to_dtype(crate::onnx::candle_dtype(input_type(name, options.dtype)))
+    })?;
+    let output = model.forward(&inputs)?;
+    let mut tensors: Vec<(String, Tensor)> = inputs
+        .named()
+        .into_iter()
+        .map(|(name, t)| (name.to_string(), t.to_device(&Device::Cpu)))
+        .map(|(name, t)| t.map(|t| (name, t)))
+        .collect::<Result<_, _>>()?;
+    tensors.push(("output".into(), output.to_device(&Device::Cpu)?));
+    Ok(tensors)
+}
+
+/// Writes `model.onnx`, moving the weights to `model.onnx.data` when asked or when they would
+/// pass protobuf's 2 GB limit.
+fn write_onnx(mut graph: Model, dir: &Path, external: bool) -> Result<(), ExportError> {
+    let raw_bytes: usize = graph
+        .initializers
+        .iter()
+        .map(|t| match &t.bytes {
+            TensorBytes::Raw(b) => b.len(),
+            TensorBytes::External { .. } => 0,
+        })
+        .sum();
+    if external || raw_bytes > EXTERNAL_DATA_THRESHOLD {
+        let data_name = "model.onnx.data";
+        let path = dir.join(data_name);
+        let file = std::fs::File::create(&path).map_err(ExportError::io(&path))?;
+        let mut data = std::io::BufWriter::new(file);
+        let mut offset = 0u64;
+        for t in &mut graph.initializers {
+            move_external(t, data_name, &mut data, &mut offset).map_err(ExportError::io(&path))?;
+        }
+        data.flush().map_err(ExportError::io(&path))?;
+    }
+    write_file(&dir.join("model.onnx"), &graph.encode())
+}
+
+/// Appends a weight's bytes to the external data file (4 KiB-aligned) and points the initializer
+/// there; small constants stay inline.
+fn move_external(
+    t: &mut Initializer,
+    location: &str,
+    data: &mut impl Write,
+    offset: &mut u64,
+) -> std::io::Result<()> {
+    let TensorBytes::Raw(raw) = &t.bytes else {
+        return Ok(());
+    };
+    if raw.len() < 1024 {
+        return Ok(());
+    }
+    let padding = offset.next_multiple_of(4096) - *offset;
+    data.write_all(&vec![0; padding as usize])?;
+    *offset += padding;
+    let length = raw.len() as u64;
+    data.write_all(raw)?;
+    t.bytes = TensorBytes::External {
+        location: location.into(),
+        offset: *offset,
+        length,
+    };
+    *offset += length;
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    std::fs::write(path, bytes).map_err(ExportError::io(path))
+}
+
+#[cfg(unix)]
+fn symlink(target: &str, link: &Path) -> Result<(), ExportError> {
+    std::os::unix::fs::symlink(target, link).map_err(ExportError::io(link))
+}
+
+#[cfg(not(unix))]
+fn symlink(target: &str, link: &Path) -> Result<(), ExportError> {
+    let source = link.parent().expect("in a directory").join(target);
+    std::fs::copy(&source, link)
+        .map(|_| ())
+        .map_err(ExportError::io(link))
+}
+
+/// Size and SHA-256 of every regular file under `dir` (symlinks and the manifest excluded).
+fn hash_files(dir: &Path) -> Result<BTreeMap<String, FileEntry>, ExportError> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).map_err(ExportError::io(&d))? {
+            let entry = entry.map_err(ExportError::io(&d))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(ExportError::io(&path))?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                let rel = path
+                    .strip_prefix(dir)
+                    .expect("under dir")
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                if rel != "manifest.json" {
+                    files.insert(rel, file_entry(&path)?);
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn file_entry(path: &Path) -> Result<FileEntry, ExportError> {
+    let mut file = std::fs::File::open(path).map_err(ExportError::io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(ExportError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(FileEntry { bytes, sha256 })
+}
+
+/// A checked bundle.
+#[derive(Debug)]
+pub struct Bundle {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its config, rebuilt from `config.yaml`.
+    pub config: Config,
+}
+
+impl Bundle {
+    /// Opens and checks a bundle: the manifest's format, every file's size and SHA-256, the
+    /// config against its hash, and the weights' recorded hash. Errors say which check failed.
+    pub fn open(dir: &Path) -> Result<Bundle, ExportError> {
+        let fail = |message: String| ExportError::Bundle {
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let manifest_path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
+            fail(format!(
+                "no readable manifest.json ({e}): not a unetlab bundle"
+            ))
+        })?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| fail(format!("manifest.json is not a bundle manifest: {e}")))?;
+        if manifest.format != FORMAT {
+            return Err(fail(format!("format {} is not {FORMAT}", manifest.format)));
+        }
+        for (name, want) in &manifest.files {
+            let path = dir.join(name);
+            if !path.is_file() {
+                return Err(fail(format!("{name} is missing")));
+            }
+            let found = file_entry(&path)?;
+            if found != *want {
+                return Err(fail(format!(
+                    "{name} was modified: {} bytes, sha256 {}, the manifest records {} bytes, sha256 {}",
+                    found.bytes, found.sha256, want.bytes, want.sha256
+                )));
+            }
+        }
+        for required in ["config.yaml", "model.safetensors", "model.onnx"] {
+            if !manifest.files.contains_key(required) {
+                return Err(fail(format!("the manifest lists no {required}")));
+            }
+        }
+        let yaml_path = dir.join("config.yaml");
+        let yaml = std::fs::read_to_string(&yaml_path).map_err(ExportError::io(&yaml_path))?;
+        let config = Config::from_yaml(&yaml, &yaml_path.display().to_string(), Some(dir))?;
+        if config.hash() != manifest.config_hash {
+            return Err(fail(format!(
+                "config.yaml hashes to {}, the manifest records {}",
+                config.hash(),
+                manifest.config_hash
+            )));
+        }
+        let weights_hash = weights_config_hash(&dir.join("model.safetensors"))?;
+        if weights_hash.as_deref() != Some(manifest.config_hash.as_str()) {
+            return Err(fail(format!(
+                "model.safetensors was written for config {}, the bundle's config is {}",
+                weights_hash.as_deref().unwrap_or("(none recorded)"),
+                manifest.config_hash
+            )));
+        }
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            manifest,
+            config,
+        })
+    }
+
+    /// The bundle's weights as a candle model in its dtype, checked name by name and shape by shape.
+    pub fn load_model(&self, device: &Device) -> Result<UnetModel, ExportError> {
+        let dtype =
+            unetlab_model::parse_dtype(&self.manifest.dtype).map_err(|m| ExportError::Bundle {
+                dir: self.dir.clone(),
+                message: m,
+            })?;
+        Ok(UnetModel::load(
+            self.config.spec.clone(),
+            &self.dir.join("model.safetensors"),
+            device,
+            dtype,
+        )?)
+    }
+
+    /// The bundled test vector (inputs and `output`).
+    pub fn example_io(&self, device: &Device) -> Result<HashMap<String, Tensor>, ExportError> {
+        Ok(candle_core::safetensors::load(
+            self.dir.join("example_io.safetensors"),
+            device,
+        )?)
+    }
+}
+
+/// The `unetlab.config_hash` recorded in a safetensors file's metadata.
+fn weights_config_hash(path: &Path) -> Result<Option<String>, ExportError> {
+    let mut file = std::fs::File::open(path).map_err(ExportError::io(path))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(ExportError::io(path))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Ok(None);
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(ExportError::io(path))?;
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap_or_default();
+    Ok(header["__metadata__"]["unetlab.config_hash"]
+        .as_str()
+        .map(str::to_string))
+}

@@ -1,0 +1,677 @@
+//! The ONNX interpreter of the UNet forward: symbolic tensors in, graph nodes out.
+//!
+//! [`OnnxOps`] implements [`Ops`] by recording one or a few ONNX nodes per op, so the exported graph
+//! is the same walk of `unet_forward` that the counter and the candle model make. Two choices keep
+//! it portable:
+//! - **Dynamic batch.** The walk runs with the batch set to [`BATCH`], a prime no static dimension
+//!   reaches; every dimension that is a multiple of it is batch-derived and becomes `-1` in the
+//!   Reshape that produces it (at most one per shape, else the export fails with the op's name).
+//! - **Decomposed norms.** GroupNorm and LayerNorm are written as ReduceMean/Sub/Mul/Sqrt/Div (the
+//!   statistics in f32, as the candle model computes them), because candle-onnx has neither
+//!   normalisation op and ONNX's GroupNormalization is only sound from opset 21.
+//!
+//! Latent size and token count are fixed at export.
+
+use std::collections::HashMap;
+
+use candle_core::DType;
+use unetlab_graph::{
+    attend, unet_forward, AttentionKernel, Conv2dParams, Init, Ops, Unary, UnetInputs,
+};
+use unetlab_model::ParamStore;
+use unetlab_spec::UnetSpec;
+
+use crate::error::ExportError;
+use crate::proto::{AttrValue, Dim, ElemType, Initializer, Model, Node, TensorBytes, ValueInfo};
+
+/// The batch size the forward is walked with: a prime (2³¹ − 1) that marks batch-derived dimensions.
+pub const BATCH: usize = 2_147_483_647;
+
+/// Opsets the exporter supports (ReduceMean takes `axes` as an attribute up to 17, as an input from 18).
+pub const OPSETS: std::ops::RangeInclusive<i64> = 17..=21;
+
+/// A symbolic tensor: the name of the graph value, its dimensions (batch as [`BATCH`]) and type.
+#[derive(Debug, Clone)]
+pub struct Value {
+    name: String,
+    dims: Vec<usize>,
+    elem: ElemType,
+}
+
+/// What to export.
+#[derive(Debug, Clone, Copy)]
+pub struct OnnxOptions {
+    /// Latent height = width of `sample`.
+    pub latent_size: usize,
+    /// Text tokens of `encoder_hidden_states`.
+    pub tokens: usize,
+    /// ONNX opset of the default domain (see [`OPSETS`]).
+    pub opset: i64,
+    /// Element type of weights and activations (f32 or f16); `timestep` and `time_ids` stay f32.
+    pub dtype: ElemType,
+}
+
+/// The ONNX model of `spec` with the weights of `params` as initializers (diffusers names).
+pub fn onnx_model(
+    spec: &UnetSpec,
+    params: &ParamStore,
+    options: OnnxOptions,
+) -> Result<Model, ExportError> {
+    if !OPSETS.contains(&options.opset) {
+        return Err(ExportError::Unsupported(format!(
+            "opset {} (supported: {}..={})",
+            options.opset,
+            OPSETS.start(),
+            OPSETS.end()
+        )));
+    }
+    if options.dtype == ElemType::I64 {
+        return Err(ExportError::Unsupported("int64 weights".into()));
+    }
+    unetlab_spec::check_latent_size(spec.levels.len(), options.latent_size)
+        .map_err(|m| ExportError::Unsupported(format!("latent size {m}")))?;
+    let mut ops = OnnxOps {
+        params,
+        dtype: options.dtype,
+        opset: options.opset,
+        scope: Vec::new(),
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+        constants: HashMap::new(),
+        next_value: 0,
+    };
+    let shapes = UnetInputs::shapes(spec, BATCH, options.latent_size, options.tokens);
+    let inputs = shapes.try_map(|name, dims| {
+        Ok::<_, ExportError>(Value {
+            name: name.to_string(),
+            dims: dims.clone(),
+            elem: input_type(name, options.dtype),
+        })
+    })?;
+    let result = unet_forward(&mut ops, spec, &inputs)?;
+    ops.node("Identity", &[&result.name], vec![], "output".into());
+    let graph_inputs = inputs
+        .named()
+        .into_iter()
+        .map(|(_, v)| value_info(&v.name, v.elem, &v.dims))
+        .collect();
+    let output = value_info("output", result.elem, &result.dims);
+    Ok(Model {
+        name: "unet".into(),
+        opset: options.opset,
+        nodes: ops.nodes,
+        initializers: ops.initializers,
+        inputs: graph_inputs,
+        outputs: vec![output],
+        metadata: Vec::new(),
+    })
+}
+
+/// The element type of a graph input: timesteps and time ids are always f32 (their sinusoids need
+/// f32 precision), everything else has the model's type.
+pub fn input_type(name: &str, dtype: ElemType) -> ElemType {
+    match name {
+        "timestep" | "time_ids" => ElemType::F32,
+        _ => dtype,
+    }
+}
+
+fn value_info(name: &str, elem: ElemType, dims: &[usize]) -> ValueInfo {
+    ValueInfo {
+        name: name.into(),
+        elem_type: elem,
+        dims: dims
+            .iter()
+            .map(|&d| match d {
+                BATCH => Dim::Named("batch".into()),
+                d => Dim::Fixed(d),
+            })
+            .collect(),
+    }
+}
+
+/// The candle dtype of an ONNX element type.
+pub fn candle_dtype(elem: ElemType) -> DType {
+    match elem {
+        ElemType::F32 => DType::F32,
+        ElemType::F16 => DType::F16,
+        ElemType::I64 => DType::I64,
+    }
+}
+
+/// Records the forward as ONNX nodes.
+struct OnnxOps<'a> {
+    params: &'a ParamStore,
+    dtype: ElemType,
+    opset: i64,
+    scope: Vec<String>,
+    nodes: Vec<Node>,
+    initializers: Vec<Initializer>,
+    /// Constants already emitted, by (type, dims, bytes), so equal constants are stored once.
+    constants: HashMap<(ElemType, Vec<usize>, Vec<u8>), String>,
+    next_value: usize,
+}
+
+impl OnnxOps<'_> {
+    /// Appends a node with one output (named `output`, or a fresh name when empty) and returns it.
+    fn node(
+        &mut self,
+        op_type: &'static str,
+        inputs: &[&str],
+        attributes: Vec<(&'static str, AttrValue)>,
+        output: String,
+    ) -> String {
+        let output = if output.is_empty() {
+            self.next_value += 1;
+            format!("v{}", self.next_value)
+        } else {
+            output
+        };
+        let name = format!("{}/{op_type}_{}", self.scope.join("."), self.nodes.len());
+        self.nodes.push(Node {
+            op_type,
+            name,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![output.clone()],
+            attributes,
+        });
+        output
+    }
+
+    /// A node whose output has `dims` and `elem`.
+    fn op(
+        &mut self,
+        op_type: &'static str,
+        inputs: &[&str],
+        attributes: Vec<(&'static str, AttrValue)>,
+        dims: Vec<usize>,
+        elem: ElemType,
+    ) -> Value {
+        let name = self.node(op_type, inputs, attributes, String::new());
+        Value { name, dims, elem }
+    }
+
+    fn constant(&mut self, elem: ElemType, dims: Vec<usize>, bytes: Vec<u8>) -> String {
+        let key = (elem, dims, bytes);
+        if let Some(name) = self.constants.get(&key) {
+            return name.clone();
+        }
+        let name = format!("const.{}", self.constants.len());
+        self.initializers.push(Initializer {
+            name: name.clone(),
+            elem_type: elem,
+            dims: key.1.clone(),
+            bytes: TensorBytes::Raw(key.2.clone()),
+        });
+        self.constants.insert(key, name.clone());
+        name
+    }
+
+    fn ints(&mut self, values: &[i64]) -> String {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.constant(ElemType::I64, vec![values.len()], bytes)
+    }
+
+    /// A one-element constant of type `elem` (shape `[1]`, so it broadcasts everywhere).
+    fn scalar(&mut self, elem: ElemType, value: f64) -> String {
+        let bytes = match elem {
+            ElemType::F32 => (value as f32).to_le_bytes().to_vec(),
+            ElemType::F16 => half::f16::from_f64(value).to_le_bytes().to_vec(),
+            ElemType::I64 => (value as i64).to_le_bytes().to_vec(),
+        };
+        self.constant(elem, vec![1], bytes)
+    }
+
+    /// The Reshape target for `dims`: the one batch-derived dimension becomes -1.
+    fn shape_of(&mut self, dims: &[usize], what: &str) -> Result<String, ExportError> {
+        let batch_dims = dims.iter().filter(|&&d| is_batch(d)).count();
+        if batch_dims > 1 {
+            return Err(ExportError::Unsupported(format!(
+                "{what} at {}: more than one batch-derived dimension in {}, the batch cannot stay dynamic",
+                self.scope.join("."),
+                show_dims(dims)
+            )));
+        }
+        let target: Vec<i64> = dims
+            .iter()
+            .map(|&d| if is_batch(d) { -1 } else { d as i64 })
+            .collect();
+        Ok(self.ints(&target))
+    }
+
+    fn reshape_to(&mut self, x: &Value, dims: Vec<usize>) -> Result<Value, ExportError> {
+        let shape = self.shape_of(&dims, "reshape")?;
+        Ok(self.op("Reshape", &[&x.name, &shape], vec![], dims, x.elem))
+    }
+
+    fn cast(&mut self, x: &Value, to: ElemType) -> Value {
+        if x.elem == to {
+            return x.clone();
+        }
+        self.op(
+            "Cast",
+            &[&x.name],
+            vec![("to", AttrValue::Int(to as i64))],
+            x.dims.clone(),
+            to,
+        )
+    }
+
+    fn binary(
+        &mut self,
+        op_type: &'static str,
+        a: &Value,
+        b: &Value,
+    ) -> Result<Value, ExportError> {
+        let dims = broadcast(&a.dims, &b.dims).ok_or_else(|| {
+            ExportError::Unsupported(format!(
+                "{op_type} at {}: shapes {} and {} do not broadcast",
+                self.scope.join("."),
+                show_dims(&a.dims),
+                show_dims(&b.dims)
+            ))
+        })?;
+        Ok(self.op(op_type, &[&a.name, &b.name], vec![], dims, a.elem))
+    }
+
+    fn with_scalar(&mut self, op_type: &'static str, x: &Value, value: f64) -> Value {
+        let c = self.scalar(x.elem, value);
+        self.op(op_type, &[&x.name, &c], vec![], x.dims.clone(), x.elem)
+    }
+
+    fn reduce_mean_last(&mut self, x: &Value) -> Value {
+        let mut dims = x.dims.clone();
+        *dims.last_mut().expect("norms have a last axis") = 1;
+        let keep = ("keepdims", AttrValue::Int(1));
+        if self.opset >= 18 {
+            let axes = self.ints(&[-1]);
+            self.op("ReduceMean", &[&x.name, &axes], vec![keep], dims, x.elem)
+        } else {
+            let axes = ("axes", AttrValue::Ints(vec![-1]));
+            self.op("ReduceMean", &[&x.name], vec![axes, keep], dims, x.elem)
+        }
+    }
+
+    /// `(x − mean) / √(var + eps)` over the last axis, in f32, returned in `x`'s type.
+    fn standardize_last(&mut self, x: &Value, eps: f64) -> Result<Value, ExportError> {
+        let x32 = self.cast(x, ElemType::F32);
+        let mean = self.reduce_mean_last(&x32);
+        let centered = self.binary("Sub", &x32, &mean)?;
+        let squares = self.binary("Mul", &centered, &centered)?;
+        let var = self.reduce_mean_last(&squares);
+        let var = self.with_scalar("Add", &var, eps);
+        let std = self.op("Sqrt", &[&var.name], vec![], var.dims.clone(), var.elem);
+        let normed = self.binary("Div", &centered, &std)?;
+        Ok(self.cast(&normed, x.elem))
+    }
+
+    /// `x · w + b` with per-channel `w`, `b` on axis `axis` of `x`.
+    fn affine_channels(
+        &mut self,
+        x: &Value,
+        axis: usize,
+        w: &Value,
+        b: &Value,
+    ) -> Result<Value, ExportError> {
+        let trailing = x.dims.len() - axis - 1;
+        let channel_dims: Vec<usize> = std::iter::once(w.dims[0])
+            .chain(std::iter::repeat_n(1, trailing))
+            .collect();
+        let (w, b) = if trailing == 0 {
+            (w.clone(), b.clone())
+        } else {
+            (
+                self.reshape_to(w, channel_dims.clone())?,
+                self.reshape_to(b, channel_dims)?,
+            )
+        };
+        let scaled = self.binary("Mul", x, &w)?;
+        self.binary("Add", &scaled, &b)
+    }
+}
+
+impl Ops for OnnxOps<'_> {
+    type Tensor = Value;
+    type Error = ExportError;
+
+    fn dims(&self, x: &Value) -> Vec<usize> {
+        x.dims.clone()
+    }
+
+    fn push_scope(&mut self, name: &str) {
+        self.scope.push(name.to_string());
+    }
+
+    fn pop_scope(&mut self) {
+        self.scope.pop();
+    }
+
+    fn param(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Value, ExportError> {
+        let full: String = self
+            .scope
+            .iter()
+            .map(String::as_str)
+            .chain([name])
+            .collect::<Vec<_>>()
+            .join(".");
+        let tensor = self
+            .params
+            .get(&full, shape)?
+            .to_dtype(candle_dtype(self.dtype))?
+            .flatten_all()?;
+        let bytes = match self.dtype {
+            ElemType::F16 => tensor
+                .to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+            _ => tensor
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
+        self.initializers.push(Initializer {
+            name: full.clone(),
+            elem_type: self.dtype,
+            dims: shape.to_vec(),
+            bytes: TensorBytes::Raw(bytes),
+        });
+        Ok(Value {
+            name: full,
+            dims: shape.to_vec(),
+            elem: self.dtype,
+        })
+    }
+
+    fn conv2d(
+        &mut self,
+        x: &Value,
+        weight: &Value,
+        bias: Option<&Value>,
+        p: Conv2dParams,
+    ) -> Result<Value, ExportError> {
+        let k = weight.dims[2];
+        let out = |size: usize| (size + 2 * p.padding - k) / p.stride + 1;
+        let dims = vec![x.dims[0], weight.dims[0], out(x.dims[2]), out(x.dims[3])];
+        let mut inputs = vec![x.name.as_str(), weight.name.as_str()];
+        inputs.extend(bias.map(|b| b.name.as_str()));
+        let (k, s, pad) = (k as i64, p.stride as i64, p.padding as i64);
+        let attributes = vec![
+            ("kernel_shape", AttrValue::Ints(vec![k, k])),
+            ("pads", AttrValue::Ints(vec![pad; 4])),
+            ("strides", AttrValue::Ints(vec![s, s])),
+            ("dilations", AttrValue::Ints(vec![1, 1])),
+            ("group", AttrValue::Int(p.groups as i64)),
+        ];
+        Ok(self.op("Conv", &inputs, attributes, dims, x.elem))
+    }
+
+    fn linear(
+        &mut self,
+        x: &Value,
+        weight: &Value,
+        bias: Option<&Value>,
+    ) -> Result<Value, ExportError> {
+        let wt = self.op(
+            "Transpose",
+            &[&weight.name],
+            vec![("perm", AttrValue::Ints(vec![1, 0]))],
+            vec![weight.dims[1], weight.dims[0]],
+            weight.elem,
+        );
+        let y = self.matmul(x, &wt)?;
+        match bias {
+            Some(b) => self.binary("Add", &y, b),
+            None => Ok(y),
+        }
+    }
+
+    fn matmul(&mut self, a: &Value, b: &Value) -> Result<Value, ExportError> {
+        let (ra, rb) = (a.dims.len(), b.dims.len());
+        let batch = broadcast(&a.dims[..ra - 2], &b.dims[..rb - 2]).ok_or_else(|| {
+            ExportError::Unsupported(format!(
+                "MatMul at {}: batch dimensions {} and {} do not broadcast",
+                self.scope.join("."),
+                show_dims(&a.dims),
+                show_dims(&b.dims)
+            ))
+        })?;
+        let mut dims = batch;
+        dims.extend([a.dims[ra - 2], b.dims[rb - 1]]);
+        Ok(self.op("MatMul", &[&a.name, &b.name], vec![], dims, a.elem))
+    }
+
+    fn group_norm(
+        &mut self,
+        x: &Value,
+        groups: usize,
+        eps: f64,
+        weight: &Value,
+        bias: &Value,
+    ) -> Result<Value, ExportError> {
+        let per_group = x.dims[1..].iter().product::<usize>() / groups;
+        let grouped = self.reshape_to(x, vec![x.dims[0], groups, per_group])?;
+        let normed = self.standardize_last(&grouped, eps)?;
+        let normed = self.reshape_to(&normed, x.dims.clone())?;
+        self.affine_channels(&normed, 1, weight, bias)
+    }
+
+    fn layer_norm(
+        &mut self,
+        x: &Value,
+        eps: f64,
+        weight: &Value,
+        bias: &Value,
+    ) -> Result<Value, ExportError> {
+        let normed = self.standardize_last(x, eps)?;
+        self.affine_channels(&normed, x.dims.len() - 1, weight, bias)
+    }
+
+    fn softmax_last(&mut self, x: &Value) -> Result<Value, ExportError> {
+        // In f32 whatever the model type, as the candle model computes it.
+        let x32 = self.cast(x, ElemType::F32);
+        let axis = ("axis", AttrValue::Int(x.dims.len() as i64 - 1));
+        let y = self.op(
+            "Softmax",
+            &[&x32.name],
+            vec![axis],
+            x.dims.clone(),
+            x32.elem,
+        );
+        Ok(self.cast(&y, x.elem))
+    }
+
+    fn attend(
+        &mut self,
+        q: &Value,
+        kt: &Value,
+        v: &Value,
+        kernel: AttentionKernel,
+    ) -> Result<Value, ExportError> {
+        attend(self, q, kt, v, kernel)
+    }
+
+    fn unary(&mut self, x: &Value, op: Unary) -> Result<Value, ExportError> {
+        let dims = x.dims.clone();
+        Ok(match op {
+            Unary::Relu => self.op("Relu", &[&x.name], vec![], dims, x.elem),
+            Unary::Silu => {
+                let gate = self.op("Sigmoid", &[&x.name], vec![], dims.clone(), x.elem);
+                self.op("Mul", &[&x.name, &gate.name], vec![], dims, x.elem)
+            }
+            Unary::GeluErf => {
+                // x · ½ · (1 + erf(x / √2)), decomposed: the Gelu op needs opset 20.
+                let scaled = self.with_scalar("Mul", x, std::f64::consts::FRAC_1_SQRT_2);
+                let erf = self.op("Erf", &[&scaled.name], vec![], dims.clone(), x.elem);
+                let one_plus = self.with_scalar("Add", &erf, 1.0);
+                let half_x = self.with_scalar("Mul", x, 0.5);
+                self.op("Mul", &[&half_x.name, &one_plus.name], vec![], dims, x.elem)
+            }
+        })
+    }
+
+    fn scale(&mut self, x: &Value, scale: f64) -> Result<Value, ExportError> {
+        Ok(self.with_scalar("Mul", x, scale))
+    }
+
+    fn add(&mut self, a: &Value, b: &Value) -> Result<Value, ExportError> {
+        self.binary("Add", a, b)
+    }
+
+    fn mul(&mut self, a: &Value, b: &Value) -> Result<Value, ExportError> {
+        self.binary("Mul", a, b)
+    }
+
+    fn reshape(&mut self, x: &Value, dims: &[usize]) -> Result<Value, ExportError> {
+        self.reshape_to(x, dims.to_vec())
+    }
+
+    fn permute(&mut self, x: &Value, perm: &[usize]) -> Result<Value, ExportError> {
+        let dims = perm.iter().map(|&p| x.dims[p]).collect();
+        let perm = (
+            "perm",
+            AttrValue::Ints(perm.iter().map(|&p| p as i64).collect()),
+        );
+        Ok(self.op("Transpose", &[&x.name], vec![perm], dims, x.elem))
+    }
+
+    fn concat(&mut self, xs: &[&Value], dim: usize) -> Result<Value, ExportError> {
+        let mut dims = xs[0].dims.clone();
+        dims[dim] = xs.iter().map(|x| x.dims[dim]).sum();
+        let names: Vec<&str> = xs.iter().map(|x| x.name.as_str()).collect();
+        let axis = ("axis", AttrValue::Int(dim as i64));
+        Ok(self.op("Concat", &names, vec![axis], dims, xs[0].elem))
+    }
+
+    fn narrow(
+        &mut self,
+        x: &Value,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Value, ExportError> {
+        let starts = self.ints(&[start as i64]);
+        let ends = self.ints(&[(start + len) as i64]);
+        let axes = self.ints(&[dim as i64]);
+        let mut dims = x.dims.clone();
+        dims[dim] = len;
+        Ok(self.op(
+            "Slice",
+            &[&x.name, &starts, &ends, &axes],
+            vec![],
+            dims,
+            x.elem,
+        ))
+    }
+
+    fn upsample_nearest2x(&mut self, x: &Value) -> Result<Value, ExportError> {
+        // [B, C, H, W] → [B, C, H, 1, W, 1] → expand to [.., 2, .., 2] → [B, C, 2H, 2W]: exact
+        // nearest-neighbour without Resize's coordinate-mode variations between runtimes.
+        let [b, c, h, w] = x.dims[..] else {
+            return Err(ExportError::Unsupported(format!(
+                "upsample of a rank-{} tensor",
+                x.dims.len()
+            )));
+        };
+        let spread = self.reshape_to(x, vec![b, c, h, 1, w, 1])?;
+        let target = self.ints(&[1, 1, 1, 2, 1, 2]);
+        let expanded = self.op(
+            "Expand",
+            &[&spread.name, &target],
+            vec![],
+            vec![b, c, h, 2, w, 2],
+            x.elem,
+        );
+        self.reshape_to(&expanded, vec![b, c, 2 * h, 2 * w])
+    }
+
+    fn sinusoidal(
+        &mut self,
+        x: &Value,
+        channels: usize,
+        flip_sin_to_cos: bool,
+        freq_shift: f64,
+    ) -> Result<Value, ExportError> {
+        // The same f32 frequencies as the candle model: exp(-ln(10⁴) · i / (half − shift)).
+        let half = channels / 2;
+        let log_period = -(10000f64.ln()) as f32;
+        let denom = (half as f64 - freq_shift) as f32;
+        let freqs: Vec<u8> = (0..half)
+            .flat_map(|i| (log_period * i as f32 / denom).exp().to_le_bytes())
+            .collect();
+        let freqs = self.constant(ElemType::F32, vec![half], freqs);
+        let x32 = self.cast(x, ElemType::F32);
+        let mut column = x.dims.clone();
+        column.push(1);
+        let column = self.reshape_to(&x32, column)?;
+        let mut dims = x.dims.clone();
+        dims.push(half);
+        let args = self.op(
+            "Mul",
+            &[&column.name, &freqs],
+            vec![],
+            dims.clone(),
+            ElemType::F32,
+        );
+        let sin = self.op("Sin", &[&args.name], vec![], dims.clone(), ElemType::F32);
+        let cos = self.op("Cos", &[&args.name], vec![], dims, ElemType::F32);
+        let parts = if flip_sin_to_cos {
+            [&cos, &sin]
+        } else {
+            [&sin, &cos]
+        };
+        let last = x.dims.len();
+        let emb = self.concat(&parts, last)?;
+        Ok(self.cast(&emb, self.dtype))
+    }
+}
+
+/// Whether a dimension of the walk is derived from the batch (a positive multiple of [`BATCH`]).
+fn is_batch(d: usize) -> bool {
+    d != 0 && d % BATCH == 0
+}
+
+/// NumPy broadcasting of two shapes.
+fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let at = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map_or(1, |j| s[j]);
+    (0..rank)
+        .map(|i| match (at(a, i), at(b, i)) {
+            (x, y) if x == y => Some(x),
+            (1, y) => Some(y),
+            (x, 1) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Dimensions for messages, with the batch shown as `B`.
+fn show_dims(dims: &[usize]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|&d| match d {
+            d if is_batch(d) && d / BATCH == 1 => "B".to_string(),
+            d if is_batch(d) => format!("{}B", d / BATCH),
+            d => d.to_string(),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(broadcast(&[2, 1, 4], &[3, 1]), Some(vec![2, 3, 4]));
+        assert_eq!(broadcast(&[5], &[]), Some(vec![5]));
+        assert_eq!(broadcast(&[2, 3], &[4, 3]), None);
+    }
+
+    #[test]
+    fn batch_dims_are_shown_symbolically() {
+        assert_eq!(show_dims(&[BATCH, 3, 8 * BATCH]), "[B, 3, 8B]");
+    }
+}

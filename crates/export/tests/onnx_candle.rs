@@ -1,0 +1,144 @@
+//! The ONNX graph is the same function as the candle model: evaluated by candle-onnx (an
+//! independent ONNX evaluator) on the same inputs, every exported config agrees to 1e-4 (f32),
+//! including the diffusers reference fixtures with their real weights and reference outputs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use unetlab_export::proto::ElemType;
+use unetlab_export::{write_bundle, Bundle, ExportOptions};
+use unetlab_model::{example_inputs, UnetModel};
+use unetlab_spec::Config;
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+fn options(config: &Config, latent_size: usize, tokens: usize) -> ExportOptions {
+    ExportOptions {
+        dtype: ElemType::F32,
+        opset: 17,
+        latent_size,
+        tokens,
+        external_data: false,
+        force: false,
+        weights: "test".into(),
+        command: format!("test export of {}", config.name),
+        latency: None,
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Evaluates a bundle's model.onnx with candle-onnx on named inputs.
+fn eval_onnx(bundle: &Path, inputs: &HashMap<String, Tensor>) -> Tensor {
+    let model = candle_onnx::read_file(bundle.join("model.onnx")).unwrap();
+    let graph = model.graph.as_ref().unwrap();
+    let names: Vec<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+    let feed: HashMap<String, Tensor> = names
+        .iter()
+        .map(|&n| (n.to_string(), inputs[n].clone()))
+        .collect();
+    let mut out = candle_onnx::simple_eval(&model, feed).unwrap();
+    out.remove("output").expect("an output named `output`")
+}
+
+#[test]
+fn every_design_choice_exports_to_the_same_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for (file, latent) in [
+        ("configs/fixtures/every-choice.yaml", 8),
+        ("configs/fixtures/tiny-sd.yaml", 16),
+        ("configs/fixtures/tiny-sdxl.yaml", 8),
+    ] {
+        let config = Config::load(repo(file).to_str().unwrap()).unwrap();
+        let model = UnetModel::init(config.spec.clone(), 7, &Device::Cpu, DType::F32).unwrap();
+        let out = dir.path().join(&config.name);
+        let tokens = config.spec.text_tokens;
+        write_bundle(&config, &model, &options(&config, latent, tokens), &out).unwrap();
+        let bundle = Bundle::open(&out).unwrap();
+
+        // The bundled test vector (batch 2) ...
+        let io = bundle.example_io(&Device::Cpu).unwrap();
+        let onnx = eval_onnx(&out, &io);
+        let diff = max_abs_diff(&onnx, &io["output"]);
+        assert!(
+            diff <= 1e-4,
+            "{}: candle-onnx vs candle {diff}",
+            config.name
+        );
+
+        // ... and fresh inputs at another batch size (the batch is dynamic).
+        let fresh = example_inputs(&config.spec, 3, latent, tokens, 99, &Device::Cpu).unwrap();
+        let expected = model.forward(&fresh).unwrap();
+        let feed: HashMap<String, Tensor> = fresh
+            .named()
+            .into_iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        let onnx = eval_onnx(&out, &feed);
+        let diff = max_abs_diff(&onnx, &expected);
+        assert!(diff <= 1e-4, "{} at batch 3: {diff}", config.name);
+        assert!(
+            expected
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 1e-3
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
+
+#[test]
+fn diffusers_fixtures_through_onnx_match_diffusers_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["tiny-sd", "tiny-sdxl"] {
+        let fixture = repo("../shared/reference/fixtures").join(name);
+        let config = Config::load(
+            repo(&format!("configs/fixtures/{name}.yaml"))
+                .to_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let model = UnetModel::load(
+            config.spec.clone(),
+            &fixture.join("diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+            DType::F32,
+        )
+        .unwrap();
+        let io =
+            candle_core::safetensors::load(fixture.join("io.safetensors"), &Device::Cpu).unwrap();
+        let latent = io["sample"].dims()[2];
+        let tokens = io["encoder_hidden_states"].dims()[1];
+        let out = dir.path().join(name);
+        write_bundle(&config, &model, &options(&config, latent, tokens), &out).unwrap();
+        let onnx = eval_onnx(&out, &io);
+        let diff = max_abs_diff(&onnx, &io["output"]);
+        assert!(
+            diff <= 1e-4,
+            "{name}: ONNX (candle-onnx) vs diffusers {diff}"
+        );
+    }
+}
