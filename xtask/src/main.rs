@@ -2,6 +2,10 @@
 
 mod ablate;
 mod docs;
+mod export_results;
+mod onnx_check;
+mod provenance;
+mod setup;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,11 +30,36 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Install the system packages the build and tests need, if missing (protoc for the
+    /// test-only ONNX evaluator, a TrueType font for plots).
+    Setup,
+    /// Check exported ONNX bundles with Python onnx.checker and ONNX Runtime (pip-installed into
+    /// target/onnx-venv); --full also records the full-size MobileDiffusion export in results/export/.
+    OnnxCheck(onnx_check::OnnxCheckArgs),
+    /// The test suite: setup, `cargo test --workspace --release`, then `onnx-check`.
+    Test,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Ablate(args) => ablate::run(&args, docs::workspace()),
         Command::Docs { check } => docs::run(check),
+        Command::Setup => setup::run(),
+        Command::OnnxCheck(args) => onnx_check::run(&args),
+        Command::Test => test(),
     }
+}
+
+/// `cargo xtask test`: everything the README's test command promises.
+fn test() -> Result<()> {
+    setup::run()?;
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(docs::workspace())
+            .args(["test", "--workspace", "--release"])
+            .status()?;
+    if !status.success() {
+        anyhow::bail!("cargo test failed ({status})");
+    }
+    onnx_check::run(&onnx_check::OnnxCheckArgs::default())
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Tensor};
 use unetlab_bench::DeviceArgs;
+use unetlab_export::Bundle;
 use unetlab_graph::UnetInputs;
 use unetlab_model::{write_safetensors, UnetModel};
 use unetlab_spec::Config;
@@ -15,8 +16,12 @@ use unetlab_spec::Config;
 ///
 /// INPUTS holds `sample` [B, C, S, S], `timestep` [B], `encoder_hidden_states` [B, T, D], and for
 /// `text_time` configs `text_embeds` and `time_ids`. OUTPUT gets `output` (f32).
+///
+/// With --export BUNDLE the network and weights come from a bundle written by `unetlab export`
+/// (checked first); without --inputs it runs the bundle's own test vector and reports the largest
+/// difference from the output stored there.
 #[derive(clap::Args)]
-#[command(group = clap::ArgGroup::new("network").required(true).args(["config", "diffusers_config"]))]
+#[command(group = clap::ArgGroup::new("network").required(true).args(["config", "diffusers_config", "export"]))]
 pub struct ForwardArgs {
     /// A preset name or unetlab YAML config.
     #[arg(long)]
@@ -24,15 +29,18 @@ pub struct ForwardArgs {
     /// A diffusers UNet2DConditionModel config.json instead of --config.
     #[arg(long, value_name = "CONFIG_JSON")]
     diffusers_config: Option<PathBuf>,
+    /// A bundle directory written by `unetlab export` (config and weights from there).
+    #[arg(long, value_name = "BUNDLE", conflicts_with_all = ["weights", "seed"])]
+    export: Option<PathBuf>,
     /// Weights with diffusers names (e.g. diffusion_pytorch_model.safetensors).
     #[arg(long, conflicts_with = "seed")]
     weights: Option<PathBuf>,
     /// Seed for random weights when no --weights are given.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The inputs (safetensors).
-    #[arg(long)]
-    inputs: PathBuf,
+    /// The inputs (safetensors; default with --export: the bundle's example_io.safetensors).
+    #[arg(long, required_unless_present = "export")]
+    inputs: Option<PathBuf>,
     /// Where to write the output (safetensors, tensor `output`).
     #[arg(long)]
     output: PathBuf,
@@ -43,27 +51,39 @@ pub struct ForwardArgs {
 /// Runs `unetlab forward`.
 pub fn run(args: &ForwardArgs) -> Result<()> {
     let (device, dtype) = args.run_on.open().map_err(|e| anyhow!(e))?;
-    let config = match (&args.config, &args.diffusers_config) {
-        (Some(c), _) => Config::load(c)?,
-        (None, Some(path)) => Config::from_diffusers_file(path)?.0,
-        (None, None) => unreachable!("clap requires one"),
+    let bundle = args.export.as_deref().map(Bundle::open).transpose()?;
+    let config = match (&args.config, &args.diffusers_config, &bundle) {
+        (Some(c), _, _) => Config::load(c)?,
+        (None, Some(path), _) => Config::from_diffusers_file(path)?.0,
+        (None, None, Some(b)) => b.config.clone(),
+        (None, None, None) => unreachable!("clap requires one"),
     };
     let spec = config.spec.clone();
-    let mut tensors = candle_core::safetensors::load(&args.inputs, &device)
-        .with_context(|| format!("reading inputs {}", args.inputs.display()))?;
+    let inputs_path = match (&args.inputs, &bundle) {
+        (Some(p), _) => p.clone(),
+        (None, Some(b)) => b.dir.join("example_io.safetensors"),
+        (None, None) => unreachable!("clap requires --inputs without --export"),
+    };
+    let mut tensors = candle_core::safetensors::load(&inputs_path, &device)
+        .with_context(|| format!("reading inputs {}", inputs_path.display()))?;
+    let reference = match (&args.inputs, &bundle) {
+        (None, Some(_)) => tensors.remove("output"),
+        _ => None,
+    };
     let inputs = take_inputs(&mut tensors, &config)?;
     if !tensors.is_empty() {
         let mut extra: Vec<&String> = tensors.keys().collect();
         extra.sort();
         eprintln!(
             "ignoring tensors in {} that are not inputs: {extra:?}",
-            args.inputs.display()
+            inputs_path.display()
         );
     }
 
-    let model = match &args.weights {
-        Some(w) => UnetModel::load(spec, w, &device, dtype)?,
-        None => {
+    let model = match (&bundle, &args.weights) {
+        (Some(b), _) => b.load_model(&device, dtype)?,
+        (None, Some(w)) => UnetModel::load(spec, w, &device, dtype)?,
+        (None, None) => {
             eprintln!("no --weights: random weights from seed {}", args.seed);
             UnetModel::init(spec, args.seed, &device, dtype)?
         }
@@ -78,6 +98,14 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         args.run_on.device,
         start.elapsed().as_secs_f64()
     );
+    if let Some(reference) = reference {
+        let diff = (&output - reference.to_dtype(DType::F32)?)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        eprintln!("max |Δ| against the bundle's test vector: {diff:.3e}");
+    }
     let metadata = HashMap::from([
         ("unetlab.config".to_string(), config.name.clone()),
         ("unetlab.config_hash".to_string(), config.hash()),

@@ -4,6 +4,7 @@ mod bench;
 mod compare;
 mod convert;
 mod count;
+mod export;
 mod forward;
 mod table;
 
@@ -26,6 +27,7 @@ enum Command {
     Compare(compare::CompareArgs),
     Forward(forward::ForwardArgs),
     Convert(convert::ConvertArgs),
+    Export(export::ExportArgs),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         Command::Compare(args) => compare::run(&args),
         Command::Forward(args) => forward::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Export(args) => export::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use unetlab_cost::{count, Conditions};
@@ -549,13 +549,8 @@ impl Bundle {
         })
     }
 
-    /// The bundle's weights as a candle model in its dtype, checked name by name and shape by shape.
-    pub fn load_model(&self, device: &Device) -> Result<UnetModel, ExportError> {
-        let dtype =
-            unetlab_model::parse_dtype(&self.manifest.dtype).map_err(|m| ExportError::Bundle {
-                dir: self.dir.clone(),
-                message: m,
-            })?;
+    /// The bundle's weights as a candle model in `dtype`, checked name by name and shape by shape.
+    pub fn load_model(&self, device: &Device, dtype: DType) -> Result<UnetModel, ExportError> {
         Ok(UnetModel::load(
             self.config.spec.clone(),
             &self.dir.join("model.safetensors"),

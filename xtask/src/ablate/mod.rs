@@ -102,7 +102,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
 
     // Recorded before measuring, so edits made while it runs cannot be attributed to it.
-    let (commit, started) = (output::commit(), output::now_utc());
+    let (commit, started) = (crate::provenance::commit(), crate::provenance::now_utc());
     let machine = Machine::current();
     let (warmup, runs, max_seconds) = args.budget.timing();
     let mut rows = Vec::new();

@@ -1,0 +1,222 @@
+//! `unetlab export`: an inference bundle (resolved config, safetensors, ONNX, test vector, card).
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Device;
+use unetlab_bench::{bench, progress_bar, set_threads, BenchOptions, MIN_RUNS};
+use unetlab_export::bundle::dtype_name;
+use unetlab_export::onnx::{candle_dtype, OPSETS};
+use unetlab_export::proto::ElemType;
+use unetlab_export::{write_bundle, ExportOptions, Latency, Manifest};
+use unetlab_model::UnetModel;
+use unetlab_spec::Config;
+
+use crate::table::{mebibytes, Table};
+
+/// Export a config for inference: a bundle directory that runs without unetlab.
+///
+/// The bundle holds config.yaml/config.json (resolved: extends flattened, every default explicit),
+/// model.safetensors (diffusers names; config and hash in the metadata), model.onnx (the same
+/// forward, walked symbolically: dynamic batch, fixed latent size and tokens, decomposed norms so
+/// ONNX Runtime and candle-onnx both run it), example_io.safetensors (a batch-2 test vector with
+/// unetlab's output), diffusers/ when the network is a diffusers UNet2DConditionModel, README.md (a
+/// model card with a measured latency) and manifest.json (sizes and SHA-256 of every file).
+/// The bundle appears atomically: a failed export leaves nothing under --out.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// A preset name or YAML config file.
+    config: String,
+    /// Weights with diffusers names (default: seeded random weights).
+    #[arg(long, conflicts_with = "seed")]
+    weights: Option<PathBuf>,
+    /// Seed of the random weights when no --weights are given.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The bundle directory to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Weights and activations: f32 or f16 (timestep and time_ids stay f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// ONNX opset (17 to 21).
+    #[arg(long, default_value_t = 17)]
+    opset: i64,
+    /// Latent height = width of the graph (default: the config's latent_size).
+    #[arg(long)]
+    latent_size: Option<usize>,
+    /// Text tokens of the graph (default: the config's text.tokens).
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Timed candle forwards for the model card's latency (batch 1, this machine's CPU); 0 skips.
+    #[arg(long, default_value_t = 3)]
+    bench_runs: usize,
+    /// CPU threads for candle (default: all).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Store ONNX weights in model.onnx.data (automatic above 2 GB).
+    #[arg(long)]
+    external_data: bool,
+    /// Replace an existing bundle at --out.
+    #[arg(long)]
+    force: bool,
+    /// Print the manifest as JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `unetlab export`.
+pub fn run(args: &ExportArgs) -> Result<()> {
+    set_threads(args.threads).map_err(|e| anyhow!(e))?;
+    let dtype = match args.dtype.as_str() {
+        "f32" => ElemType::F32,
+        "f16" => ElemType::F16,
+        other => bail!("--dtype {other}: an export is f32 or f16"),
+    };
+    if !OPSETS.contains(&args.opset) {
+        bail!(
+            "--opset {}: supported opsets are {} to {}",
+            args.opset,
+            OPSETS.start(),
+            OPSETS.end()
+        );
+    }
+    if args.bench_runs != 0 && args.bench_runs < MIN_RUNS {
+        bail!("--bench-runs must be 0 (skip) or at least {MIN_RUNS}");
+    }
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} already exists (pass --force to replace it)",
+            args.out.display()
+        );
+    }
+    let config = Config::load(&args.config)?;
+    let latent_size = args.latent_size.unwrap_or(config.spec.latent_size);
+    let tokens = args.tokens.unwrap_or(config.spec.text_tokens);
+    unetlab_spec::check_latent_size(config.spec.levels.len(), latent_size)
+        .map_err(|m| anyhow!("--latent-size {m}"))?;
+    if tokens == 0 {
+        bail!("--tokens must be at least 1");
+    }
+
+    let device = Device::Cpu;
+    let candle = candle_dtype(dtype);
+    let (model, weights) = match &args.weights {
+        Some(w) => (
+            UnetModel::load(config.spec.clone(), w, &device, candle)
+                .with_context(|| format!("loading {}", w.display()))?,
+            format!("{}", w.display()),
+        ),
+        None => (
+            UnetModel::init(config.spec.clone(), args.seed, &device, candle)?,
+            format!("random init, seed {}", args.seed),
+        ),
+    };
+
+    let latency = if args.bench_runs == 0 {
+        None
+    } else {
+        let opts = BenchOptions {
+            batch: 1,
+            latent_size,
+            tokens,
+            warmup: 1,
+            runs: args.bench_runs,
+            max_seconds: 600.0,
+            per_block: false,
+            dtype: candle,
+            device: device.clone(),
+            device_name: "cpu".into(),
+            seed: args.seed,
+        };
+        let (bar, mut update) = progress_bar(&format!("{}: timing", config.name));
+        let result = bench(&config, &opts, &mut update);
+        bar.finish_and_clear();
+        let r = result?;
+        Some(Latency {
+            median_s: r.median_s,
+            runs: r.times_s.len(),
+            setting: format!(
+                "unetlab candle {}, {}, batch 1, {}x{} latent, {} ({} threads)",
+                r.machine.candle_version,
+                r.dtype,
+                latent_size,
+                latent_size,
+                r.machine.cpu_model,
+                r.machine.threads
+            ),
+        })
+    };
+
+    let options = ExportOptions {
+        dtype,
+        opset: args.opset,
+        latent_size,
+        tokens,
+        external_data: args.external_data,
+        force: args.force,
+        weights,
+        command: command_line(),
+        latency,
+    };
+    eprintln!(
+        "{}: writing bundle ({} weights, opset {})",
+        config.name,
+        dtype_name(dtype),
+        args.opset
+    );
+    let manifest = write_bundle(&config, &model, &options, &args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+    } else {
+        print!("{}", summary(&manifest, &args.out));
+    }
+    Ok(())
+}
+
+/// The command line as typed (for the model card).
+fn command_line() -> String {
+    let mut words: Vec<String> = std::env::args().collect();
+    if let Some(first) = words.first_mut() {
+        *first = "unetlab".into();
+    }
+    words
+        .iter()
+        .map(|w| {
+            if w.contains(|c: char| c.is_whitespace() || c == '"') {
+                format!("'{w}'")
+            } else {
+                w.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn summary(m: &Manifest, out: &std::path::Path) -> String {
+    let mut t = Table::new(["file", "size (MiB)", "sha256"]);
+    for (name, f) in &m.files {
+        t.row(vec![
+            name.clone(),
+            mebibytes(f.bytes),
+            f.sha256[..16].to_string(),
+        ]);
+    }
+    let diffusers = match &m.diffusers {
+        Ok(dir) => format!("diffusers UNet2DConditionModel in {dir}"),
+        Err(why) => format!("no diffusers config ({why})"),
+    };
+    let latency = m.latency.as_ref().map_or("not measured".into(), |l| {
+        format!("{:.3} s median of {} ({})", l.median_s, l.runs, l.setting)
+    });
+    format!(
+        "{}\n{}: {:.1} M params, {:.1} G MACs at {}x{}, {}; {diffusers}.\ncandle latency: {latency}\n",
+        t.render(),
+        out.display(),
+        m.parameters as f64 / 1e6,
+        m.macs as f64 / 1e9,
+        m.latent_size,
+        m.latent_size,
+        m.dtype,
+    )
+}

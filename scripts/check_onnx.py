@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Checks unetlab export bundles with the reference ONNX tools.
+
+For every bundle directory given: `onnx.checker.check_model` (full check, with the bundle's
+external data if any), then ONNX Runtime (CPU) on the bundle's test vector
+(`example_io.safetensors`, batch 2) and on its first item alone (the batch is dynamic), each
+compared with the output unetlab's candle model stored there. With `--bench N` it also times N
+ONNX Runtime runs at batch 1 and reports the median.
+
+Exit status 1 if any bundle fails a check or exceeds the tolerance (max |difference|:
+1e-4 for f32 bundles, --f16-tolerance for f16 ones).
+
+Run by `cargo xtask onnx-check`, which creates the virtual environment and the bundles.
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+def read_safetensors(path):
+    """Tensors of a safetensors file as NumPy arrays (the format is a JSON header and raw bytes)."""
+    data = pathlib.Path(path).read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    body = data[8 + header_len :]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        tensors[name] = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"])
+    return tensors
+
+
+def max_abs_diff(a, b):
+    return float(np.max(np.abs(a.astype(np.float32) - b.astype(np.float32))))
+
+
+def check_bundle(bundle, f16_tolerance, bench_runs, threads):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    model_path = bundle / "model.onnx"
+    onnx.checker.check_model(str(model_path), full_check=True)
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    io = read_safetensors(bundle / "example_io.safetensors")
+    names = [i.name for i in session.get_inputs()]
+    expected_names = [i["name"] for i in manifest["inputs"]]
+    if names != expected_names:
+        raise AssertionError(f"graph inputs {names}, the manifest lists {expected_names}")
+    feed = {n: io[n] for n in names}
+    (output,) = session.run(["output"], feed)
+    diff = max_abs_diff(output, io["output"])
+    (single,) = session.run(["output"], {n: v[:1] for n, v in feed.items()})
+    diff_single = max_abs_diff(single, io["output"][:1])
+    tolerance = 1e-4 if manifest["dtype"] == "f32" else f16_tolerance
+    result = {
+        "bundle": str(bundle),
+        "name": manifest["name"],
+        "dtype": manifest["dtype"],
+        "opset": manifest["opset"],
+        "external_data": "model.onnx.data" in manifest["files"],
+        "max_abs_diff": max(diff, diff_single),
+        "output_max_abs": float(np.max(np.abs(io["output"].astype(np.float32)))),
+        "tolerance": tolerance,
+        "ok": max(diff, diff_single) <= tolerance,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+    }
+    if bench_runs:
+        one = {n: v[:1] for n, v in feed.items()}
+        session.run(["output"], one)  # warm-up
+        times = []
+        for _ in range(bench_runs):
+            start = time.perf_counter()
+            session.run(["output"], one)
+            times.append(time.perf_counter() - start)
+        result["ort_batch1_times_s"] = times
+        result["ort_batch1_median_s"] = statistics.median(times)
+        result["ort_threads"] = threads or "default"
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundles", nargs="+", type=pathlib.Path)
+    parser.add_argument("--f16-tolerance", type=float, default=1e-2)
+    parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N ONNX Runtime runs at batch 1")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
+    args = parser.parse_args()
+
+    results, failed = [], 0
+    for bundle in args.bundles:
+        try:
+            r = check_bundle(bundle, args.f16_tolerance, args.bench, args.threads)
+        except Exception as e:  # report every bundle, then fail
+            r = {"bundle": str(bundle), "ok": False, "error": f"{type(e).__name__}: {e}"}
+        results.append(r)
+        failed += not r["ok"]
+        if "error" in r:
+            print(f"FAIL {bundle}: {r['error']}")
+        else:
+            status = "ok  " if r["ok"] else "FAIL"
+            line = (f"{status} {r['name']:<14} {r['dtype']} opset {r['opset']}"
+                    f"{' external-data' if r['external_data'] else ''}: onnx.checker passed; "
+                    f"ONNX Runtime vs unetlab max |diff| {r['max_abs_diff']:.2e} "
+                    f"(tolerance {r['tolerance']:.0e}, |output| up to {r['output_max_abs']:.2f})")
+            if "ort_batch1_median_s" in r:
+                line += f"; ORT batch-1 median {r['ort_batch1_median_s']:.3f} s"
+            print(line)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"onnx-check: {len(results) - failed} of {len(results)} bundles passed "
+          f"(onnx {onnx.__version__}, onnxruntime {ort.__version__})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

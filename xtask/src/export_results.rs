@@ -1,0 +1,120 @@
+//! results/export/: the full-size MobileDiffusion export, its file sizes and its latencies.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use unetlab_bench::Machine;
+
+use crate::provenance::{commit, now_utc};
+
+const COMMAND: &str = "cargo xtask onnx-check --full";
+
+/// Writes results/export/README.md and results/export/mobilediffusion.json from the bundles'
+/// manifests and the ONNX Runtime check results (`full.json`).
+pub fn write(root: &Path, bundles: &[PathBuf], ort_json: &Path) -> Result<()> {
+    let ort: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(ort_json)?)?;
+    let machine = Machine::current();
+    let dir = root.join("results/export");
+    std::fs::create_dir_all(&dir)?;
+
+    let mut rows = Vec::new();
+    for (bundle, check) in bundles.iter().zip(&ort) {
+        let manifest_path = bundle.join("manifest.json");
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(&manifest_path)
+                .with_context(|| format!("reading {}", manifest_path.display()))?,
+        )?;
+        rows.push(json!({
+            "bundle": bundle.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "dtype": manifest["dtype"],
+            "opset": manifest["opset"],
+            "parameters": manifest["parameters"],
+            "macs": manifest["macs"],
+            "latent_size": manifest["latent_size"],
+            "tokens": manifest["tokens"],
+            "files": manifest["files"],
+            "candle_latency": manifest["latency"],
+            "onnxruntime": check,
+        }));
+    }
+    let record = json!({
+        "command": COMMAND,
+        "commit": commit(),
+        "date": now_utc(),
+        "machine": machine,
+        "bundles": rows,
+    });
+    std::fs::write(
+        dir.join("mobilediffusion.json"),
+        serde_json::to_string_pretty(&record)? + "\n",
+    )?;
+    std::fs::write(dir.join("README.md"), readme(&record))?;
+    println!("wrote {}", dir.display());
+    Ok(())
+}
+
+fn mib(v: &Value) -> String {
+    v["bytes"]
+        .as_f64()
+        .map_or("–".into(), |b| format!("{:.1}", b / (1u64 << 20) as f64))
+}
+
+fn readme(r: &Value) -> String {
+    let mut s = String::new();
+    let m = &r["machine"];
+    let _ = writeln!(s, "# Full-size MobileDiffusion export\n");
+    let _ = writeln!(
+        s,
+        "Produced by `{COMMAND}` at commit `{}` on {} ({} CPUs), {}. Random weights (seed 0): \
+         sizes and latencies do not depend on their values. Numbers are medians of 5 runs at batch 1, \
+         64×64 latent, 77 tokens, after one warm-up; both runtimes use every CPU of the machine.\n",
+        r["commit"].as_str().unwrap_or("?"),
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["cpus"],
+        r["date"].as_str().unwrap_or("?"),
+    );
+    let _ = writeln!(
+        s,
+        "| bundle | model.onnx (MiB) | model.onnx.data (MiB) | model.safetensors (MiB) | unetlab candle (s) | ONNX Runtime (s) | ORT / candle | ORT vs candle max abs diff |\n|---|---|---|---|---|---|---|---|"
+    );
+    for b in r["bundles"].as_array().into_iter().flatten() {
+        let files = &b["files"];
+        let candle = b["candle_latency"]["median_s"].as_f64();
+        let ort = b["onnxruntime"]["ort_batch1_median_s"].as_f64();
+        let fmt = |x: Option<f64>| x.map_or("–".into(), |v| format!("{v:.3}"));
+        let ratio = match (ort, candle) {
+            (Some(o), Some(c)) => format!("{:.2}×", o / c),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {ratio} | {:.1e} |",
+            b["bundle"].as_str().unwrap_or("?"),
+            mib(&files["model.onnx"]),
+            mib(&files["model.onnx.data"]),
+            mib(&files["model.safetensors"]),
+            fmt(candle),
+            fmt(ort),
+            b["onnxruntime"]["max_abs_diff"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+    }
+    let ort_version = r["bundles"][0]["onnxruntime"]["onnxruntime"]
+        .as_str()
+        .unwrap_or("?");
+    let _ = writeln!(
+        s,
+        "\nunetlab candle: the latency `unetlab export` measures for the model card (`unetlab bench` \
+         at the bundle's dtype). ONNX Runtime {ort_version}: `scripts/check_onnx.py --bench 5` on \
+         the bundle's model.onnx, CPU execution provider, default graph optimisations. The \
+         difference column compares ONNX Runtime's output with the candle output stored in the \
+         bundle's test vector (batch 2). On CPU, candle computes f16 by converting to f32 around \
+         each matmul and conv, and ONNX Runtime inserts casts to f32 for f16 ops it has no CPU \
+         kernel for, so f16 latency here says little about f16 hardware.\n\n\
+         Details (file hashes, every timing): `mobilediffusion.json`."
+    );
+    s
+}

@@ -1,0 +1,234 @@
+//! `cargo xtask onnx-check`: exported bundles checked by the reference ONNX tools (Python `onnx`
+//! and ONNX Runtime, pinned in scripts/requirements-onnx.txt, installed into a virtual environment
+//! under target/). With `--full`, the full-size MobileDiffusion export and its latencies go to
+//! results/export/.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::docs::workspace;
+
+/// Export tiny bundles that switch on every design choice (f32 and f16, opsets 17 to 21, inline
+/// and external weights, the diffusers reference fixtures with their weights) and check each with
+/// onnx.checker and ONNX Runtime against unetlab's own output (max |Δ| ≤ 1e-4 for f32).
+#[derive(clap::Args, Default)]
+pub struct OnnxCheckArgs {
+    /// Also export full-size mobilediffusion (random init, f16 and f32), time ONNX Runtime beside
+    /// unetlab's candle latency, and write results/export/ (takes several minutes).
+    #[arg(long)]
+    full: bool,
+    /// Where bundles are written (default: target/onnx-check).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One bundle to export: name, config, extra `unetlab export` flags.
+struct Case {
+    name: &'static str,
+    config: String,
+    flags: Vec<String>,
+}
+
+/// Runs `cargo xtask onnx-check`.
+pub fn run(args: &OnnxCheckArgs) -> Result<()> {
+    let root = workspace();
+    let target = target_dir(&root);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| target.join("onnx-check"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let python = venv(&root, &target)?;
+    let unetlab = build_unetlab(&root, &target)?;
+
+    let fixtures = root.join("../shared/reference/fixtures");
+    let every = root.join("configs/fixtures/every-choice.yaml");
+    let s = |x: &str| x.to_string();
+    let mut cases = vec![
+        Case {
+            name: "every-choice-f32-opset17",
+            config: every.display().to_string(),
+            flags: vec![s("--opset"), s("17")],
+        },
+        Case {
+            name: "every-choice-f16-opset21",
+            config: every.display().to_string(),
+            flags: vec![s("--dtype"), s("f16"), s("--opset"), s("21")],
+        },
+        Case {
+            name: "every-choice-f32-opset20-external",
+            config: every.display().to_string(),
+            flags: vec![s("--opset"), s("20"), s("--external-data")],
+        },
+    ];
+    for (fixture, opset) in [("tiny-sd", "18"), ("tiny-sdxl", "19")] {
+        let weights = fixtures
+            .join(fixture)
+            .join("diffusion_pytorch_model.safetensors");
+        if !weights.is_file() {
+            bail!(
+                "{} is missing (the shared reference data)",
+                weights.display()
+            );
+        }
+        cases.push(Case {
+            name: fixture,
+            config: root
+                .join(format!("configs/fixtures/{fixture}.yaml"))
+                .display()
+                .to_string(),
+            flags: vec![
+                s("--weights"),
+                weights.display().to_string(),
+                s("--opset"),
+                s(opset),
+            ],
+        });
+    }
+    let mut bundles = Vec::new();
+    for case in &cases {
+        let dir = out.join(case.name);
+        export(
+            &unetlab,
+            &case.config,
+            &dir,
+            &case.flags,
+            &["--bench-runs", "0"],
+        )?;
+        bundles.push(dir);
+    }
+    check(&python, &root, &bundles, &out.join("results.json"), &[])?;
+
+    if args.full {
+        full_size(&python, &unetlab, &root, &out)?;
+    }
+    Ok(())
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// The virtual environment with the pinned requirements (re-created when they change).
+fn venv(root: &Path, target: &Path) -> Result<PathBuf> {
+    let requirements = root.join("scripts/requirements-onnx.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let dir = target.join("onnx-venv");
+    let stamp = dir.join("requirements.stamp");
+    let python = dir.join("bin/python");
+    if python.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
+        return Ok(python);
+    }
+    println!(
+        "onnx-check: installing {} into {}",
+        requirements.display(),
+        dir.display()
+    );
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    run_ok(Command::new("python3").args(["-m", "venv"]).arg(&dir))
+        .context("creating a Python virtual environment (python3 -m venv)")?;
+    run_ok(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements),
+    )
+    .context("installing the ONNX checkers with pip")?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
+}
+
+fn build_unetlab(root: &Path, target: &Path) -> Result<PathBuf> {
+    run_ok(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root)
+            .args(["build", "--release", "--quiet", "--package", "unetlab"]),
+    )
+    .context("building unetlab")?;
+    Ok(target.join("release/unetlab"))
+}
+
+fn export(
+    unetlab: &Path,
+    config: &str,
+    dir: &Path,
+    flags: &[String],
+    extra: &[&str],
+) -> Result<()> {
+    println!("onnx-check: exporting {}", dir.display());
+    run_ok(
+        Command::new(unetlab)
+            .args(["export", config, "--force", "--out"])
+            .arg(dir)
+            .args(flags)
+            .args(extra),
+    )
+    .with_context(|| format!("unetlab export {config}"))
+}
+
+fn check(
+    python: &Path,
+    root: &Path,
+    bundles: &[PathBuf],
+    json: &Path,
+    extra: &[&str],
+) -> Result<()> {
+    run_ok(
+        Command::new(python)
+            .arg(root.join("scripts/check_onnx.py"))
+            .args(bundles)
+            .arg("--json")
+            .arg(json)
+            .args(extra),
+    )
+    .context("the ONNX checks failed")
+}
+
+fn run_ok(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} exited with {status}");
+    }
+    Ok(())
+}
+
+/// Full-size MobileDiffusion (f16 and f32): file sizes, candle latency (`unetlab export`'s
+/// measurement) and ONNX Runtime latency, written to results/export/.
+fn full_size(python: &Path, unetlab: &Path, root: &Path, out: &Path) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut bundles = Vec::new();
+    for dtype in ["f16", "f32"] {
+        let dir = out.join(format!("mobilediffusion-{dtype}"));
+        export(
+            unetlab,
+            "mobilediffusion",
+            &dir,
+            &[format!("--dtype={dtype}")],
+            &["--bench-runs", "5"],
+        )?;
+        bundles.push(dir);
+    }
+    let json = out.join("full.json");
+    let threads_flag = threads.to_string();
+    check(
+        python,
+        root,
+        &bundles,
+        &json,
+        &["--bench", "5", "--threads", &threads_flag],
+    )?;
+    crate::export_results::write(root, &bundles, &json)
+}
