@@ -44,7 +44,10 @@ fn update(path: &Path, block: &str, body: &str, check: bool) -> Result<()> {
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
 }
 
 /// The paper's Table 1 beside unetlab's count of each preset.

@@ -3,7 +3,7 @@
 //! ```text
 //! BUNDLE/
 //!   config.yaml, config.json   the resolved config (extends flattened, every default explicit)
-//!   model.safetensors          weights, diffusers names; metadata: config, hash, unetlab version
+//!   model.safetensors          weights, diffusers names; metadata `unetlab`: config, hash, version
 //!   model.onnx[, .data]        the UNet graph (external data when the weights pass 2 GB)
 //!   example_io.safetensors     a test vector: inputs (batch 2) and the candle model's output
 //!   diffusers/config.json      when the network is a diffusers UNet2DConditionModel, with
@@ -42,6 +42,10 @@ pub const EXAMPLE_BATCH: usize = 2;
 /// Initializers move to `model.onnx.data` when they total more than this (protobuf's 2 GiB limit,
 /// less room for the graph).
 pub const EXTERNAL_DATA_THRESHOLD: usize = (2 << 30) - (64 << 20);
+
+/// The safetensors metadata key of a bundle's weights: a JSON object with `config_hash`,
+/// `config` (the resolved YAML), `dtype` and unetlab `version`.
+pub const WEIGHTS_METADATA_KEY: &str = "unetlab";
 
 /// A measured latency, for the model card and manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -235,19 +239,15 @@ fn fill(
         Err(reason) => Err(reason),
     };
 
-    let metadata = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("unetlab.config".to_string(), yaml.clone()),
-        ("unetlab.config_hash".to_string(), hash.clone()),
-        (
-            "unetlab.version".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        ),
-        (
-            "unetlab.dtype".to_string(),
-            dtype_name(options.dtype).to_string(),
-        ),
-    ]);
+    // One metadata key, so the file is byte-for-byte reproducible (safetensors writes its
+    // metadata map in hash order).
+    let record = serde_json::json!({
+        "config_hash": hash,
+        "config": yaml,
+        "dtype": dtype_name(options.dtype),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let metadata = HashMap::from([(WEIGHTS_METADATA_KEY.to_string(), record.to_string())]);
     model.save(&dir.join("model.safetensors"), metadata)?;
 
     let example = example_io(model, options)?;
@@ -568,7 +568,7 @@ impl Bundle {
     }
 }
 
-/// The `unetlab.config_hash` recorded in a safetensors file's metadata.
+/// The config hash recorded in a safetensors file's [`WEIGHTS_METADATA_KEY`] metadata.
 fn weights_config_hash(path: &Path) -> Result<Option<String>, ExportError> {
     let mut file = std::fs::File::open(path).map_err(ExportError::io(path))?;
     let mut len = [0u8; 8];
@@ -581,7 +581,9 @@ fn weights_config_hash(path: &Path) -> Result<Option<String>, ExportError> {
     file.read_exact(&mut header)
         .map_err(ExportError::io(path))?;
     let header: serde_json::Value = serde_json::from_slice(&header).unwrap_or_default();
-    Ok(header["__metadata__"]["unetlab.config_hash"]
+    let record: serde_json::Value = header["__metadata__"][WEIGHTS_METADATA_KEY]
         .as_str()
-        .map(str::to_string))
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    Ok(record["config_hash"].as_str().map(str::to_string))
 }
