@@ -1,0 +1,165 @@
+//! Parquet files in the Hugging Face `datasets` layout.
+
+use std::path::Path;
+
+use polars::prelude::*;
+
+use crate::{check_size, decode_image, DataError, Example, Skipped};
+
+/// Caption columns looked for, in order, when none is named.
+pub const CAPTION_COLUMNS: &[&str] = &["text", "caption"];
+
+/// The image column preferred when several columns could hold images.
+pub const IMAGE_COLUMN: &str = "image";
+
+/// Reads a Parquet file in the Hugging Face `datasets` layout into `size × size` examples.
+///
+/// The image column is the column named `image` if there is one, else the first column that can
+/// hold images: either a struct with a binary `bytes` field (the `datasets` `Image` feature,
+/// `struct{bytes, path}`) or a plain binary column, holding encoded PNG or JPEG bytes. The caption
+/// column is `caption_column` if given, else `text`, else `caption`; it must hold strings.
+///
+/// The whole file is read eagerly. Rows with a null image or caption, an empty caption or bytes
+/// that do not decode are skipped and counted, each reason naming the file and row. Fails, naming
+/// the file, if it cannot be read or parsed, `size` is 0 or above [`crate::MAX_SIZE`], or a
+/// column is missing or of the wrong type.
+pub fn read_parquet(
+    path: &Path,
+    size: usize,
+    caption_column: Option<&str>,
+) -> Result<(Vec<Example>, Skipped), DataError> {
+    let size = check_size(path, size)?;
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let df = ParquetReader::new(file)
+        .finish()
+        .map_err(|e| DataError::Parquet {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let column_error = |message: String| DataError::Column {
+        path: path.to_path_buf(),
+        message,
+    };
+    let described = || {
+        df.columns()
+            .iter()
+            .map(|c| format!("{}: {}", c.name(), c.dtype()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let caption_name = match caption_column {
+        Some(name) => name.to_string(),
+        None => CAPTION_COLUMNS
+            .iter()
+            .find(|name| df.column(name).is_ok())
+            .map(|name| name.to_string())
+            .ok_or_else(|| {
+                column_error(format!(
+                    "no caption column (looked for {}); columns: {}",
+                    CAPTION_COLUMNS.join(", "),
+                    described()
+                ))
+            })?,
+    };
+    let captions = df.column(&caption_name).map_err(|_| {
+        column_error(format!(
+            "no caption column `{caption_name}`; columns: {}",
+            described()
+        ))
+    })?;
+    let captions = captions.str().map_err(|_| {
+        column_error(format!(
+            "caption column `{caption_name}` holds {}, not strings",
+            captions.dtype()
+        ))
+    })?;
+
+    let image = match df.column(IMAGE_COLUMN) {
+        Ok(column) => column,
+        Err(_) => df
+            .columns()
+            .iter()
+            .find(|c| c.name().as_str() != caption_name && image_bytes(c).is_some())
+            .ok_or_else(|| {
+                column_error(format!(
+                    "no image column (a binary column or a struct with a binary `bytes` field); columns: {}",
+                    described()
+                ))
+            })?,
+    };
+    let bytes = image_bytes(image).ok_or_else(|| {
+        column_error(format!(
+            "image column `{}` holds {}, not binary or a struct with a binary `bytes` field",
+            image.name(),
+            image.dtype()
+        ))
+    })?;
+    let bytes = bytes.map_err(|e| column_error(format!("image column `{}`: {e}", image.name())))?;
+    let image_nulls = image.is_null();
+
+    let mut examples = Vec::new();
+    let mut skipped = Skipped::default();
+    let rows = bytes.iter().zip(captions.iter()).zip(image_nulls.iter());
+    for (row, ((encoded, caption), image_null)) in rows.enumerate() {
+        let reason = |why: &str| format!("{} row {row}: {why}", path.display());
+        let encoded = match encoded {
+            Some(encoded) if image_null != Some(true) => encoded,
+            _ => {
+                skipped.push(reason("no image"));
+                continue;
+            }
+        };
+        let caption = match caption.map(str::trim) {
+            Some(caption) if !caption.is_empty() => caption,
+            Some(_) => {
+                skipped.push(reason("empty caption"));
+                continue;
+            }
+            None => {
+                skipped.push(reason("no caption"));
+                continue;
+            }
+        };
+        match decode_image(encoded, size) {
+            Ok(image) => examples.push(Example {
+                image,
+                size: size as usize,
+                caption: caption.to_string(),
+                scene: None,
+            }),
+            Err(e) => skipped.push(reason(&format!("cannot decode image: {e}"))),
+        }
+    }
+    Ok((examples, skipped))
+}
+
+/// The encoded image bytes of a column, if it is a binary column or a struct with a binary
+/// `bytes` field (`None` for other columns).
+fn image_bytes(column: &Column) -> Option<PolarsResult<BinaryChunked>> {
+    match column.dtype() {
+        DataType::Binary => Some(column.binary().cloned()),
+        DataType::BinaryOffset => Some(
+            column
+                .cast(&DataType::Binary)
+                .and_then(|c| c.binary().cloned()),
+        ),
+        DataType::Struct(fields) => {
+            let field = fields.iter().find(|f| f.name().as_str() == "bytes")?;
+            if !matches!(field.dtype(), DataType::Binary | DataType::BinaryOffset) {
+                return None;
+            }
+            Some(struct_bytes(column))
+        }
+        _ => None,
+    }
+}
+
+/// The `bytes` field of a struct column, as binary.
+fn struct_bytes(column: &Column) -> PolarsResult<BinaryChunked> {
+    let series = column.struct_()?.field_by_name("bytes")?;
+    series.cast(&DataType::Binary)?.binary().cloned()
+}
