@@ -6,7 +6,9 @@ mod convert;
 mod count;
 mod export;
 mod forward;
+mod sample;
 mod table;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     Convert(convert::ConvertArgs),
     Export(export::ExportArgs),
+    Train(train::TrainArgs),
+    Sample(sample::SampleArgs),
 }
 
 fn main() {
@@ -39,6 +43,8 @@ fn main() {
         Command::Forward(args) => forward::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Sample(args) => sample::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -7,7 +7,9 @@
 
 pub mod blocks;
 pub mod ops;
+pub mod text;
 pub mod unet;
 
 pub use ops::{attend, scoped, AttentionKernel, Conv2dParams, Init, Ops, Unary};
+pub use text::{text_encoder_forward, TextEncoderSpec};
 pub use unet::{unet_forward, MissingInput, UnetInputs};

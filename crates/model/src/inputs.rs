@@ -9,7 +9,7 @@ use unetlab_spec::UnetSpec;
 use crate::error::ModelError;
 
 /// Standard-normal values from a seeded ChaCha8 stream (Box–Muller).
-fn normal(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+pub fn standard_normal(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| {
             let u1: f64 = rng.random_range(f64::EPSILON..1.0);
@@ -39,7 +39,7 @@ pub fn example_inputs(
             "time_ids" => (0..n)
                 .map(|i| if (i % 6) / 2 == 1 { 0.0 } else { pixels })
                 .collect(),
-            _ => normal(&mut rng, n),
+            _ => standard_normal(&mut rng, n),
         };
         Tensor::from_vec(values, dims.as_slice(), device)
     })?;

@@ -21,7 +21,7 @@ use unetlab_spec::UnetSpec;
 
 pub use device::{parse_device, parse_dtype, write_safetensors};
 pub use error::ModelError;
-pub use inputs::example_inputs;
+pub use inputs::{example_inputs, standard_normal};
 pub use ops::CandleOps;
 pub use params::ParamStore;
 

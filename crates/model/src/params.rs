@@ -143,6 +143,29 @@ impl ParamStore {
         })
     }
 
+    /// Parameters from named tensors (e.g. EMA weights or a checkpoint), all converted to `dtype`
+    /// on `device`.
+    pub fn from_tensors(
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, ModelError> {
+        let vars = tensors
+            .into_iter()
+            .map(|(name, t)| {
+                Ok((
+                    name,
+                    Var::from_tensor(&t.to_device(device)?.to_dtype(dtype)?)?,
+                ))
+            })
+            .collect::<Result<BTreeMap<_, _>, ModelError>>()?;
+        Ok(ParamStore {
+            vars,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
     /// Writes every parameter under its diffusers name, with `metadata` in the header. The file
     /// appears atomically (written beside it, then renamed).
     pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<(), ModelError> {

@@ -1,0 +1,147 @@
+//! `unetlab train` and `unetlab sample` through the binary: SIGKILL and resume, fine-tuning by
+//! parameter name, sample grids.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::unetlab;
+
+const CONFIG: &str = "configs/fixtures/tiny-sd.yaml";
+
+fn train_args<'a>(out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        CONFIG,
+        "--budget",
+        "smoke",
+        "--steps",
+        steps,
+        "--batch",
+        "8",
+        "--checkpoint-every",
+        "8",
+        "--out",
+        out,
+    ]
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn data_rows(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count().saturating_sub(1))
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let steps = "40";
+    let o = unetlab(&train_args(a_s, steps));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The same run, killed with SIGKILL after its second checkpoint, then started again.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unetlab"))
+        .args(train_args(b_s, steps))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let rows = data_rows(&b.join("loss.csv"));
+        if rows >= 18 {
+            child.kill().unwrap(); // SIGKILL on Unix
+            child.wait().unwrap();
+            assert!(rows < 40, "the run finished before it could be interrupted");
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(started.elapsed() < Duration::from_secs(300));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!b.join("run.json").exists());
+    let o = unetlab(&train_args(b_s, steps));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resuming from the checkpoint at step 16"),
+        "{}",
+        stderr(&o)
+    );
+
+    for file in [
+        "checkpoint.safetensors",
+        "loss.csv",
+        "validation.csv",
+        "tokenizer.json",
+    ] {
+        assert!(
+            std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(),
+            "{file} differs between the uninterrupted and the resumed run"
+        );
+    }
+}
+
+#[test]
+fn fine_tuning_and_sampling_from_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("softmax");
+    let o = unetlab(&train_args(base.to_str().unwrap(), "4"));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // ReLU attention fine-tuned from the softmax run: every parameter is copied by name.
+    let relu = tmp.path().join("relu.yaml");
+    let fixture = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(CONFIG);
+    std::fs::write(
+        &relu,
+        format!(
+            "extends: {}\nunet:\n  attention:\n    kernel: relu\n",
+            fixture.display()
+        ),
+    )
+    .unwrap();
+    let tuned = tmp.path().join("relu");
+    let mut args = train_args(tuned.to_str().unwrap(), "4");
+    args[1] = relu.to_str().unwrap();
+    args.extend(["--init-from", base.to_str().unwrap()]);
+    let o = unetlab(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("parameters copied, 0 with another shape and 0 absent"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A 2 x 3 grid of 32 x 32 images at zoom 2 with 2-pixel gaps.
+    let grid = tmp.path().join("grid.png");
+    let o = unetlab(&[
+        "sample",
+        tuned.to_str().unwrap(),
+        "--prompt",
+        "a small red circle",
+        "--prompt",
+        "a large blue square",
+        "--count",
+        "3",
+        "--steps",
+        "4",
+        "--zoom",
+        "2",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = std::fs::read(&grid).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!((width, height), (3 * 66 + 2, 2 * 66 + 2));
+}

@@ -1,0 +1,99 @@
+//! The training recipe: identical for every variant of a study, and part of every result row.
+
+use serde::{Deserialize, Serialize};
+
+use crate::optim::AdamWConfig;
+use crate::proxy::ProxyShape;
+
+/// How much training: `smoke` for CI (seconds), `quick` for the committed results, `full` for
+/// more steps and several seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// A handful of steps on a tiny batch: exercises every code path.
+    Smoke,
+    /// A few hundred steps: enough to rank variants by validation loss on a 2-core CPU.
+    Quick,
+    /// Thousands of steps.
+    Full,
+}
+
+/// Everything that determines a run besides the network and the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// Optimizer updates.
+    pub steps: u64,
+    /// Images per update.
+    pub batch: usize,
+    /// AdamW settings (peak learning rate included).
+    pub optimizer: AdamWConfig,
+    /// Linear warm-up steps before the cosine decay.
+    pub warmup: u64,
+    /// Global gradient-norm limit.
+    pub grad_clip: f64,
+    /// EMA decay (ramped up as `min(decay, (1 + t) / (10 + t))`).
+    pub ema_decay: f64,
+    /// Probability of training on the empty caption (for classifier-free guidance).
+    pub cfg_dropout: f64,
+    /// Seed of initialisation, data order, noise and timesteps.
+    pub seed: u64,
+    /// Fixed validation images for the validation loss.
+    pub val_examples: usize,
+    /// Validation loss every this many steps (and at the end).
+    pub val_every: u64,
+    /// Checkpoint every this many steps (and at the end).
+    pub checkpoint_every: u64,
+    /// The proxy network and image sizes.
+    pub proxy: ProxyShape,
+    /// Text encoder layers.
+    pub text_layers: usize,
+    /// Text encoder heads.
+    pub text_heads: usize,
+}
+
+impl Recipe {
+    /// The recipe of a budget.
+    pub fn for_budget(budget: Budget) -> Recipe {
+        let base = Recipe {
+            steps: 300,
+            batch: 16,
+            optimizer: AdamWConfig {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
+            warmup: 30,
+            grad_clip: 1.0,
+            ema_decay: 0.995,
+            cfg_dropout: 0.1,
+            seed: 0,
+            val_examples: 64,
+            val_every: 100,
+            checkpoint_every: 50,
+            proxy: ProxyShape::default(),
+            text_layers: 2,
+            text_heads: 4,
+        };
+        match budget {
+            Budget::Smoke => Recipe {
+                steps: 8,
+                batch: 4,
+                warmup: 2,
+                val_examples: 8,
+                val_every: 4,
+                checkpoint_every: 4,
+                ..base
+            },
+            Budget::Quick => base,
+            Budget::Full => Recipe {
+                steps: 3000,
+                warmup: 100,
+                val_every: 250,
+                checkpoint_every: 250,
+                ..base
+            },
+        }
+    }
+}

@@ -1,0 +1,516 @@
+//! One proxy training run: data → DDPM noise-prediction loss → AdamW, with EMA weights,
+//! validation loss, logs, checkpoints and bit-identical resume.
+//!
+//! Determinism: everything random in step `s` (caption dropout, timesteps, noise) comes from a
+//! ChaCha8 stream keyed by (seed, s), and the examples of step `s` are positions `s·batch ..` of
+//! the data order. A checkpoint therefore only needs weights, EMA, AdamW moments and `s`; resuming
+//! from it replays exactly what an uninterrupted run does.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use unetlab_data::Example;
+use unetlab_graph::TextEncoderSpec;
+use unetlab_model::standard_normal;
+use unetlab_spec::explicit::explicit_yaml;
+use unetlab_spec::Config;
+
+use crate::checkpoint::{self, CheckpointInfo};
+use crate::data::{DataSource, TrainData};
+use crate::error::TrainError;
+use crate::model::{images_to_latents, ProxyModel};
+use crate::optim::{clip_grads, collect_grads, ema_update, learning_rate, AdamW};
+use crate::proxy::proxy_spec;
+use crate::recipe::Recipe;
+use crate::schedule::{NoiseSchedule, TRAIN_STEPS};
+use crate::tokenizer::TextTokenizer;
+
+/// Seed of the validation noise: the same for every run, so validation losses compare.
+pub const VALIDATION_NOISE_SEED: u64 = 0x0005_eed0_f7a1;
+
+/// What to train and where.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The full-size config (its proxy is trained).
+    pub config: Config,
+    /// The recipe.
+    pub recipe: Recipe,
+    /// The data.
+    pub data: DataSource,
+    /// A `tokenizer.json` to use instead of training one on the captions.
+    pub tokenizer: Option<PathBuf>,
+    /// A checkpoint (or run directory) to initialise matching parameters from, by name.
+    pub init_from: Option<PathBuf>,
+    /// The run directory.
+    pub out: PathBuf,
+    /// Start over even if the run directory holds a checkpoint of this run.
+    pub restart: bool,
+}
+
+/// Progress of a run, for progress bars.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// Training starts (or resumes) at `start` of `total` steps.
+    Started {
+        /// First step to run.
+        start: u64,
+        /// Last step.
+        total: u64,
+    },
+    /// A step finished.
+    Step {
+        /// Steps completed.
+        done: u64,
+        /// Its loss.
+        loss: f64,
+        /// Throughput of this session so far.
+        steps_per_s: f64,
+    },
+    /// A validation loss was computed.
+    Validation {
+        /// After this many steps.
+        done: u64,
+        /// Mean validation loss.
+        loss: f64,
+    },
+}
+
+/// The outcome, also written to `run.json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RunSummary {
+    /// Config name.
+    pub config: String,
+    /// Hash of the full-size config.
+    pub config_hash: String,
+    /// Hash of the run identity (config, recipe, data, vocabulary).
+    pub run_hash: String,
+    /// The recipe.
+    pub recipe: Recipe,
+    /// The data.
+    pub data: DataSource,
+    /// Inputs skipped while reading the data.
+    pub skipped_inputs: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Parameters of the full-size UNet.
+    pub full_params: u64,
+    /// MACs of the full-size UNet per sample at its latent size.
+    pub full_macs: u64,
+    /// Parameters of the proxy UNet.
+    pub proxy_params: u64,
+    /// MACs of the proxy UNet per sample.
+    pub proxy_macs: u64,
+    /// Parameters of the text encoder.
+    pub text_encoder_params: u64,
+    /// Steps completed.
+    pub steps: u64,
+    /// The step this session resumed from, if any.
+    pub resumed_from: Option<u64>,
+    /// Mean training loss of the last (up to) 20 steps of this session.
+    pub final_train_loss: f64,
+    /// Validation loss of the EMA weights after the last step.
+    pub validation_loss: f64,
+    /// Validation loss of the initial weights (fresh runs only).
+    pub initial_validation_loss: Option<f64>,
+    /// Training steps per second in this session (validation and checkpoints excluded).
+    pub steps_per_s: f64,
+}
+
+/// Runs (or resumes) a training run.
+pub fn train(
+    opts: &RunOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RunSummary, TrainError> {
+    let recipe = &opts.recipe;
+    let out = &opts.out;
+    std::fs::create_dir_all(out).map_err(TrainError::io(out))?;
+    let proxy = proxy_spec(&opts.config.spec, &recipe.proxy);
+    let (data, skipped) = TrainData::open(&opts.data, recipe.proxy.image_size, recipe.seed)?;
+    for reason in skipped.reasons.iter().take(5) {
+        eprintln!("skipped: {reason}");
+    }
+    if skipped.count > 0 {
+        eprintln!("skipped {} unreadable input(s) in total", skipped.count);
+    }
+
+    let checkpoint_path = out.join("checkpoint.safetensors");
+    let resuming = checkpoint_path.is_file() && !opts.restart;
+    let tokenizer_path = out.join("tokenizer.json");
+    let tokens = recipe.proxy.tokens;
+    let tokenizer = match (&opts.tokenizer, resuming && tokenizer_path.is_file()) {
+        (Some(path), _) => TextTokenizer::load(path, tokens)?,
+        (None, true) => TextTokenizer::load(&tokenizer_path, tokens)?,
+        (None, false) => {
+            let captions = data.vocabulary_captions();
+            TextTokenizer::train(captions.iter().map(String::as_str), tokens)?
+        }
+    };
+    let text_spec = TextEncoderSpec {
+        vocab: tokenizer.vocab(),
+        tokens,
+        width: recipe.proxy.text_dim,
+        layers: recipe.text_layers,
+        heads: recipe.text_heads,
+    };
+    let run_hash = hash_json(&serde_json::json!({
+        "config": opts.config.hash(),
+        "recipe": recipe,
+        "data": opts.data,
+        "text": text_spec,
+    }));
+
+    let (model, mut ema, mut adam, start) = if resuming {
+        let ck = checkpoint::load(&checkpoint_path)?;
+        if ck.info.run_hash != run_hash {
+            return Err(TrainError::Run {
+                run: out.clone(),
+                message: "holds a checkpoint of a different run (config, recipe or data changed): \
+                          pass --restart to start over, or choose another --out"
+                    .into(),
+            });
+        }
+        let model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ck.weights)?;
+        let adam = AdamW {
+            config: recipe.optimizer,
+            step: ck.adam_step,
+            m: ck.adam_m,
+            v: ck.adam_v,
+        };
+        (model, ck.ema, adam, ck.info.step)
+    } else {
+        let model = ProxyModel::init(proxy.clone(), text_spec, recipe.seed)?;
+        if let Some(source) = &opts.init_from {
+            init_from(&model, source)?;
+        }
+        let vars = model.named_vars();
+        let adam = AdamW::new(recipe.optimizer, vars.iter().map(|(n, v)| (n.as_str(), v)))?;
+        let ema: BTreeMap<String, Tensor> = vars
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+            .collect::<Result<_, candle_core::Error>>()?;
+        if opts.tokenizer.is_none() {
+            tokenizer.save(&tokenizer_path)?;
+        }
+        write(&out.join("config.yaml"), &explicit_yaml(&opts.config))?;
+        let proxy_config = Config {
+            name: format!("{} (proxy)", opts.config.name),
+            spec: proxy.clone(),
+            ..opts.config.clone()
+        };
+        write(&out.join("proxy.yaml"), &explicit_yaml(&proxy_config))?;
+        (model, ema, adam, 0)
+    };
+    let vars = model.named_vars();
+    let mut loss_log = Log::open(&out.join("loss.csv"), "step,loss,lr,grad_norm", start)?;
+    let mut val_log = Log::open(&out.join("validation.csv"), "step,validation_loss", start)?;
+
+    let schedule = NoiseSchedule::default();
+    let validation = data.validation(recipe.val_examples);
+    let initial_validation_loss = if start == 0 {
+        let v = validation_loss(&model, &tokenizer, &validation, &schedule, recipe.batch)?;
+        val_log.line(&format!("0,{v}"))?;
+        Some(v)
+    } else {
+        None
+    };
+    progress(Progress::Started {
+        start,
+        total: recipe.steps,
+    });
+
+    let mut last_checkpoint = start;
+    let mut recent = Vec::new();
+    let mut validation_loss_now = initial_validation_loss.unwrap_or(f64::NAN);
+    let mut training_time = 0.0;
+    for step in start..recipe.steps {
+        let began = Instant::now();
+        let examples = data.batch(step, recipe.batch, recipe.seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(recipe.seed);
+        rng.set_stream(step);
+        let captions: Vec<&str> = examples
+            .iter()
+            .map(|e| {
+                if rng.random::<f64>() < recipe.cfg_dropout {
+                    ""
+                } else {
+                    e.caption.as_str()
+                }
+            })
+            .collect();
+        let timesteps: Vec<usize> = (0..examples.len())
+            .map(|_| rng.random_range(0..TRAIN_STEPS))
+            .collect();
+        let loss = denoising_loss(
+            &model, &tokenizer, &examples, &captions, &timesteps, &mut rng, &schedule, true,
+        )?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        if !loss_value.is_finite() {
+            return Err(diverged(step, loss_value, last_checkpoint, out));
+        }
+        let grads = loss.backward()?;
+        let (mut grads, norm) = collect_grads(&grads, vars.iter().map(|(n, v)| (n.as_str(), v)))?;
+        if !norm.is_finite() {
+            return Err(diverged(step, norm, last_checkpoint, out));
+        }
+        clip_grads(&mut grads, norm, recipe.grad_clip)?;
+        let lr = learning_rate(step, recipe.warmup, recipe.steps, recipe.optimizer.lr);
+        adam.update(vars.iter().map(|(n, v)| (n.as_str(), v)), &grads, lr)?;
+        let decay = recipe
+            .ema_decay
+            .min((1.0 + step as f64) / (10.0 + step as f64));
+        ema_update(&mut ema, vars.iter().map(|(n, v)| (n.as_str(), v)), decay)?;
+        training_time += began.elapsed().as_secs_f64();
+
+        let done = step + 1;
+        loss_log.line(&format!("{done},{loss_value},{lr},{norm}"))?;
+        recent.push(loss_value);
+        let steps_per_s = (done - start) as f64 / training_time.max(1e-9);
+        progress(Progress::Step {
+            done,
+            loss: loss_value,
+            steps_per_s,
+        });
+        let last = done == recipe.steps;
+        if done % recipe.val_every == 0 || last {
+            let ema_model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ema)?;
+            validation_loss_now =
+                validation_loss(&ema_model, &tokenizer, &validation, &schedule, recipe.batch)?;
+            val_log.line(&format!("{done},{validation_loss_now}"))?;
+            progress(Progress::Validation {
+                done,
+                loss: validation_loss_now,
+            });
+        }
+        if done % recipe.checkpoint_every == 0 || last {
+            let weights: Vec<(String, Tensor)> = vars
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect();
+            let info = CheckpointInfo {
+                step: done,
+                run_hash: run_hash.clone(),
+            };
+            checkpoint::save(&checkpoint_path, &info, &weights, &ema, &adam)?;
+            last_checkpoint = done;
+        }
+    }
+
+    let tail = &recent[recent.len().saturating_sub(20)..];
+    let proxy_cost = unetlab_cost::count(
+        &proxy,
+        unetlab_cost::Conditions {
+            batch: 1,
+            latent_size: proxy.latent_size,
+            tokens,
+        },
+    )
+    .map_err(unetlab_model::ModelError::from)?;
+    let full = &opts.config.spec;
+    let full_cost = unetlab_cost::count(
+        full,
+        unetlab_cost::Conditions {
+            batch: 1,
+            latent_size: full.latent_size,
+            tokens: full.text_tokens,
+        },
+    )
+    .map_err(unetlab_model::ModelError::from)?;
+    let summary = RunSummary {
+        config: opts.config.name.clone(),
+        config_hash: opts.config.hash(),
+        run_hash,
+        recipe: recipe.clone(),
+        data: opts.data.clone(),
+        skipped_inputs: skipped.count,
+        vocab: tokenizer.vocab(),
+        full_params: full_cost.params(),
+        full_macs: full_cost.macs.total(),
+        proxy_params: proxy_cost.params(),
+        proxy_macs: proxy_cost.macs.total(),
+        text_encoder_params: model.text.vars().map(|(_, v)| v.elem_count() as u64).sum(),
+        steps: recipe.steps,
+        resumed_from: (start > 0).then_some(start),
+        final_train_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
+        validation_loss: validation_loss_now,
+        initial_validation_loss,
+        steps_per_s: (recipe.steps - start) as f64 / training_time.max(1e-9),
+    };
+    write(
+        &out.join("run.json"),
+        &(serde_json::to_string_pretty(&summary).expect("JSON always prints") + "\n"),
+    )?;
+    Ok(summary)
+}
+
+/// The mean squared error between the noise and the model's prediction of it, for `examples`
+/// noised at `timesteps` with noise drawn from `rng`.
+#[allow(clippy::too_many_arguments)]
+fn denoising_loss(
+    model: &ProxyModel,
+    tokenizer: &TextTokenizer,
+    examples: &[Example],
+    captions: &[&str],
+    timesteps: &[usize],
+    rng: &mut ChaCha8Rng,
+    schedule: &NoiseSchedule,
+    trainable: bool,
+) -> Result<Tensor, TrainError> {
+    let device = Device::Cpu;
+    let size = examples[0].size;
+    let pixels: Vec<f32> = examples
+        .iter()
+        .flat_map(|e| e.image.iter().copied())
+        .collect();
+    let images = Tensor::from_vec(pixels, (examples.len(), 3, size, size), &device)?;
+    let x0 = images_to_latents(&images)?;
+    let noise = Tensor::from_vec(standard_normal(rng, x0.elem_count()), x0.dims(), &device)?;
+    let (signal, spread): (Vec<f32>, Vec<f32>) = timesteps
+        .iter()
+        .map(|&t| {
+            let (a, b) = schedule.weights(t);
+            (a as f32, b as f32)
+        })
+        .unzip();
+    let per_item = (examples.len(), 1, 1, 1);
+    let signal = Tensor::from_vec(signal, per_item, &device)?;
+    let spread = Tensor::from_vec(spread, per_item, &device)?;
+    let x_t = (x0.broadcast_mul(&signal)? + noise.broadcast_mul(&spread)?)?;
+    let t = Tensor::from_vec(
+        timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(),
+        examples.len(),
+        &device,
+    )?;
+    let one_hot = tokenizer.one_hot(captions, &device)?;
+    let predicted = model.predict(&x_t, &t, &one_hot, trainable)?;
+    Ok((predicted - noise)?.sqr()?.mean_all()?)
+}
+
+/// Validation loss: the mean denoising loss over `examples` with their real captions, at fixed
+/// timesteps spread over the schedule and noise from [`VALIDATION_NOISE_SEED`].
+pub fn validation_loss(
+    model: &ProxyModel,
+    tokenizer: &TextTokenizer,
+    examples: &[Example],
+    schedule: &NoiseSchedule,
+    batch: usize,
+) -> Result<f64, TrainError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(VALIDATION_NOISE_SEED);
+    let mut total = 0.0;
+    for (c, chunk) in examples.chunks(batch.max(1)).enumerate() {
+        let captions: Vec<&str> = chunk.iter().map(|e| e.caption.as_str()).collect();
+        let timesteps: Vec<usize> = (0..chunk.len())
+            .map(|i| ((c * batch + i) * 997 + 13) % TRAIN_STEPS)
+            .collect();
+        let loss = denoising_loss(
+            model, tokenizer, chunk, &captions, &timesteps, &mut rng, schedule, false,
+        )?;
+        total += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+    }
+    Ok(total / examples.len().max(1) as f64)
+}
+
+/// Copies every parameter whose name and shape match from another run's checkpoint (its
+/// `model.*` weights); reports what matched.
+fn init_from(model: &ProxyModel, source: &Path) -> Result<(), TrainError> {
+    let path = if source.is_dir() {
+        source.join("checkpoint.safetensors")
+    } else {
+        source.to_path_buf()
+    };
+    let ck = checkpoint::load(&path)?;
+    let (mut copied, mut reshaped, mut missing) = (0, 0, 0);
+    for (name, var) in model.named_vars() {
+        match ck.weights.get(&name) {
+            Some(t) if t.dims() == var.dims() => {
+                var.set(t)?;
+                copied += 1;
+            }
+            Some(_) => reshaped += 1,
+            None => missing += 1,
+        }
+    }
+    eprintln!(
+        "--init-from {}: {copied} parameters copied, {reshaped} with another shape and {missing} absent kept at their initialisation",
+        path.display()
+    );
+    if copied == 0 {
+        return Err(TrainError::Run {
+            run: path,
+            message: "--init-from: no parameter matches this config by name and shape".into(),
+        });
+    }
+    Ok(())
+}
+
+fn diverged(step: u64, loss: f64, checkpoint_step: u64, run: &Path) -> TrainError {
+    TrainError::Diverged {
+        step,
+        loss,
+        checkpoint_step,
+        run: run.to_path_buf(),
+    }
+}
+
+fn hash_json(value: &serde_json::Value) -> String {
+    Sha256::digest(value.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn write(path: &Path, text: &str) -> Result<(), TrainError> {
+    std::fs::write(path, text).map_err(TrainError::io(path))
+}
+
+/// An append-only CSV log whose rows are keyed by step; rows at or after the resume step (written
+/// after the checkpoint by an interrupted session) are dropped on open.
+struct Log {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Log {
+    fn open(path: &Path, header: &str, resume_step: u64) -> Result<Log, TrainError> {
+        let kept: Vec<String> = if resume_step > 0 {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    l.split(',')
+                        .next()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .is_some_and(|s| s <= resume_step)
+                })
+                .map(str::to_string)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut text = format!("{header}\n");
+        for line in kept {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        write(path, &text)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(TrainError::io(path))?;
+        Ok(Log {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn line(&mut self, line: &str) -> Result<(), TrainError> {
+        writeln!(self.file, "{line}").map_err(TrainError::io(&self.path))
+    }
+}

@@ -1,0 +1,177 @@
+//! Training runs on tiny proxies: the loss falls, runs are deterministic, bad runs stop cleanly.
+
+use std::path::{Path, PathBuf};
+
+use unetlab_spec::Config;
+use unetlab_train::data::DataSource;
+use unetlab_train::proxy::{proxy_spec, ProxyShape};
+use unetlab_train::{train, Budget, Recipe, RunOptions, TrainError};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+fn tiny_sd() -> Config {
+    Config::load(repo("configs/fixtures/tiny-sd.yaml").to_str().unwrap()).unwrap()
+}
+
+fn options(out: &Path, steps: u64) -> RunOptions {
+    let mut recipe = Recipe::for_budget(Budget::Smoke);
+    recipe.steps = steps;
+    recipe.batch = 8;
+    recipe.warmup = 5;
+    recipe.optimizer.lr = 2e-3;
+    recipe.val_examples = 16;
+    recipe.val_every = steps;
+    recipe.checkpoint_every = steps;
+    RunOptions {
+        config: tiny_sd(),
+        recipe,
+        data: DataSource::Shapes,
+        tokenizer: None,
+        init_from: None,
+        out: out.to_path_buf(),
+        restart: false,
+    }
+}
+
+#[test]
+fn validation_loss_falls_within_forty_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let summary = train(&options(tmp.path(), 40), &mut |_| {}).unwrap();
+    let initial = summary.initial_validation_loss.unwrap();
+    // Stated margin: at least 30 % below the untrained network's validation loss.
+    assert!(
+        summary.validation_loss < 0.7 * initial,
+        "validation loss {} from {initial}",
+        summary.validation_loss
+    );
+    assert!(summary.steps_per_s > 0.0);
+    for file in [
+        "loss.csv",
+        "validation.csv",
+        "run.json",
+        "tokenizer.json",
+        "config.yaml",
+        "proxy.yaml",
+        "checkpoint.safetensors",
+    ] {
+        assert!(tmp.path().join(file).is_file(), "{file}");
+    }
+    let losses = std::fs::read_to_string(tmp.path().join("loss.csv")).unwrap();
+    assert_eq!(losses.lines().count(), 41, "header + one row per step");
+}
+
+#[test]
+fn the_proxy_keeps_structure_and_choices_and_shrinks_width() {
+    for name in ["mobilediffusion", "md-lite", "sdxl", "sd15"] {
+        let full = Config::load(name).unwrap().spec;
+        let p = proxy_spec(&full, &ProxyShape::default());
+        assert_eq!(p.levels.len(), full.levels.len());
+        assert_eq!(p.res_block_count(), full.res_block_count(), "{name}");
+        assert_eq!(p.transformer_block_count(), full.transformer_block_count());
+        assert_eq!(p.self_attention_count(), full.self_attention_count());
+        assert_eq!(p.cross_attention_count(), full.cross_attention_count());
+        for (a, b) in p.levels.iter().zip(&full.levels) {
+            assert_eq!(a.conv, b.conv);
+            for (sa, sb) in [(&a.down, &b.down), (&a.up, &b.up)] {
+                assert_eq!(sa.transformer_depths, sb.transformer_depths);
+                let (ta, tb) = (&sa.transformer, &sb.transformer);
+                assert_eq!(
+                    (
+                        ta.self_attention,
+                        ta.cross_attention,
+                        ta.shared_kv,
+                        ta.kernel,
+                        ta.ff_mult,
+                        ta.ff_activation
+                    ),
+                    (
+                        tb.self_attention,
+                        tb.cross_attention,
+                        tb.shared_kv,
+                        tb.kernel,
+                        tb.ff_mult,
+                        tb.ff_activation
+                    )
+                );
+            }
+            assert_eq!(a.channels % 8, 0);
+            // Relative widths survive within rounding to 8 channels.
+            let ratio = a.channels as f64 / p.levels[0].channels as f64;
+            let full_ratio = b.channels as f64 / full.levels[0].channels as f64;
+            assert!(
+                (ratio - full_ratio).abs() * p.levels[0].channels as f64 <= 4.0 + 1e-9,
+                "{name}"
+            );
+        }
+        assert_eq!(
+            p.mid,
+            unetlab_spec::MidSpec {
+                transformer: p.mid.transformer.clone(),
+                ..full.mid.clone()
+            }
+        );
+        assert_eq!(p.addition.is_some(), full.addition.is_some());
+        assert_eq!(p.proj, full.proj);
+    }
+    // MobileDiffusion and MD-Lite stay different networks.
+    let md = proxy_spec(
+        &Config::load("mobilediffusion").unwrap().spec,
+        &ProxyShape::default(),
+    );
+    let lite = proxy_spec(
+        &Config::load("md-lite").unwrap().spec,
+        &ProxyShape::default(),
+    );
+    assert_eq!(
+        md.levels.iter().map(|l| l.channels).collect::<Vec<_>>(),
+        [32, 64, 104]
+    );
+    assert_ne!(md, lite);
+}
+
+#[test]
+fn divergence_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut opts = options(tmp.path(), 6);
+    opts.recipe.optimizer.lr = 1e30;
+    opts.recipe.warmup = 1;
+    opts.recipe.checkpoint_every = 1;
+    opts.recipe.grad_clip = 1e30;
+    let err = train(&opts, &mut |_| {}).unwrap_err();
+    let message = err.to_string();
+    let TrainError::Diverged {
+        step,
+        checkpoint_step,
+        ..
+    } = err
+    else {
+        panic!("expected divergence, got {message}");
+    };
+    assert!(
+        step >= 1 && checkpoint_step == step,
+        "step {step}, checkpoint {checkpoint_step}"
+    );
+    assert!(
+        message.contains(&format!("diverged at step {step}")),
+        "{message}"
+    );
+    let ck = unetlab_train::checkpoint::load(&tmp.path().join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.info.step, checkpoint_step);
+    assert!(!tmp.path().join("run.json").exists());
+}
+
+#[test]
+fn a_checkpoint_of_another_run_is_not_resumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    train(&options(tmp.path(), 2), &mut |_| {}).unwrap();
+    let mut other = options(tmp.path(), 2);
+    other.recipe.seed = 1;
+    let err = train(&other, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("--restart"), "{err}");
+    other.restart = true;
+    train(&other, &mut |_| {}).unwrap();
+}
