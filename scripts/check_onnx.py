@@ -67,12 +67,20 @@ def check_bundle(bundle, f16_tolerance, bench_runs, threads):
     (single,) = session.run(["output"], {n: v[:1] for n, v in feed.items()})
     diff_single = max_abs_diff(single, io["output"][:1])
     tolerance = 1e-4 if manifest["dtype"] == "f32" else f16_tolerance
+    if manifest.get("text_encoder"):
+        # Bundles of trained runs: the text encoder graph (always f32) against its test vector.
+        text_path = bundle / "text_encoder.onnx"
+        onnx.checker.check_model(str(text_path), full_check=True)
+        text = ort.InferenceSession(str(text_path), options, providers=["CPUExecutionProvider"])
+        hidden, pooled = text.run(["hidden_states", "pooled"], {"tokens_one_hot": io["text.tokens_one_hot"]})
+        diff = max(diff, max_abs_diff(hidden, io["text.hidden_states"]), max_abs_diff(pooled, io["text.pooled"]))
     result = {
         "bundle": str(bundle),
         "name": manifest["name"],
         "dtype": manifest["dtype"],
         "opset": manifest["opset"],
         "external_data": "model.onnx.data" in manifest["files"],
+        "text_encoder": bool(manifest.get("text_encoder")),
         "max_abs_diff": max(diff, diff_single),
         "output_max_abs": float(np.max(np.abs(io["output"].astype(np.float32)))),
         "tolerance": tolerance,
@@ -116,7 +124,8 @@ def main():
         else:
             status = "ok  " if r["ok"] else "FAIL"
             line = (f"{status} {r['name']:<14} {r['dtype']} opset {r['opset']}"
-                    f"{' external-data' if r['external_data'] else ''}: onnx.checker passed; "
+                    f"{' external-data' if r['external_data'] else ''}"
+                    f"{' +text-encoder' if r['text_encoder'] else ''}: onnx.checker passed; "
                     f"ONNX Runtime vs unetlab max |diff| {r['max_abs_diff']:.2e} "
                     f"(tolerance {r['tolerance']:.0e}, |output| up to {r['output_max_abs']:.2f})")
             if "ort_batch1_median_s" in r:

@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 use crate::docs::workspace;
 
 /// Export tiny bundles that switch on every design choice (f32 and f16, opsets 17 to 21, inline
-/// and external weights, the diffusers reference fixtures with their weights) and check each with
-/// onnx.checker and ONNX Runtime against unetlab's own output (max |Δ| ≤ 1e-4 for f32).
+/// and external weights, the diffusers reference fixtures with their weights, a trained proxy run
+/// with its text encoder) and check each with onnx.checker and ONNX Runtime against unetlab's own
+/// output (max |Δ| ≤ 1e-4 for f32).
 #[derive(clap::Args, Default)]
 pub struct OnnxCheckArgs {
     /// Also export full-size mobilediffusion (random init, f16 and f32), time ONNX Runtime beside
@@ -87,6 +88,31 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
             ],
         });
     }
+    // A trained proxy run, exported with its text encoder and tokenizer.
+    let run = out.join("tiny-sd-run");
+    println!("onnx-check: training {}", run.display());
+    run_ok(
+        Command::new(&unetlab)
+            .args([
+                "train",
+                "--budget",
+                "smoke",
+                "--steps",
+                "4",
+                "--batch",
+                "4",
+                "--restart",
+            ])
+            .arg(root.join("configs/fixtures/tiny-sd.yaml"))
+            .arg("--out")
+            .arg(&run),
+    )
+    .context("unetlab train")?;
+    cases.push(Case {
+        name: "tiny-sd-trained-proxy",
+        config: String::new(),
+        flags: vec![s("--run"), run.display().to_string()],
+    });
     let mut bundles = Vec::new();
     for case in &cases {
         let dir = out.join(case.name);
@@ -169,9 +195,12 @@ fn export(
     extra: &[&str],
 ) -> Result<()> {
     println!("onnx-check: exporting {}", dir.display());
+    let positional: &[&str] = if config.is_empty() { &[] } else { &[config] };
     run_ok(
         Command::new(unetlab)
-            .args(["export", config, "--force", "--out"])
+            .arg("export")
+            .args(positional)
+            .args(["--force", "--out"])
             .arg(dir)
             .args(flags)
             .args(extra),

@@ -8,9 +8,10 @@ use unetlab_bench::{bench, progress_bar, set_threads, BenchOptions, MIN_RUNS};
 use unetlab_export::bundle::dtype_name;
 use unetlab_export::onnx::{candle_dtype, OPSETS};
 use unetlab_export::proto::ElemType;
-use unetlab_export::{write_bundle, ExportOptions, Latency, Manifest};
-use unetlab_model::UnetModel;
+use unetlab_export::{write_bundle, ExportOptions, Latency, Manifest, TextEncoderPart};
+use unetlab_model::{ParamStore, UnetModel};
 use unetlab_spec::Config;
+use unetlab_train::sample::TrainedRun;
 
 use crate::table::{mebibytes, Table};
 
@@ -26,10 +27,15 @@ use crate::table::{mebibytes, Table};
 #[derive(clap::Args)]
 pub struct ExportArgs {
     /// A preset name or YAML config file.
-    config: String,
+    #[arg(required_unless_present = "run", conflicts_with = "run")]
+    config: Option<String>,
     /// Weights with diffusers names (default: seeded random weights).
-    #[arg(long, conflicts_with = "seed")]
+    #[arg(long, conflicts_with_all = ["seed", "run"])]
     weights: Option<PathBuf>,
+    /// A run directory of `unetlab train`: exports its proxy UNet with the EMA weights, plus the
+    /// text encoder and tokenizer, so the bundle alone can generate.
+    #[arg(long, conflicts_with = "seed")]
+    run: Option<PathBuf>,
     /// Seed of the random weights when no --weights are given.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -90,24 +96,68 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let config = Config::load(&args.config)?;
+    let device = Device::Cpu;
+    let candle = candle_dtype(dtype);
+    let trained = args.run.as_deref().map(TrainedRun::open).transpose()?;
+    let config = match (&trained, &args.config) {
+        (Some(run), _) => Config {
+            name: format!("{}-proxy", run.config.name),
+            description: Some(format!(
+                "the unetlab proxy of {} trained for {} steps on {}",
+                run.config.name,
+                run.summary.steps,
+                serde_json::to_string(&run.summary.data)?
+            )),
+            origin: run.dir.display().to_string(),
+            paper: None,
+            spec: run.model.unet.spec.clone(),
+        },
+        (None, Some(reference)) => Config::load(reference)?,
+        (None, None) => unreachable!("clap requires a config or --run"),
+    };
     let latent_size = args.latent_size.unwrap_or(config.spec.latent_size);
-    let tokens = args.tokens.unwrap_or(config.spec.text_tokens);
+    let tokens = match &trained {
+        Some(run) => {
+            if args.tokens.is_some_and(|t| t != run.model.text_spec.tokens) {
+                bail!(
+                    "--tokens: the run's text encoder has {} tokens",
+                    run.model.text_spec.tokens
+                );
+            }
+            run.model.text_spec.tokens
+        }
+        None => args.tokens.unwrap_or(config.spec.text_tokens),
+    };
     unetlab_spec::check_latent_size(config.spec.levels.len(), latent_size)
         .map_err(|m| anyhow!("--latent-size {m}"))?;
     if tokens == 0 {
         bail!("--tokens must be at least 1");
     }
 
-    let device = Device::Cpu;
-    let candle = candle_dtype(dtype);
-    let (model, weights) = match &args.weights {
-        Some(w) => (
+    let (model, weights) = match (&trained, &args.weights) {
+        (Some(run), _) => {
+            let tensors = run
+                .model
+                .unet
+                .params
+                .vars()
+                .map(|(n, v)| (n.to_string(), v.as_tensor().clone()));
+            let params = ParamStore::from_tensors(tensors, &device, candle)?;
+            let model = UnetModel {
+                spec: config.spec.clone(),
+                params,
+            };
+            (
+                model,
+                format!("EMA weights of training run {}", run.dir.display()),
+            )
+        }
+        (None, Some(w)) => (
             UnetModel::load(config.spec.clone(), w, &device, candle)
                 .with_context(|| format!("loading {}", w.display()))?,
             format!("{}", w.display()),
         ),
-        None => (
+        (None, None) => (
             UnetModel::init(config.spec.clone(), args.seed, &device, candle)?,
             format!("random init, seed {}", args.seed),
         ),
@@ -165,7 +215,17 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         dtype_name(dtype),
         args.opset
     );
-    let manifest = write_bundle(&config, &model, &options, &args.out)?;
+    let tokenizer = trained.as_ref().map(|run| run.dir.join("tokenizer.json"));
+    let text = match (&trained, &tokenizer) {
+        (Some(run), Some(tokenizer)) => Some(TextEncoderPart {
+            spec: run.model.text_spec,
+            params: &run.model.text,
+            tokenizer,
+            training: serde_json::to_value(&run.summary)?,
+        }),
+        _ => None,
+    };
+    let manifest = write_bundle(&config, &model, text.as_ref(), &options, &args.out)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
     } else {

@@ -3,14 +3,22 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+use unetlab_export::Bundle;
+use unetlab_train::model::ProxyModel;
 use unetlab_train::sample::{sample, write_grid, SampleOptions, TrainedRun};
+use unetlab_train::tokenizer::TextTokenizer;
 
-/// Generate images from a training run's EMA weights: deterministic DDIM (η = 0) with
-/// classifier-free guidance, one grid row per prompt.
+/// Generate images from a training run's EMA weights (or from its exported bundle):
+/// deterministic DDIM (η = 0) with classifier-free guidance, one grid row per prompt.
 #[derive(clap::Args)]
 pub struct SampleArgs {
     /// A run directory written by `unetlab train`.
-    run: PathBuf,
+    #[arg(required_unless_present = "export", conflicts_with = "export")]
+    run: Option<PathBuf>,
+    /// A bundle written by `unetlab export --run` instead of a run directory.
+    #[arg(long, value_name = "BUNDLE")]
+    export: Option<PathBuf>,
     /// A caption (repeat for several rows).
     #[arg(long, required = true)]
     prompt: Vec<String>,
@@ -39,7 +47,30 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     if args.count == 0 || args.steps == 0 || args.zoom == 0 {
         bail!("--count, --steps and --zoom must be at least 1");
     }
-    let run = TrainedRun::open(&args.run)?;
+    let (name, model, tokenizer) = match (&args.run, &args.export) {
+        (Some(dir), _) => {
+            let run = TrainedRun::open(dir)?;
+            (run.summary.config, run.model, run.tokenizer)
+        }
+        (None, Some(dir)) => {
+            let bundle = Bundle::open(dir)?;
+            let Some((text_spec, text, tokenizer)) = bundle.load_text_encoder(&Device::Cpu)? else {
+                bail!(
+                    "{}: this bundle has no text encoder (export a training run with --run to sample from it)",
+                    dir.display()
+                );
+            };
+            let unet = bundle.load_model(&Device::Cpu, DType::F32)?;
+            let tokenizer = TextTokenizer::load(&tokenizer, text_spec.tokens)?;
+            let model = ProxyModel {
+                unet,
+                text,
+                text_spec,
+            };
+            (bundle.manifest.name, model, tokenizer)
+        }
+        (None, None) => unreachable!("clap requires a run or --export"),
+    };
     let prompts: Vec<&str> = args
         .prompt
         .iter()
@@ -50,11 +81,11 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         cfg: args.cfg,
         seed: args.seed,
     };
-    let images = sample(&run.model, &run.tokenizer, &prompts, options)?;
+    let images = sample(&model, &tokenizer, &prompts, options)?;
     write_grid(&images, args.count, args.zoom, &args.out)?;
     eprintln!(
         "{}: {} image(s), {} DDIM steps, guidance {}, seed {} -> {}",
-        run.summary.config,
+        name,
         prompts.len(),
         args.steps,
         args.cfg,

@@ -140,6 +140,52 @@ fn fine_tuning_and_sampling_from_a_run() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let png = std::fs::read(&grid).unwrap();
+
+    // Exported with its text encoder, the bundle alone samples the same images.
+    let bundle = tmp.path().join("bundle");
+    let o = unetlab(&[
+        "export",
+        "--run",
+        tuned.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+        "--bench-runs",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for file in [
+        "tokenizer.json",
+        "text_encoder.safetensors",
+        "text_encoder.onnx",
+        "model.onnx",
+    ] {
+        assert!(bundle.join(file).is_file(), "{file}");
+    }
+    let card = std::fs::read_to_string(bundle.join("README.md")).unwrap();
+    assert!(card.contains("validation denoising loss"), "{card}");
+    let from_bundle = tmp.path().join("bundle.png");
+    let o = unetlab(&[
+        "sample",
+        "--export",
+        bundle.to_str().unwrap(),
+        "--prompt",
+        "a small red circle",
+        "--prompt",
+        "a large blue square",
+        "--count",
+        "3",
+        "--steps",
+        "4",
+        "--zoom",
+        "2",
+        "--out",
+        from_bundle.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::read(&from_bundle).unwrap() == png,
+        "the bundle samples other images"
+    );
     assert_eq!(&png[1..4], b"PNG");
     let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());

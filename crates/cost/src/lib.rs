@@ -16,7 +16,7 @@ mod report;
 pub use counter::{CostError, Counter, Sym};
 pub use report::{BlockCost, Conditions, CostReport, Macs, ParamInfo};
 
-use unetlab_graph::{unet_forward, UnetInputs};
+use unetlab_graph::{text_encoder_forward, unet_forward, TextEncoderSpec, UnetInputs};
 use unetlab_spec::UnetSpec;
 
 /// Counts one forward of `spec` under `conditions`.
@@ -46,4 +46,18 @@ pub fn count(spec: &UnetSpec, conditions: Conditions) -> Result<CostReport, Cost
     drop(output);
     drop(inputs);
     Ok(counter.finish(conditions))
+}
+
+/// The text encoder's parameters, in declaration order (a walk of its forward on shapes).
+pub fn text_encoder_params(spec: &TextEncoderSpec) -> Result<Vec<ParamInfo>, CostError> {
+    let mut counter = Counter::new();
+    let input = counter.input(&[1, spec.tokens, spec.vocab]);
+    text_encoder_forward(&mut counter, spec, &input)?;
+    drop(input);
+    let conditions = Conditions {
+        batch: 1,
+        latent_size: 0,
+        tokens: spec.tokens,
+    };
+    Ok(counter.finish(conditions).parameters)
 }

@@ -23,16 +23,16 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use unetlab_cost::{count, Conditions};
-use unetlab_graph::UnetInputs;
-use unetlab_model::{example_inputs, write_safetensors, UnetModel};
+use unetlab_cost::{count, text_encoder_params, Conditions};
+use unetlab_graph::{text_encoder_forward, TextEncoderSpec, UnetInputs};
+use unetlab_model::{example_inputs, write_safetensors, CandleOps, ParamStore, UnetModel};
 use unetlab_spec::diffusers::diffusers_from_spec;
 use unetlab_spec::explicit::{explicit_value, explicit_yaml};
 use unetlab_spec::Config;
 
 use crate::card::model_card;
 use crate::error::ExportError;
-use crate::onnx::{input_type, onnx_model, OnnxOptions, BATCH};
+use crate::onnx::{input_type, onnx_model, text_encoder_onnx, OnnxOptions, BATCH};
 use crate::proto::{ElemType, Initializer, Model, TensorBytes};
 
 /// Format name in `manifest.json`.
@@ -111,10 +111,26 @@ pub struct Manifest {
     pub diffusers: Result<String, String>,
     /// candle latency measured at export, if any.
     pub latency: Option<Latency>,
+    /// The text encoder, for bundles of trained proxy runs (with `tokenizer.json`).
+    pub text_encoder: Option<TextEncoderSpec>,
+    /// The training run's summary (`run.json`), for bundles of trained proxy runs.
+    pub training: Option<serde_json::Value>,
     /// The command that wrote the bundle.
     pub command: String,
     /// Every file but this one, by relative path.
     pub files: BTreeMap<String, FileEntry>,
+}
+
+/// The text side of a trained proxy run, bundled so the bundle alone can generate.
+pub struct TextEncoderPart<'a> {
+    /// The encoder's size.
+    pub spec: TextEncoderSpec,
+    /// Its weights.
+    pub params: &'a ParamStore,
+    /// The run's `tokenizer.json`.
+    pub tokenizer: &'a Path,
+    /// The run's summary (`run.json`): recipe, data, losses.
+    pub training: serde_json::Value,
 }
 
 /// How a bundle is made.
@@ -154,6 +170,7 @@ pub fn dtype_name(elem: ElemType) -> &'static str {
 pub fn write_bundle(
     config: &Config,
     model: &UnetModel,
+    text: Option<&TextEncoderPart>,
     options: &ExportOptions,
     out: &Path,
 ) -> Result<Manifest, ExportError> {
@@ -178,7 +195,7 @@ pub fn write_bundle(
         std::fs::remove_dir_all(&staging).map_err(ExportError::io(&staging))?;
     }
     std::fs::create_dir_all(&staging).map_err(ExportError::io(&staging))?;
-    let written = fill(config, model, options, &staging);
+    let written = fill(config, model, text, options, &staging);
     let manifest = match written {
         Ok(m) => m,
         Err(e) => {
@@ -213,6 +230,7 @@ fn sibling(out: &Path, what: &str) -> Result<PathBuf, ExportError> {
 fn fill(
     config: &Config,
     model: &UnetModel,
+    text: Option<&TextEncoderPart>,
     options: &ExportOptions,
     dir: &Path,
 ) -> Result<Manifest, ExportError> {
@@ -250,7 +268,10 @@ fn fill(
     let metadata = HashMap::from([(WEIGHTS_METADATA_KEY.to_string(), record.to_string())]);
     model.save(&dir.join("model.safetensors"), metadata)?;
 
-    let example = example_io(model, options)?;
+    let mut example = example_io(model, options)?;
+    if let Some(text) = text {
+        example.extend(text_example_io(text)?);
+    }
     let refs: Vec<(&str, &Tensor)> = example.iter().map(|(k, v)| (k.as_str(), v)).collect();
     write_safetensors(&dir.join("example_io.safetensors"), &refs, HashMap::new())?;
 
@@ -265,7 +286,10 @@ fn fill(
         ("unetlab.config_hash".into(), hash.clone()),
         ("unetlab.config".into(), yaml),
     ];
-    write_onnx(graph, dir, options.external_data)?;
+    write_onnx(graph, dir, "model.onnx", options.external_data)?;
+    if let Some(text) = text {
+        write_text_encoder(text, options, &hash, dir)?;
+    }
 
     let costs = count(
         spec,
@@ -317,6 +341,8 @@ fn fill(
         weights: options.weights.clone(),
         diffusers,
         latency: options.latency.clone(),
+        text_encoder: text.map(|t| t.spec),
+        training: text.map(|t| t.training.clone()),
         command: options.command.clone(),
         files: BTreeMap::new(),
     };
@@ -359,9 +385,53 @@ fn example_io(
     Ok(tensors)
 }
 
+/// `text_encoder.safetensors`, `text_encoder.onnx` and `tokenizer.json`.
+fn write_text_encoder(
+    text: &TextEncoderPart,
+    options: &ExportOptions,
+    hash: &str,
+    dir: &Path,
+) -> Result<(), ExportError> {
+    let record = serde_json::json!({"config_hash": hash, "text_encoder": text.spec});
+    let metadata = HashMap::from([(WEIGHTS_METADATA_KEY.to_string(), record.to_string())]);
+    text.params
+        .save(&dir.join("text_encoder.safetensors"), metadata)?;
+    let tokenizer = dir.join("tokenizer.json");
+    std::fs::copy(text.tokenizer, &tokenizer).map_err(ExportError::io(text.tokenizer))?;
+    let onnx_options = OnnxOptions {
+        latent_size: options.latent_size,
+        tokens: options.tokens,
+        opset: options.opset,
+        dtype: ElemType::F32,
+    };
+    let graph = text_encoder_onnx(&text.spec, text.params, onnx_options)?;
+    write_onnx(graph, dir, "text_encoder.onnx", false)
+}
+
+/// The text encoder's test vector: a fixed one-hot batch and the candle outputs on it.
+fn text_example_io(text: &TextEncoderPart) -> Result<Vec<(String, Tensor)>, ExportError> {
+    let s = text.spec;
+    let mut one_hot = vec![0f32; EXAMPLE_BATCH * s.tokens * s.vocab];
+    for b in 0..EXAMPLE_BATCH {
+        for t in 0..s.tokens {
+            let id = (b * 31 + t * 7) % s.vocab;
+            one_hot[(b * s.tokens + t) * s.vocab + id] = 1.0;
+        }
+    }
+    let device = text.params.device().clone();
+    let input = Tensor::from_vec(one_hot, (EXAMPLE_BATCH, s.tokens, s.vocab), &device)?;
+    let (hidden, pooled) =
+        text_encoder_forward(&mut CandleOps::new(text.params), &text.spec, &input)?;
+    Ok(vec![
+        ("text.tokens_one_hot".into(), input),
+        ("text.hidden_states".into(), hidden),
+        ("text.pooled".into(), pooled),
+    ])
+}
+
 /// Writes `model.onnx`, moving the weights to `model.onnx.data` when asked or when they would
 /// pass protobuf's 2 GB limit.
-fn write_onnx(mut graph: Model, dir: &Path, external: bool) -> Result<(), ExportError> {
+fn write_onnx(mut graph: Model, dir: &Path, file: &str, external: bool) -> Result<(), ExportError> {
     let raw_bytes: usize = graph
         .initializers
         .iter()
@@ -371,17 +441,17 @@ fn write_onnx(mut graph: Model, dir: &Path, external: bool) -> Result<(), Export
         })
         .sum();
     if external || raw_bytes > EXTERNAL_DATA_THRESHOLD {
-        let data_name = "model.onnx.data";
-        let path = dir.join(data_name);
+        let data_name = format!("{file}.data");
+        let path = dir.join(&data_name);
         let file = std::fs::File::create(&path).map_err(ExportError::io(&path))?;
         let mut data = std::io::BufWriter::new(file);
         let mut offset = 0u64;
         for t in &mut graph.initializers {
-            move_external(t, data_name, &mut data, &mut offset).map_err(ExportError::io(&path))?;
+            move_external(t, &data_name, &mut data, &mut offset).map_err(ExportError::io(&path))?;
         }
         data.flush().map_err(ExportError::io(&path))?;
     }
-    write_file(&dir.join("model.onnx"), &graph.encode())
+    write_file(&dir.join(file), &graph.encode())
 }
 
 /// Appends a weight's bytes to the external data file (4 KiB-aligned) and points the initializer
@@ -519,7 +589,15 @@ impl Bundle {
                 )));
             }
         }
-        for required in ["config.yaml", "model.safetensors", "model.onnx"] {
+        let mut required = vec!["config.yaml", "model.safetensors", "model.onnx"];
+        if manifest.text_encoder.is_some() {
+            required.extend([
+                "text_encoder.safetensors",
+                "text_encoder.onnx",
+                "tokenizer.json",
+            ]);
+        }
+        for required in required {
             if !manifest.files.contains_key(required) {
                 return Err(fail(format!("the manifest lists no {required}")));
             }
@@ -557,6 +635,24 @@ impl Bundle {
             device,
             dtype,
         )?)
+    }
+
+    /// The bundled text encoder and the path of its tokenizer, if the bundle has them.
+    pub fn load_text_encoder(
+        &self,
+        device: &Device,
+    ) -> Result<Option<(TextEncoderSpec, ParamStore, PathBuf)>, ExportError> {
+        let Some(spec) = self.manifest.text_encoder else {
+            return Ok(None);
+        };
+        let declared = text_encoder_params(&spec).map_err(unetlab_model::ModelError::from)?;
+        let params = ParamStore::load(
+            &declared,
+            &self.dir.join("text_encoder.safetensors"),
+            device,
+            DType::F32,
+        )?;
+        Ok(Some((spec, params, self.dir.join("tokenizer.json"))))
     }
 
     /// The bundled test vector (inputs and `output`).

@@ -42,10 +42,29 @@ pub fn model_card(config: &Config, m: &Manifest) -> String {
         spec.transformer_block_count()
     );
     let _ = writeln!(s, "| weights | {} ({}) |", m.weights, m.dtype);
-    let _ = writeln!(
-        s,
-        "| quality metrics | none: this bundle was not trained by unetlab |"
-    );
+    match &m.training {
+        Some(t) => {
+            let _ = writeln!(
+                s,
+                "| training | {} steps of batch {} on {}, seed {} (proxy run; recipe in manifest.json) |",
+                t["steps"], t["recipe"]["batch"], t["data"], t["recipe"]["seed"]
+            );
+            let _ = writeln!(
+                s,
+                "| quality metrics | validation denoising loss {:.4} (untrained {}); FD and text alignment not computed |",
+                t["validation_loss"].as_f64().unwrap_or(f64::NAN),
+                t["initial_validation_loss"]
+                    .as_f64()
+                    .map_or("n/a".to_string(), |v| format!("{v:.4}"))
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "| quality metrics | none: this bundle was not trained by unetlab |"
+            );
+        }
+    }
     match &m.latency {
         Some(l) => {
             let _ = writeln!(
@@ -96,6 +115,12 @@ pub fn model_card(config: &Config, m: &Manifest) -> String {
         Err(why) => {
             let _ = writeln!(s, "- no `diffusers/`: {why}.");
         }
+    }
+    if m.text_encoder.is_some() {
+        let _ = writeln!(
+            s,
+            "- `text_encoder.safetensors` / `text_encoder.onnx` (input `tokens_one_hot`, outputs `hidden_states`, `pooled`) and `tokenizer.json`: the text side, so the bundle alone can generate (`unetlab sample --export BUNDLE`)."
+        );
     }
     let _ = writeln!(
         s,

@@ -11,5 +11,5 @@ pub mod error;
 pub mod onnx;
 pub mod proto;
 
-pub use bundle::{write_bundle, Bundle, ExportOptions, Latency, Manifest};
+pub use bundle::{write_bundle, Bundle, ExportOptions, Latency, Manifest, TextEncoderPart};
 pub use error::ExportError;

@@ -16,7 +16,8 @@ use std::collections::HashMap;
 
 use candle_core::DType;
 use unetlab_graph::{
-    attend, unet_forward, AttentionKernel, Conv2dParams, Init, Ops, Unary, UnetInputs,
+    attend, text_encoder_forward, unet_forward, AttentionKernel, Conv2dParams, Init, Ops,
+    TextEncoderSpec, Unary, UnetInputs,
 };
 use unetlab_model::ParamStore;
 use unetlab_spec::UnetSpec;
@@ -57,6 +58,71 @@ pub fn onnx_model(
     params: &ParamStore,
     options: OnnxOptions,
 ) -> Result<Model, ExportError> {
+    unetlab_spec::check_latent_size(spec.levels.len(), options.latent_size)
+        .map_err(|m| ExportError::Unsupported(format!("latent size {m}")))?;
+    let shapes = UnetInputs::shapes(spec, BATCH, options.latent_size, options.tokens);
+    let inputs: Vec<(&str, Vec<usize>, ElemType)> = shapes
+        .named()
+        .into_iter()
+        .map(|(name, dims)| (name, dims.clone(), input_type(name, options.dtype)))
+        .collect();
+    trace(
+        params,
+        options,
+        "unet",
+        &inputs,
+        &["output"],
+        |ops, values| {
+            let mut values = values.iter().cloned();
+            let mut next = || values.next().expect("one value per input");
+            let (sample, timestep, encoder_hidden_states) = (next(), next(), next());
+            let addition = spec.addition.is_some();
+            let inputs = UnetInputs {
+                sample,
+                timestep,
+                encoder_hidden_states,
+                text_embeds: addition.then(&mut next),
+                time_ids: addition.then(&mut next),
+            };
+            Ok(vec![unet_forward(ops, spec, &inputs)?])
+        },
+    )
+}
+
+/// The ONNX model of the text encoder: input `tokens_one_hot` `[batch, tokens, vocab]`, outputs
+/// `hidden_states` `[batch, tokens, width]` and `pooled` `[batch, width]`.
+pub fn text_encoder_onnx(
+    spec: &TextEncoderSpec,
+    params: &ParamStore,
+    options: OnnxOptions,
+) -> Result<Model, ExportError> {
+    let inputs = [(
+        "tokens_one_hot",
+        vec![BATCH, spec.tokens, spec.vocab],
+        options.dtype,
+    )];
+    trace(
+        params,
+        options,
+        "text_encoder",
+        &inputs,
+        &["hidden_states", "pooled"],
+        |ops, values| {
+            let (hidden, pooled) = text_encoder_forward(ops, spec, &values[0])?;
+            Ok(vec![hidden, pooled])
+        },
+    )
+}
+
+/// Walks `forward` with symbolic `inputs` and names its results `outputs`.
+fn trace(
+    params: &ParamStore,
+    options: OnnxOptions,
+    name: &str,
+    inputs: &[(&str, Vec<usize>, ElemType)],
+    outputs: &[&str],
+    forward: impl FnOnce(&mut OnnxOps, &[Value]) -> Result<Vec<Value>, ExportError>,
+) -> Result<Model, ExportError> {
     if !OPSETS.contains(&options.opset) {
         return Err(ExportError::Unsupported(format!(
             "opset {} (supported: {}..={})",
@@ -68,8 +134,6 @@ pub fn onnx_model(
     if options.dtype == ElemType::I64 {
         return Err(ExportError::Unsupported("int64 weights".into()));
     }
-    unetlab_spec::check_latent_size(spec.levels.len(), options.latent_size)
-        .map_err(|m| ExportError::Unsupported(format!("latent size {m}")))?;
     let mut ops = OnnxOps {
         params,
         dtype: options.dtype,
@@ -80,29 +144,30 @@ pub fn onnx_model(
         constants: HashMap::new(),
         next_value: 0,
     };
-    let shapes = UnetInputs::shapes(spec, BATCH, options.latent_size, options.tokens);
-    let inputs = shapes.try_map(|name, dims| {
-        Ok::<_, ExportError>(Value {
+    let values: Vec<Value> = inputs
+        .iter()
+        .map(|(name, dims, elem)| Value {
             name: name.to_string(),
             dims: dims.clone(),
-            elem: input_type(name, options.dtype),
+            elem: *elem,
         })
-    })?;
-    let result = unet_forward(&mut ops, spec, &inputs)?;
-    ops.node("Identity", &[&result.name], vec![], "output".into());
-    let graph_inputs = inputs
-        .named()
-        .into_iter()
-        .map(|(_, v)| value_info(&v.name, v.elem, &v.dims))
         .collect();
-    let output = value_info("output", result.elem, &result.dims);
+    let results = forward(&mut ops, &values)?;
+    let mut graph_outputs = Vec::new();
+    for (result, &out) in results.iter().zip(outputs) {
+        ops.node("Identity", &[&result.name], vec![], out.into());
+        graph_outputs.push(value_info(out, result.elem, &result.dims));
+    }
     Ok(Model {
-        name: "unet".into(),
+        name: name.into(),
         opset: options.opset,
         nodes: ops.nodes,
         initializers: ops.initializers,
-        inputs: graph_inputs,
-        outputs: vec![output],
+        inputs: values
+            .iter()
+            .map(|v| value_info(&v.name, v.elem, &v.dims))
+            .collect(),
+        outputs: graph_outputs,
         metadata: Vec::new(),
     })
 }

@@ -40,7 +40,7 @@ fn options() -> ExportOptions {
 fn export(name: &str, out: &Path, options: &ExportOptions) -> Result<(), ExportError> {
     let config = config(name);
     let model = UnetModel::init(config.spec.clone(), 3, &Device::Cpu, DType::F32).unwrap();
-    write_bundle(&config, &model, options, out).map(|_| ())
+    write_bundle(&config, &model, None, options, out).map(|_| ())
 }
 
 fn bundle_error(dir: &Path) -> String {

@@ -71,7 +71,14 @@ fn every_design_choice_exports_to_the_same_function() {
         let model = UnetModel::init(config.spec.clone(), 7, &Device::Cpu, DType::F32).unwrap();
         let out = dir.path().join(&config.name);
         let tokens = config.spec.text_tokens;
-        write_bundle(&config, &model, &options(&config, latent, tokens), &out).unwrap();
+        write_bundle(
+            &config,
+            &model,
+            None,
+            &options(&config, latent, tokens),
+            &out,
+        )
+        .unwrap();
         let bundle = Bundle::open(&out).unwrap();
 
         // The bundled test vector (batch 2) ...
@@ -133,7 +140,14 @@ fn diffusers_fixtures_through_onnx_match_diffusers_outputs() {
         let latent = io["sample"].dims()[2];
         let tokens = io["encoder_hidden_states"].dims()[1];
         let out = dir.path().join(name);
-        write_bundle(&config, &model, &options(&config, latent, tokens), &out).unwrap();
+        write_bundle(
+            &config,
+            &model,
+            None,
+            &options(&config, latent, tokens),
+            &out,
+        )
+        .unwrap();
         let onnx = eval_onnx(&out, &io);
         let diff = max_abs_diff(&onnx, &io["output"]);
         assert!(
@@ -141,4 +155,48 @@ fn diffusers_fixtures_through_onnx_match_diffusers_outputs() {
             "{name}: ONNX (candle-onnx) vs diffusers {diff}"
         );
     }
+}
+
+#[test]
+fn the_text_encoder_exports_to_the_same_function() {
+    use unetlab_export::onnx::{text_encoder_onnx, OnnxOptions};
+    use unetlab_graph::{text_encoder_forward, TextEncoderSpec};
+    use unetlab_model::{CandleOps, ParamStore};
+
+    let spec = TextEncoderSpec {
+        vocab: 23,
+        tokens: 6,
+        width: 16,
+        layers: 2,
+        heads: 4,
+    };
+    let declared = unetlab_cost::text_encoder_params(&spec).unwrap();
+    let params = ParamStore::init(&declared, 5, &Device::Cpu, DType::F32).unwrap();
+    let options = OnnxOptions {
+        latent_size: 8,
+        tokens: spec.tokens,
+        opset: 17,
+        dtype: ElemType::F32,
+    };
+    let model = text_encoder_onnx(&spec, &params, options).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("text_encoder.onnx");
+    std::fs::write(&path, model.encode()).unwrap();
+
+    // Three captions of one-hot tokens (batch 3: the batch is dynamic).
+    let mut one_hot = vec![0f32; 3 * spec.tokens * spec.vocab];
+    for b in 0..3 {
+        for t in 0..spec.tokens {
+            one_hot[(b * spec.tokens + t) * spec.vocab + (b * 5 + t * 3) % spec.vocab] = 1.0;
+        }
+    }
+    let input = Tensor::from_vec(one_hot, (3, spec.tokens, spec.vocab), &Device::Cpu).unwrap();
+    let (hidden, pooled) =
+        text_encoder_forward(&mut CandleOps::new(&params), &spec, &input).unwrap();
+    let proto = candle_onnx::read_file(&path).unwrap();
+    let feed = HashMap::from([("tokens_one_hot".to_string(), input)]);
+    let out = candle_onnx::simple_eval(&proto, feed).unwrap();
+    assert!(max_abs_diff(&out["hidden_states"], &hidden) <= 1e-4);
+    assert!(max_abs_diff(&out["pooled"], &pooled) <= 1e-4);
+    assert_eq!(out["pooled"].dims(), [3, spec.width]);
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
-use unetlab_cost::{Conditions, Counter};
+use unetlab_cost::text_encoder_params;
 use unetlab_graph::{text_encoder_forward, TextEncoderSpec, UnetInputs};
 use unetlab_model::{CandleOps, ParamStore, UnetModel};
 use unetlab_spec::UnetSpec;
@@ -21,27 +21,13 @@ pub struct ProxyModel {
     pub text_spec: TextEncoderSpec,
 }
 
-/// The text encoder's parameters, in declaration order (a walk of its forward on shapes).
-pub fn text_params(spec: &TextEncoderSpec) -> Result<Vec<unetlab_cost::ParamInfo>, TrainError> {
-    let mut counter = Counter::new();
-    let input = counter.input(&[1, spec.tokens, spec.vocab]);
-    text_encoder_forward(&mut counter, spec, &input).map_err(unetlab_model::ModelError::from)?;
-    drop(input);
-    let conditions = Conditions {
-        batch: 1,
-        latent_size: 0,
-        tokens: spec.tokens,
-    };
-    Ok(counter.finish(conditions).parameters)
-}
-
 impl ProxyModel {
     /// Seeded initialisation of both networks (f32, CPU).
     pub fn init(spec: UnetSpec, text_spec: TextEncoderSpec, seed: u64) -> Result<Self, TrainError> {
         let device = Device::Cpu;
         let unet = UnetModel::init(spec, seed, &device, DType::F32)?;
         let text = ParamStore::init(
-            &text_params(&text_spec)?,
+            &text_encoder_params(&text_spec).map_err(unetlab_model::ModelError::from)?,
             seed ^ 0x7e47,
             &device,
             DType::F32,
