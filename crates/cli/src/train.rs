@@ -1,10 +1,12 @@
 //! `unetlab train`: one short proxy training run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use polars::prelude::DataType;
 use unetlab_bench::set_threads;
+use unetlab_report::{lines, read_csv, write_parquet};
 use unetlab_spec::Config;
 use unetlab_train::data::DataSource;
 use unetlab_train::proxy::proxy_spec;
@@ -15,9 +17,10 @@ use unetlab_train::{train, Budget, Progress, Recipe, RunOptions};
 ///
 /// DDPM noise prediction on Stable Diffusion's schedule, 10 % caption dropout (for classifier-free
 /// guidance), AdamW with warm-up and cosine decay, gradient clipping and EMA weights. The run
-/// directory gets loss.csv, validation.csv, run.json, tokenizer.json, config.yaml, proxy.yaml and
-/// checkpoint.safetensors. Run the same command again to resume an interrupted run: it continues
-/// from the last checkpoint and ends bit-identical to an uninterrupted run.
+/// directory gets loss.csv/.parquet, validation.csv/.parquet, the loss curves (loss.svg, loss.png),
+/// run.json, tokenizer.json, config.yaml, proxy.yaml and checkpoint.safetensors. Run the same
+/// command again to resume an interrupted run: it continues from the last checkpoint and ends
+/// bit-identical to an uninterrupted run.
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// A preset name or YAML config file.
@@ -149,9 +152,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             bar.suspend(|| eprintln!("step {done}: validation loss {loss:.4}"));
         }
     };
+    let out = options.out.clone();
     let summary = train(&options, &mut on_progress);
     bar.finish_and_clear();
     let summary = summary?;
+    write_loss_report(&out, &summary.config)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -170,5 +175,34 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             summary.full_params as f64 / 1e6,
         );
     }
+    Ok(())
+}
+
+/// `loss.parquet`, `validation.parquet` and the loss curves (`loss.svg`, `loss.png`) from the
+/// run's CSV logs.
+fn write_loss_report(run: &Path, name: &str) -> Result<()> {
+    let mut curves = Vec::new();
+    for (stem, column, label) in [
+        ("loss", "loss", "training loss"),
+        ("validation", "validation_loss", "validation loss (EMA)"),
+    ] {
+        let mut df = read_csv(&run.join(format!("{stem}.csv")))?;
+        write_parquet(&mut df, &run.join(format!("{stem}.parquet")))?;
+        let steps = df.column("step")?.cast(&DataType::Float64)?;
+        let values = df.column(column)?.cast(&DataType::Float64)?;
+        let points = steps
+            .f64()?
+            .into_no_null_iter()
+            .zip(values.f64()?.into_no_null_iter())
+            .collect();
+        curves.push((label.to_string(), points));
+    }
+    lines(
+        &run.join("loss"),
+        &format!("{name} (proxy): denoising loss"),
+        "step",
+        "MSE of the predicted noise",
+        &curves,
+    )?;
     Ok(())
 }

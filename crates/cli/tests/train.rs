@@ -97,6 +97,19 @@ fn fine_tuning_and_sampling_from_a_run() {
     let o = unetlab(&train_args(base.to_str().unwrap(), "4"));
     assert!(o.status.success(), "{}", stderr(&o));
 
+    // Loss logs as Parquet and the loss curves.
+    for file in ["loss.parquet", "validation.parquet", "loss.svg", "loss.png"] {
+        assert!(base.join(file).is_file(), "{file}");
+    }
+    let losses = unetlab_report::read_parquet(&base.join("loss.parquet")).unwrap();
+    assert_eq!(losses.height(), 4);
+    let columns: Vec<&str> = losses
+        .get_column_names()
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    assert_eq!(columns, ["step", "loss", "lr", "grad_norm"]);
+
     // ReLU attention fine-tuned from the softmax run: every parameter is copied by name.
     let relu = tmp.path().join("relu.yaml");
     let fixture = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(CONFIG);

@@ -66,6 +66,14 @@ pub fn write_tables(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<(), Re
     })
 }
 
+/// Writes one DataFrame as Parquet, atomically.
+pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), ReportError> {
+    atomic_write(path, |out| {
+        ParquetWriter::new(out).finish(df)?;
+        Ok(())
+    })
+}
+
 /// Reads a CSV written by [`write_tables`].
 pub fn read_csv(path: &Path) -> Result<DataFrame, ReportError> {
     Ok(CsvReadOptions::default()

@@ -10,9 +10,10 @@ mod plots;
 
 pub use files::atomic_write;
 pub use frame::{
-    measurements_frame, read_csv, read_parquet, to_markdown, write_tables, Measurement,
+    measurements_frame, read_csv, read_parquet, to_markdown, write_parquet, write_tables,
+    Measurement,
 };
-pub use plots::{grouped_bars, scatter, stacked_bars, Series};
+pub use plots::{grouped_bars, lines, scatter, stacked_bars, Series};
 
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]

@@ -472,6 +472,81 @@ pub fn scatter(
     )
 }
 
+/// Named lines of (x, y) points.
+struct Lines<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    y_label: &'a str,
+    series: &'a [(String, Vec<(f64, f64)>)],
+}
+
+impl Chart for Lines<'_> {
+    fn size(&self) -> (u32, u32) {
+        (960, 560)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let points = || self.series.iter().flat_map(|(_, p)| p.iter());
+        let x_max = points().map(|p| p.0).fold(0.0f64, f64::max).max(1.0);
+        let y_max = points()
+            .map(|p| p.1)
+            .filter(|y| y.is_finite())
+            .fold(0.0f64, f64::max)
+            .max(f64::MIN_POSITIVE)
+            * 1.1;
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(plot_err)?;
+        for (i, (name, line)) in self.series.iter().enumerate() {
+            let style = color(i).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(line.iter().copied(), style))
+                .map_err(plot_err)?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
+    }
+}
+
+/// A line chart of named series (e.g. loss curves).
+pub fn lines(
+    stem: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), ReportError> {
+    render(
+        stem,
+        &Lines {
+            title,
+            x_label,
+            y_label,
+            series,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,7 +580,15 @@ mod tests {
             &[("sd15".into(), 1.0, 2.0)],
         )
         .unwrap();
-        for stem in ["bars", "stack", "scatter"] {
+        lines(
+            &dir.path().join("lines"),
+            "t",
+            "step",
+            "loss",
+            &[("train".into(), vec![(1.0, 1.0), (2.0, 0.5)])],
+        )
+        .unwrap();
+        for stem in ["bars", "stack", "scatter", "lines"] {
             let svg = std::fs::read_to_string(dir.path().join(format!("{stem}.svg"))).unwrap();
             assert!(
                 svg.starts_with("<svg") && svg.contains("<rect"),
@@ -519,7 +602,7 @@ mod tests {
             .contains("mobilediffusion"));
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
-            6,
+            8,
             "no temporary files remain"
         );
         let short = Series {
