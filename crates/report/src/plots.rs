@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -406,6 +407,31 @@ pub fn stacked_bars(
 }
 
 /// Labelled points.
+/// Numeric axes from 0 to `x_max` and `y_max` with a caption and axis labels
+/// (`(title, x_label, y_label)`), mesh drawn.
+fn xy_axes<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    (title, x_label, y_label): (&str, &str, &str),
+    x_max: f64,
+    y_max: f64,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(plot_err)?;
+    Ok(chart)
+}
+
 struct Scatter<'a> {
     title: &'a str,
     x_label: &'a str,
@@ -428,20 +454,8 @@ impl Chart for Scatter<'_> {
                 .max(f64::MIN_POSITIVE)
                 * 1.15
         };
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..max(|p| p.1), 0.0..max(|p| p.2))
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(self.x_label)
-            .y_desc(self.y_label)
-            .label_style(("sans-serif", 13))
-            .draw()
-            .map_err(plot_err)?;
+        let labels = (self.title, self.x_label, self.y_label);
+        let mut chart = xy_axes(root, labels, max(|p| p.1), max(|p| p.2))?;
         chart
             .draw_series(self.points.iter().enumerate().map(|(i, (name, x, y))| {
                 EmptyElement::at((*x, *y))
@@ -495,20 +509,8 @@ impl Chart for Lines<'_> {
             .fold(0.0f64, f64::max)
             .max(f64::MIN_POSITIVE)
             * 1.1;
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(self.x_label)
-            .y_desc(self.y_label)
-            .label_style(("sans-serif", 13))
-            .draw()
-            .map_err(plot_err)?;
+        let labels = (self.title, self.x_label, self.y_label);
+        let mut chart = xy_axes(root, labels, x_max, y_max)?;
         for (i, (name, line)) in self.series.iter().enumerate() {
             let style = color(i).stroke_width(2);
             chart
