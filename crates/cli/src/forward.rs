@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use unetlab_bench::DeviceArgs;
 use unetlab_export::Bundle;
 use unetlab_graph::UnetInputs;
-use unetlab_model::{write_safetensors, UnetModel};
+use unetlab_model::{max_abs_diff, write_safetensors, UnetModel};
 use unetlab_spec::Config;
 
 /// Run one UNet evaluation (for golden tests and debugging).
@@ -103,11 +103,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     if let Some(reference) = reference {
-        let diff = (&output - reference.to_dtype(DType::F32)?)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
+        let diff = max_abs_diff(&output, &reference)?;
         eprintln!("max |Δ| against the bundle's test vector: {diff:.3e}");
     }
     let metadata = HashMap::from([

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use polars::prelude::DataType;
 use unetlab_bench::set_threads;
@@ -85,12 +85,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(c) = args.checkpoint_every {
         recipe.checkpoint_every = c;
     }
-    if recipe.steps == 0 || recipe.batch == 0 || recipe.checkpoint_every == 0 {
-        bail!("--steps, --batch and --checkpoint-every must be at least 1");
-    }
-    if !(recipe.optimizer.lr > 0.0 && recipe.optimizer.lr.is_finite()) {
-        bail!("--lr must be a positive number");
-    }
+    recipe.validate().map_err(|e| anyhow!(e))?;
     recipe.warmup = recipe.warmup.min(recipe.steps / 2).max(1);
     let data = DataSource::parse(&args.data).map_err(|e| anyhow!(e))?;
     let out = args

@@ -21,16 +21,8 @@ fn load(path: &Path, name: &str) -> Tensor {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    assert_eq!(a.dims(), b.dims());
+    unetlab_model::max_abs_diff(a, b).unwrap()
 }
 
 #[test]

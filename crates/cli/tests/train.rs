@@ -28,6 +28,27 @@ fn train_args<'a>(out: &'a str, steps: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// `unetlab sample SOURCE...`: two prompts, three images each, 4 DDIM steps, zoom 2.
+fn sample_grid(source: &[&str], out: &Path) -> std::process::Output {
+    let mut args = vec!["sample"];
+    args.extend(source);
+    args.extend([
+        "--prompt",
+        "a small red circle",
+        "--prompt",
+        "a large blue square",
+        "--count",
+        "3",
+        "--steps",
+        "4",
+        "--zoom",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    unetlab(&args)
+}
+
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -135,22 +156,7 @@ fn fine_tuning_and_sampling_from_a_run() {
 
     // A 2 x 3 grid of 32 x 32 images at zoom 2 with 2-pixel gaps.
     let grid = tmp.path().join("grid.png");
-    let o = unetlab(&[
-        "sample",
-        tuned.to_str().unwrap(),
-        "--prompt",
-        "a small red circle",
-        "--prompt",
-        "a large blue square",
-        "--count",
-        "3",
-        "--steps",
-        "4",
-        "--zoom",
-        "2",
-        "--out",
-        grid.to_str().unwrap(),
-    ]);
+    let o = sample_grid(&[tuned.to_str().unwrap()], &grid);
     assert!(o.status.success(), "{}", stderr(&o));
     let png = std::fs::read(&grid).unwrap();
 
@@ -177,23 +183,7 @@ fn fine_tuning_and_sampling_from_a_run() {
     let card = std::fs::read_to_string(bundle.join("README.md")).unwrap();
     assert!(card.contains("validation denoising loss"), "{card}");
     let from_bundle = tmp.path().join("bundle.png");
-    let o = unetlab(&[
-        "sample",
-        "--export",
-        bundle.to_str().unwrap(),
-        "--prompt",
-        "a small red circle",
-        "--prompt",
-        "a large blue square",
-        "--count",
-        "3",
-        "--steps",
-        "4",
-        "--zoom",
-        "2",
-        "--out",
-        from_bundle.to_str().unwrap(),
-    ]);
+    let o = sample_grid(&["--export", bundle.to_str().unwrap()], &from_bundle);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         std::fs::read(&from_bundle).unwrap() == png,

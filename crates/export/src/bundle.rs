@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use unetlab_cost::{count, text_encoder_params, Conditions};
 use unetlab_graph::{text_encoder_forward, TextEncoderSpec, UnetInputs};
 use unetlab_model::{example_inputs, write_safetensors, CandleOps, ParamStore, UnetModel};
@@ -526,23 +525,7 @@ fn hash_files(dir: &Path) -> Result<BTreeMap<String, FileEntry>, ExportError> {
 }
 
 fn file_entry(path: &Path) -> Result<FileEntry, ExportError> {
-    let mut file = std::fs::File::open(path).map_err(ExportError::io(path))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(ExportError::io(path))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let sha256 = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let (bytes, sha256) = unetlab_files::sha256_file(path).map_err(ExportError::io(path))?;
     Ok(FileEntry { bytes, sha256 })
 }
 

@@ -207,7 +207,7 @@ fn altered_bundles_are_named_errors() {
         serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     let entry = unetlab_export::bundle::FileEntry {
         bytes: other.len() as u64,
-        sha256: sha256_hex(other.as_bytes()),
+        sha256: unetlab_files::sha256_hex(other.as_bytes()),
     };
     manifest["files"]["config.yaml"] = serde_json::to_value(entry).unwrap();
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
@@ -218,14 +218,6 @@ fn altered_bundles_are_named_errors() {
     assert!(bundle_error(&out).contains("example_io.safetensors is missing"));
     std::fs::remove_file(&manifest_path).unwrap();
     assert!(bundle_error(&out).contains("not a unetlab bundle"));
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[test]

@@ -33,16 +33,7 @@ fn options(config: &Config, latent_size: usize, tokens: usize) -> ExportOptions 
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    unetlab_model::max_abs_diff(a, b).unwrap()
 }
 
 /// Evaluates a bundle's model.onnx with candle-onnx on named inputs.

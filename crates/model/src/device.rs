@@ -43,17 +43,19 @@ pub fn write_safetensors(
     tensors: &[(&str, &Tensor)],
     metadata: HashMap<String, String>,
 ) -> Result<(), ModelError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = std::path::PathBuf::from(tmp);
-    safetensors::serialize_to_file(tensors.iter().copied(), Some(metadata), &tmp).map_err(|e| {
-        ModelError::Safetensors {
-            file: tmp.display().to_string(),
-            message: e.to_string(),
-        }
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    unetlab_files::write_via_temp(
+        path,
+        |tmp| {
+            safetensors::serialize_to_file(tensors.iter().copied(), Some(metadata), tmp).map_err(
+                |e| ModelError::Safetensors {
+                    file: path.display().to_string(),
+                    message: e.to_string(),
+                },
+            )
+        },
+        |source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }

@@ -19,6 +19,14 @@ pub fn standard_normal(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// SDXL's size conditioning for an image of `side` pixels, uncropped, as `n` values of rows of six
+/// time ids (original height and width, crop top and left, target height and width).
+pub fn size_conditioning(n: usize, side: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| if (i % 6) / 2 == 1 { 0.0 } else { side })
+        .collect()
+}
+
 /// Inputs shaped for `spec`: N(0, 1) latents and text states, timesteps spread over [0, 1000), and
 /// for `text_time` configs N(0, 1) pooled text plus SDXL-style size conditioning (8 × latent size).
 pub fn example_inputs(
@@ -36,9 +44,7 @@ pub fn example_inputs(
         let n: usize = dims.iter().product();
         let values = match name {
             "timestep" => (0..n).map(|i| ((i * 997 + 13) % 1000) as f32).collect(),
-            "time_ids" => (0..n)
-                .map(|i| if (i % 6) / 2 == 1 { 0.0 } else { pixels })
-                .collect(),
+            "time_ids" => size_conditioning(n, pixels),
             _ => standard_normal(&mut rng, n),
         };
         Tensor::from_vec(values, dims.as_slice(), device)

@@ -21,9 +21,18 @@ use unetlab_spec::UnetSpec;
 
 pub use device::{parse_device, parse_dtype, write_safetensors};
 pub use error::ModelError;
-pub use inputs::{example_inputs, standard_normal};
+pub use inputs::{example_inputs, size_conditioning, standard_normal};
 pub use ops::CandleOps;
 pub use params::ParamStore;
+
+/// The largest absolute elementwise difference of two tensors of one shape (compared in f32).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+    (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()
+}
 
 /// The parameters `spec` declares, in declaration order (a walk of the forward on shapes).
 pub fn declared_params(spec: &UnetSpec) -> Result<Vec<ParamInfo>, ModelError> {

@@ -35,16 +35,8 @@ fn inputs(io: &HashMap<String, Tensor>) -> UnetInputs<Tensor> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    assert_eq!(a.dims(), b.dims());
+    unetlab_model::max_abs_diff(a, b).unwrap()
 }
 
 fn run(name: &str, dtype: DType) -> (Tensor, Tensor) {

@@ -16,18 +16,14 @@ pub fn atomic_write(
         path: path.display().to_string(),
         source,
     };
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".{}.partial", std::process::id()));
-    let tmp = std::path::PathBuf::from(tmp_name);
-    let result = (|| {
-        let mut out = BufWriter::new(File::create(&tmp).map_err(io)?);
-        write(&mut out)?;
-        out.flush().map_err(io)?;
-        out.get_ref().sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    unetlab_files::write_via_temp(
+        path,
+        |tmp| {
+            let mut out = BufWriter::new(File::create(tmp).map_err(io)?);
+            write(&mut out)?;
+            out.flush().map_err(io)?;
+            out.get_ref().sync_all().map_err(io)
+        },
+        io,
+    )
 }

@@ -89,20 +89,18 @@ fn render(stem: &Path, chart: &impl Chart) -> Result<(), ReportError> {
     })?;
 
     let png = stem.with_extension("png");
-    let tmp = stem.with_extension(format!("{}.partial.png", std::process::id()));
-    let drawn = (|| {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-        chart.draw(&root)?;
-        root.present().map_err(|e| e.to_string())
-    })();
-    if let Err(message) = drawn {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(message));
-    }
-    std::fs::rename(&tmp, &png).map_err(|source| ReportError::Io {
-        path: png.display().to_string(),
-        source,
-    })
+    unetlab_files::write_via_temp(
+        &png,
+        |tmp| {
+            let root = BitMapBackend::new(tmp, size).into_drawing_area();
+            chart.draw(&root).map_err(fail)?;
+            root.present().map_err(|e| fail(e.to_string()))
+        },
+        |source| ReportError::Io {
+            path: png.display().to_string(),
+            source,
+        },
+    )
 }
 
 fn color(i: usize) -> RGBColor {

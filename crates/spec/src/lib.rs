@@ -15,8 +15,6 @@ pub mod schema;
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 pub use error::{FieldError, SpecError};
 pub use load::merge;
 pub use resolve::{
@@ -108,8 +106,5 @@ impl Config {
 /// SHA-256 (hex) of a spec's canonical JSON form.
 pub fn spec_hash(spec: &UnetSpec) -> String {
     let json = serde_json::to_vec(spec).expect("a spec always serialises");
-    Sha256::digest(&json)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    unetlab_files::sha256_hex(&json)
 }

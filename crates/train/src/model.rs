@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, Var};
 use unetlab_cost::text_encoder_params;
 use unetlab_graph::{text_encoder_forward, TextEncoderSpec, UnetInputs};
-use unetlab_model::{CandleOps, ParamStore, UnetModel};
+use unetlab_model::{size_conditioning, CandleOps, ParamStore, UnetModel};
 use unetlab_spec::UnetSpec;
 
 use crate::error::TrainError;
@@ -79,11 +79,6 @@ impl ProxyModel {
         vars
     }
 
-    /// Total parameters of both networks.
-    pub fn parameter_count(&self) -> usize {
-        self.named_vars().iter().map(|(_, v)| v.elem_count()).sum()
-    }
-
     /// Predicted noise for latents `x_t` `[B, C, S, S]` at timesteps `t` `[B]` given one-hot
     /// captions `[B, tokens, vocab]`. `trainable` records the autograd graph.
     pub fn predict(
@@ -106,11 +101,9 @@ impl ProxyModel {
         let spec = &self.unet.spec;
         let (text_embeds, time_ids) = match &spec.addition {
             Some(a) => {
-                // SDXL-style size conditioning: original and target size = the image, no crop.
+                // Original and target size = the image (twice the latent side), no crop.
                 let side = (2 * spec.latent_size) as f32;
-                let ids: Vec<f32> = (0..batch * a.time_ids)
-                    .map(|i| if (i % 6) / 2 == 1 { 0.0 } else { side })
-                    .collect();
+                let ids = size_conditioning(batch * a.time_ids, side);
                 let ids = Tensor::from_vec(ids, (batch, a.time_ids), x_t.device())?;
                 (Some(pooled), Some(ids))
             }

@@ -52,6 +52,27 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// Checks the counts a run divides by or indexes with.
+    pub fn validate(&self) -> Result<(), String> {
+        let counts = [
+            ("steps", self.steps),
+            ("batch", self.batch as u64),
+            ("val_every", self.val_every),
+            ("checkpoint_every", self.checkpoint_every),
+            ("proxy.tokens", self.proxy.tokens as u64),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("recipe: {name} must be at least 1"));
+        }
+        let lr = self.optimizer.lr;
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(format!(
+                "recipe: learning rate {lr} must be a positive number"
+            ));
+        }
+        Ok(())
+    }
+
     /// The recipe of a budget.
     pub fn for_budget(budget: Budget) -> Recipe {
         let base = Recipe {

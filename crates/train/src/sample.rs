@@ -150,18 +150,22 @@ pub fn write_grid(
             }
         }
     }
-    let tmp = path.with_extension("png.partial");
-    let file = std::fs::File::create(&tmp).map_err(TrainError::io(&tmp))?;
-    image::ImageEncoder::write_image(
-        image::codecs::png::PngEncoder::new(std::io::BufWriter::new(file)),
-        &canvas,
-        width as u32,
-        height as u32,
-        image::ExtendedColorType::Rgb8,
+    unetlab_files::write_via_temp(
+        path,
+        |tmp| {
+            let file = std::fs::File::create(tmp).map_err(TrainError::io(tmp))?;
+            image::ImageEncoder::write_image(
+                image::codecs::png::PngEncoder::new(std::io::BufWriter::new(file)),
+                &canvas,
+                width as u32,
+                height as u32,
+                image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| TrainError::Run {
+                run: path.to_path_buf(),
+                message: format!("cannot write PNG: {e}"),
+            })
+        },
+        TrainError::io(path),
     )
-    .map_err(|e| TrainError::Run {
-        run: path.to_path_buf(),
-        message: format!("cannot write PNG: {e}"),
-    })?;
-    std::fs::rename(&tmp, path).map_err(TrainError::io(path))
 }

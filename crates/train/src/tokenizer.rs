@@ -109,7 +109,13 @@ impl TextTokenizer {
             .encode(caption, false)
             .map_err(|e| TrainError::Tokenizer(e.to_string()))?;
         let mut ids = vec![self.cls];
-        ids.extend(encoding.get_ids().iter().take(self.tokens - 1));
+        ids.extend(
+            encoding
+                .get_ids()
+                .iter()
+                .take(self.tokens.saturating_sub(1)),
+        );
+        ids.truncate(self.tokens);
         ids.resize(self.tokens, self.pad);
         Ok(ids)
     }

@@ -15,7 +15,6 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use unetlab_data::Example;
 use unetlab_graph::TextEncoderSpec;
 use unetlab_model::standard_normal;
@@ -130,6 +129,10 @@ pub fn train(
 ) -> Result<RunSummary, TrainError> {
     let recipe = &opts.recipe;
     let out = &opts.out;
+    recipe.validate().map_err(|message| TrainError::Run {
+        run: out.clone(),
+        message,
+    })?;
     std::fs::create_dir_all(out).map_err(TrainError::io(out))?;
     let proxy = proxy_spec(&opts.config.spec, &recipe.proxy);
     let (data, skipped) = TrainData::open(&opts.data, recipe.proxy.image_size, recipe.seed)?;
@@ -159,12 +162,13 @@ pub fn train(
         layers: recipe.text_layers,
         heads: recipe.text_heads,
     };
-    let run_hash = hash_json(&serde_json::json!({
+    let identity = serde_json::json!({
         "config": opts.config.hash(),
         "recipe": recipe,
         "data": opts.data,
         "text": text_spec,
-    }));
+    });
+    let run_hash = unetlab_files::sha256_hex(identity.to_string().as_bytes());
 
     let (model, mut ema, mut adam, start) = if resuming {
         let ck = checkpoint::load(&checkpoint_path)?;
@@ -458,13 +462,6 @@ fn diverged(step: u64, loss: f64, checkpoint_step: u64, run: &Path) -> TrainErro
     }
 }
 
-fn hash_json(value: &serde_json::Value) -> String {
-    Sha256::digest(value.to_string().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn write(path: &Path, text: &str) -> Result<(), TrainError> {
     std::fs::write(path, text).map_err(TrainError::io(path))
 }
@@ -499,7 +496,13 @@ impl Log {
             text.push_str(&line);
             text.push('\n');
         }
-        write(path, &text)?;
+        // Rewritten beside the old log and renamed, so a kill here loses no rows.
+        unetlab_files::write_via_temp(
+            path,
+            |tmp| std::fs::write(tmp, &text),
+            std::convert::identity,
+        )
+        .map_err(TrainError::io(path))?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use unetlab_bench::BenchResult;
 use unetlab_report::{atomic_write, ReportError};
 
@@ -42,11 +41,7 @@ impl Cache {
 
     fn path(&self, hash: &str, conditions: &BenchConditions) -> PathBuf {
         let key = serde_json::to_vec(conditions).expect("conditions serialise");
-        let digest: String = Sha256::digest(&key)
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = &unetlab_files::sha256_hex(&key)[..16];
         self.dir
             .join(format!("bench-{}-{digest}.json", &hash[..16]))
     }
