@@ -8,18 +8,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// A temporary path beside `path`, unique to this process, keeping `path`'s extension (some
-/// writers choose the format by extension): `grid.png` → `grid.<pid>.partial.png`.
+/// A temporary path beside `path`, unique to this process: `table.csv` → `table.csv.<pid>.partial`.
+/// Its extension is `partial`, so nothing that lists files by extension mistakes it for a result.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let pid = std::process::id();
-    match path.extension() {
-        Some(ext) => path.with_extension(format!("{pid}.partial.{}", ext.to_string_lossy())),
-        None => {
-            let mut name = path.as_os_str().to_owned();
-            name.push(format!(".{pid}.partial"));
-            PathBuf::from(name)
-        }
-    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.partial", std::process::id()));
+    PathBuf::from(name)
 }
 
 /// Runs `write` on a temporary path beside `path` and renames the result into place when it
@@ -100,6 +94,6 @@ mod tests {
         write_via_temp(&path, |tmp| std::fs::write(tmp, "new"), |e| e).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(temp_path(&path).to_string_lossy().ends_with(".partial.csv"));
+        assert_eq!(temp_path(&path).extension().unwrap(), "partial");
     }
 }

@@ -88,19 +88,25 @@ fn render(stem: &Path, chart: &impl Chart) -> Result<(), ReportError> {
             })
     })?;
 
-    let png = stem.with_extension("png");
-    unetlab_files::write_via_temp(
-        &png,
-        |tmp| {
-            let root = BitMapBackend::new(tmp, size).into_drawing_area();
-            chart.draw(&root).map_err(fail)?;
-            root.present().map_err(|e| fail(e.to_string()))
-        },
-        |source| ReportError::Io {
-            path: png.display().to_string(),
-            source,
-        },
-    )
+    // Drawn into memory and encoded here, so the PNG goes through the same atomic writer.
+    let (width, height) = size;
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        chart.draw(&root).map_err(fail)?;
+        root.present().map_err(|e| fail(e.to_string()))?;
+    }
+    atomic_write(&stem.with_extension("png"), |out| {
+        let encoder = image::codecs::png::PngEncoder::new(out);
+        image::ImageEncoder::write_image(
+            encoder,
+            &rgb,
+            width,
+            height,
+            image::ExtendedColorType::Rgb8,
+        )
+        .map_err(|e| fail(e.to_string()))
+    })
 }
 
 fn color(i: usize) -> RGBColor {
