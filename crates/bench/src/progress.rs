@@ -12,6 +12,11 @@ pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
             return Err("--threads must be at least 1".into());
         }
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    } else if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // candle looks its thread count up on every matmul and, without this variable, reads
+        // /proc/cpuinfo each time (10 % of a small training step here): look it up once.
+        let n = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     Ok(())
 }

@@ -72,8 +72,8 @@ impl AdamW {
             let (Some(m), Some(v)) = (self.m.get_mut(name), self.v.get_mut(name)) else {
                 candle_core::bail!("AdamW: no state for `{name}`")
             };
-            *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?.detach();
+            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let m_hat = (&*m / bias1)?;
             let v_hat = (&*v / bias2)?;
             let step = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
@@ -94,7 +94,9 @@ pub fn collect_grads<'a>(
     let mut sum_sq = 0.0f64;
     for (name, var) in vars {
         if let Some(g) = grads.get(var.as_tensor()) {
-            let g = g.to_dtype(DType::F32)?;
+            // Detached: a gradient's op history reaches back through the whole forward graph,
+            // and optimizer state built from it would keep every step's graph alive.
+            let g = g.to_dtype(DType::F32)?.detach();
             sum_sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
             out.insert(name.to_string(), g);
         }
@@ -133,8 +135,8 @@ pub fn ema_update<'a>(
     for (name, var) in vars {
         let w = var.as_tensor();
         let next = match ema.get(name) {
-            Some(e) => ((e * decay)? + (w * (1.0 - decay))?)?,
-            None => w.copy()?,
+            Some(e) => ((e * decay)? + (w * (1.0 - decay))?)?.detach(),
+            None => w.copy()?.detach(),
         };
         ema.insert(name.to_string(), next);
     }
@@ -176,6 +178,32 @@ mod tests {
         assert!((learning_rate(10, 10, 100, 1.0) - 1.0).abs() < 1e-12);
         assert!((learning_rate(55, 10, 100, 1.0) - 0.55).abs() < 1e-12);
         assert!((learning_rate(100, 10, 100, 1.0) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn state_kept_across_steps_holds_no_graph() {
+        // A gradient's op history reaches back through the forward graph; optimizer state or EMA
+        // built from it without detaching would keep every step's graph alive.
+        let w = Var::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap();
+        let loss = (w.as_tensor() * w.as_tensor()).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let vars = [("w", &w)];
+        let (grads, _) = collect_grads(&grads, vars.iter().copied()).unwrap();
+        assert!(!grads["w"].track_op());
+        let config = AdamWConfig {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
+        let mut adam = AdamW::new(config, vars.iter().copied()).unwrap();
+        adam.update(vars.iter().copied(), &grads, 0.1).unwrap();
+        assert!(!adam.m["w"].track_op() && !adam.v["w"].track_op());
+        let mut ema = BTreeMap::new();
+        ema_update(&mut ema, vars.iter().copied(), 0.9).unwrap();
+        ema_update(&mut ema, vars.iter().copied(), 0.9).unwrap();
+        assert!(!ema["w"].track_op());
     }
 
     #[test]
