@@ -1,0 +1,147 @@
+//! Quality metrics of a trained proxy on fixed seeds: images generated for the first `n`
+//! validation captions of `shapes` are compared with the real validation images of those
+//! captions through the [`Evaluator`]: Fréchet distance of its features, and text alignment
+//! (the fraction of generated images whose predicted attributes all match the caption's).
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use unetlab_data::shapes::Shapes;
+
+use crate::error::TrainError;
+use crate::evaluator::{image_batch, Attributes, Evaluator, FEATURES};
+use crate::frechet::{frechet_distance, Gaussian};
+use crate::model::ProxyModel;
+use crate::recipe::Budget;
+use crate::sample::{sample, SampleOptions};
+use crate::schedule::Prediction;
+use crate::tokenizer::TextTokenizer;
+
+/// What is generated for the metrics (fixed, so every variant is scored on the same prompts,
+/// noise and sampler).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricOptions {
+    /// Validation captions (and images) scored.
+    pub images: usize,
+    /// DDIM steps.
+    pub ddim_steps: usize,
+    /// Classifier-free guidance scale.
+    pub cfg: f64,
+    /// Seed of the initial noise.
+    pub seed: u64,
+}
+
+impl MetricOptions {
+    /// The budget's scoring: `smoke` exercises the code path, `quick` and `full` score 128 and
+    /// 256 captions.
+    pub fn for_budget(budget: Budget) -> MetricOptions {
+        let (images, ddim_steps) = match budget {
+            Budget::Smoke => (16, 4),
+            Budget::Quick => (128, 10),
+            Budget::Full => (256, 20),
+        };
+        MetricOptions {
+            images,
+            ddim_steps,
+            cfg: 3.0,
+            seed: 0,
+        }
+    }
+}
+
+/// A run's quality.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Quality {
+    /// Fréchet distance between evaluator features of generated and real images (lower is
+    /// better).
+    pub fd: f64,
+    /// Fraction of generated images whose predicted attributes all match their caption.
+    pub text_alignment: f64,
+    /// Fraction of stated attributes (count, relation, shape, colour, size) the evaluator finds
+    /// in the generated images: a finer-grained alignment.
+    pub attribute_alignment: f64,
+}
+
+/// The real validation images and their captions' attributes, with the evaluator's features.
+pub struct Reference {
+    /// Captions, in validation order.
+    pub captions: Vec<String>,
+    /// Stated attributes of each caption.
+    pub attributes: Vec<Attributes>,
+    /// Gaussian of the real images' features.
+    pub real: Gaussian,
+}
+
+impl Reference {
+    /// The first `n` validation examples of `shapes` at `image_size`.
+    pub fn new(evaluator: &Evaluator, n: usize, image_size: usize) -> Result<Self, TrainError> {
+        let shapes = Shapes::new(image_size, 0);
+        let examples: Vec<_> = (0..n as u64).map(|i| shapes.validation(i)).collect();
+        let images = image_batch(examples.iter().map(|e| e.image.as_slice()), image_size)?;
+        let (features, _) = evaluator.read(&images)?;
+        Ok(Reference {
+            captions: examples.iter().map(|e| e.caption.clone()).collect(),
+            attributes: examples
+                .iter()
+                .map(|e| Attributes::of(e.scene.as_ref().expect("shapes images have scenes")))
+                .collect(),
+            real: fit(&features)?,
+        })
+    }
+
+    /// FD between the reference images and the next as many real validation images: what a
+    /// perfect generator would score with this many samples.
+    pub fn real_floor(&self, evaluator: &Evaluator, image_size: usize) -> Result<f64, TrainError> {
+        let n = self.captions.len();
+        let shapes = Shapes::new(image_size, 0);
+        let others: Vec<_> = (n as u64..2 * n as u64)
+            .map(|i| shapes.validation(i))
+            .collect();
+        let images = image_batch(others.iter().map(|e| e.image.as_slice()), image_size)?;
+        Ok(self.score(evaluator, &images)?.fd)
+    }
+
+    /// Scores images generated for [`Reference::captions`], in that order.
+    pub fn score(&self, evaluator: &Evaluator, generated: &Tensor) -> Result<Quality, TrainError> {
+        let (features, predicted) = evaluator.read(generated)?;
+        let (mut exact, mut hits, mut total) = (0usize, 0usize, 0usize);
+        for (truth, p) in self.attributes.iter().zip(&predicted) {
+            let (h, t) = truth.agreement(p);
+            exact += usize::from(h == t);
+            hits += h;
+            total += t;
+        }
+        Ok(Quality {
+            fd: frechet_distance(&self.real, &fit(&features)?),
+            text_alignment: exact as f64 / predicted.len().max(1) as f64,
+            attribute_alignment: hits as f64 / total.max(1) as f64,
+        })
+    }
+}
+
+/// Generates images for the reference captions with `model` and scores them; returns the
+/// metrics and the images `[N, 3, S, S]`.
+pub fn evaluate(
+    model: &ProxyModel,
+    tokenizer: &TextTokenizer,
+    evaluator: &Evaluator,
+    reference: &Reference,
+    options: MetricOptions,
+    prediction: Prediction,
+) -> Result<(Quality, Tensor), TrainError> {
+    let prompts: Vec<&str> = reference.captions.iter().map(String::as_str).collect();
+    let sample_options = SampleOptions {
+        steps: options.ddim_steps,
+        cfg: options.cfg,
+        seed: options.seed,
+        prediction,
+    };
+    let images = sample(model, tokenizer, &prompts, sample_options)?;
+    Ok((reference.score(evaluator, &images)?, images))
+}
+
+fn fit(features: &Tensor) -> Result<Gaussian, TrainError> {
+    Ok(Gaussian::fit(
+        &features.flatten_all()?.to_vec1::<f32>()?,
+        FEATURES,
+    ))
+}
