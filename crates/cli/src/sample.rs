@@ -8,6 +8,7 @@ use unetlab_export::Bundle;
 use unetlab_train::model::ProxyModel;
 use unetlab_train::sample::{sample, write_grid, SampleOptions, TrainedRun};
 use unetlab_train::tokenizer::TextTokenizer;
+use unetlab_train::Recipe;
 
 /// Generate images from a training run's EMA weights (or from its exported bundle):
 /// deterministic DDIM (η = 0) with classifier-free guidance, one grid row per prompt.
@@ -47,10 +48,11 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     if args.count == 0 || args.steps == 0 || args.zoom == 0 {
         bail!("--count, --steps and --zoom must be at least 1");
     }
-    let (name, model, tokenizer) = match (&args.run, &args.export) {
+    let (name, model, tokenizer, prediction) = match (&args.run, &args.export) {
         (Some(dir), _) => {
             let run = TrainedRun::open(dir)?;
-            (run.summary.config, run.model, run.tokenizer)
+            let prediction = run.summary.recipe.prediction;
+            (run.summary.config, run.model, run.tokenizer, prediction)
         }
         (None, Some(dir)) => {
             let bundle = Bundle::open(dir)?;
@@ -67,7 +69,17 @@ pub fn run(args: &SampleArgs) -> Result<()> {
                 text,
                 text_spec,
             };
-            (bundle.manifest.name, model, tokenizer)
+            // The run's recipe travels in the manifest; runs recorded before `prediction`
+            // existed predicted ε (serde's default).
+            let prediction = bundle
+                .manifest
+                .training
+                .as_ref()
+                .and_then(|t| t.get("recipe"))
+                .and_then(|r| serde_json::from_value::<Recipe>(r.clone()).ok())
+                .map(|r| r.prediction)
+                .unwrap_or_default();
+            (bundle.manifest.name, model, tokenizer, prediction)
         }
         (None, None) => unreachable!("clap requires a run or --export"),
     };
@@ -80,6 +92,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         steps: args.steps,
         cfg: args.cfg,
         seed: args.seed,
+        prediction,
     };
     let images = sample(&model, &tokenizer, &prompts, options)?;
     write_grid(&images, args.count, args.zoom, &args.out)?;

@@ -9,16 +9,22 @@ use unetlab_bench::set_threads;
 use unetlab_report::{lines, read_csv, write_parquet};
 use unetlab_spec::Config;
 use unetlab_train::data::DataSource;
+use unetlab_train::evaluator::{default_cache_dir, EvaluatorRecipe};
+use unetlab_train::metrics::MetricOptions;
 use unetlab_train::proxy::proxy_spec;
+use unetlab_train::schedule::Prediction;
+use unetlab_train::trainer::MetricsSetup;
 use unetlab_train::{train, Budget, Progress, Recipe, RunOptions};
 
 /// Train a config's proxy: the same structure and design choices at a small width, on 32×32
 /// images with a small text encoder trained jointly (see `unetlab_train::proxy`).
 ///
-/// DDPM noise prediction on Stable Diffusion's schedule, 10 % caption dropout (for classifier-free
+/// The DDPM objective on Stable Diffusion's schedule (v-prediction by default), 10 % caption dropout (for classifier-free
 /// guidance), AdamW with warm-up and cosine decay, gradient clipping and EMA weights. The run
 /// directory gets loss.csv/.parquet, validation.csv/.parquet, the loss curves (loss.svg, loss.png),
-/// run.json, tokenizer.json, config.yaml, proxy.yaml and checkpoint.safetensors. Run the same
+/// run.json, tokenizer.json, config.yaml, proxy.yaml and checkpoint.safetensors. On `shapes` the
+/// finished run is scored on fixed validation captions: Fréchet distance and text alignment
+/// through an evaluator network (trained once and cached), with samples.png. Run the same
 /// command again to resume an interrupted run: it continues from the last checkpoint and ends
 /// bit-identical to an uninterrupted run.
 #[derive(clap::Args)]
@@ -41,6 +47,11 @@ pub struct TrainArgs {
     /// Peak learning rate (default: the budget's).
     #[arg(long)]
     lr: Option<f64>,
+    /// What the network predicts (default: the budget's, v): v-prediction and ε-prediction are
+    /// the same DDPM objective; ε's x̂₀ at high noise divides its error by √ᾱ (×15 at t = 999),
+    /// which makes samples of short runs noise.
+    #[arg(long, value_enum)]
+    prediction: Option<Prediction>,
     /// Seed of initialisation, data order and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -62,6 +73,13 @@ pub struct TrainArgs {
     /// CPU threads (default: all).
     #[arg(long)]
     threads: Option<usize>,
+    /// Skip the metrics (FD and text alignment, scored on shapes runs after training).
+    #[arg(long)]
+    no_metrics: bool,
+    /// Where the evaluator network is cached (default: $UNETLAB_CACHE, else
+    /// $XDG_CACHE_HOME/unetlab, else ~/.cache/unetlab). It is trained there the first time.
+    #[arg(long)]
+    evaluator_cache: Option<PathBuf>,
     /// Print run.json to stdout when done.
     #[arg(long)]
     json: bool,
@@ -81,6 +99,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     if let Some(lr) = args.lr {
         recipe.optimizer.lr = lr;
+    }
+    if let Some(p) = args.prediction {
+        recipe.prediction = p;
     }
     if let Some(c) = args.checkpoint_every {
         recipe.checkpoint_every = c;
@@ -116,6 +137,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         init_from: args.init_from.clone(),
         out,
         restart: args.restart,
+        metrics: (!args.no_metrics).then(|| MetricsSetup {
+            cache: args
+                .evaluator_cache
+                .clone()
+                .unwrap_or_else(default_cache_dir),
+            evaluator: EvaluatorRecipe::for_budget(args.budget),
+            options: MetricOptions::for_budget(args.budget),
+        }),
     };
     let bar = ProgressBar::hidden();
     let mut on_progress = |p: Progress| match p {
@@ -146,6 +175,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Progress::Validation { done, loss } => {
             bar.suspend(|| eprintln!("step {done}: validation loss {loss:.4}"));
         }
+        Progress::EvaluatorTraining { done, total } => {
+            if done == 1 {
+                bar.set_prefix("evaluator (once)");
+                bar.set_length(total);
+            }
+            bar.set_position(done);
+            bar.set_message("");
+        }
+        Progress::Scoring { images } => {
+            bar.set_prefix("scoring");
+            bar.set_message(format!("generating and scoring {images} images"));
+        }
     };
     let out = options.out.clone();
     let summary = train(&options, &mut on_progress);
@@ -169,6 +210,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             summary.proxy_macs as f64 / 1e9,
             summary.full_params as f64 / 1e6,
         );
+        if let Some(m) = &summary.metrics {
+            println!(
+                "metrics on {} validation captions: FD {:.1} (real images: {:.1}), text alignment {:.3}, attribute alignment {:.3} (evaluator accuracy {:.3}); samples.png",
+                m.options.images,
+                m.quality.fd,
+                m.real_fd,
+                m.quality.text_alignment,
+                m.quality.attribute_alignment,
+                m.evaluator_accuracy.attribute,
+            );
+        }
     }
     Ok(())
 }

@@ -7,11 +7,15 @@
 //! noise-prediction loss on Stable Diffusion's schedule ([`schedule`]), classifier-free-guidance
 //! caption dropout, AdamW with saveable state, warm-up + cosine learning rate, gradient clipping
 //! and EMA weights ([`optim`]); checkpoints ([`checkpoint`]) make an interrupted run resume
-//! bit-identically.
+//! bit-identically. Quality is scored by [`metrics`]: Fréchet distance ([`frechet`]) and text
+//! alignment through an [`evaluator`] network trained once on `shapes`.
 
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod evaluator;
+pub mod frechet;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod proxy;

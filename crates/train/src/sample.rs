@@ -13,7 +13,7 @@ use crate::checkpoint;
 use crate::error::TrainError;
 use crate::model::{latents_to_images, ProxyModel};
 use crate::proxy::proxy_spec;
-use crate::schedule::NoiseSchedule;
+use crate::schedule::{NoiseSchedule, Prediction};
 use crate::tokenizer::TextTokenizer;
 use crate::trainer::RunSummary;
 
@@ -86,6 +86,8 @@ pub struct SampleOptions {
     pub cfg: f64,
     /// Seed of the initial noise.
     pub seed: u64,
+    /// What the network predicts (the run's recipe says).
+    pub prediction: Prediction,
 }
 
 /// Images `[N, 3, S, S]` in [-1, 1] for `prompts`, by deterministic DDIM (η = 0) with
@@ -110,11 +112,11 @@ pub fn sample(
     for (i, &t) in timesteps.iter().enumerate() {
         let both = Tensor::cat(&[&x, &x], 0)?;
         let t_in = Tensor::full(t as f32, 2 * n, &device)?;
-        let eps = model.predict(&both, &t_in, &text, false)?;
-        let (cond, uncond) = (eps.narrow(0, 0, n)?, eps.narrow(0, n, n)?);
+        let output = model.predict(&both, &t_in, &text, false)?;
+        let (cond, uncond) = (output.narrow(0, 0, n)?, output.narrow(0, n, n)?);
         let guided = (&uncond + ((cond - &uncond)? * options.cfg)?)?;
-        let (a, b) = schedule.ddim_coefficients(t, timesteps.get(i + 1).copied());
-        x = ((x * a)? + (guided * b)?)?;
+        let prev = timesteps.get(i + 1).copied();
+        x = schedule.ddim_step(&x, &guided, options.prediction, t, prev)?;
     }
     Ok(latents_to_images(&x)?.clamp(-1f32, 1f32)?)
 }

@@ -1,5 +1,37 @@
 //! Stable Diffusion's DDPM noise schedule and the DDIM sampler step.
 
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// What the network predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The noise ε (DDPM, SD 1.x). Older runs without the field were trained this way.
+    #[default]
+    Epsilon,
+    /// The velocity v = √ᾱ ε − √(1 − ᾱ) x₀ (SD 2.x): the same objective reparametrised so that
+    /// x̂₀ at high noise is not ε̂'s error divided by √ᾱ (×15 at t = 999).
+    V,
+}
+
+impl Prediction {
+    /// The training target for clean latents `x0` and noise, given per-item √ᾱ (`signal`) and
+    /// √(1 − ᾱ) (`spread`) shaped to broadcast.
+    pub fn target(
+        self,
+        x0: &Tensor,
+        noise: &Tensor,
+        signal: &Tensor,
+        spread: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Prediction::Epsilon => Ok(noise.clone()),
+            Prediction::V => noise.broadcast_mul(signal)? - x0.broadcast_mul(spread)?,
+        }
+    }
+}
+
 /// Training timesteps.
 pub const TRAIN_STEPS: usize = 1000;
 
@@ -42,20 +74,35 @@ impl NoiseSchedule {
             .collect()
     }
 
-    /// One deterministic DDIM step (η = 0) from `t` to `prev` (None: to the clean image), given the
-    /// predicted noise: returns (x_prev coefficient on x_t, coefficient on ε̂).
-    /// x_prev = √ᾱ_prev · x̂₀ + √(1 − ᾱ_prev) · ε̂, x̂₀ = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t.
-    pub fn ddim_coefficients(&self, t: usize, prev: Option<usize>) -> (f64, f64) {
+    /// One deterministic DDIM step (η = 0) from `x_t` to `prev` (None: to the clean image) given
+    /// the network's output: x̂₀ = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t for ε-prediction,
+    /// √ᾱ_t x_t − √(1 − ᾱ_t) v̂ for v-prediction, clipped to [-1, 1] (the proxy's
+    /// latent is pixel space, as with diffusers' `DDIMScheduler(clip_sample=True)`), ε̂ recomputed
+    /// from the clipped x̂₀, then x_prev = √ᾱ_prev · x̂₀ + √(1 − ᾱ_prev) · ε̂.
+    pub fn ddim_step(
+        &self,
+        x: &Tensor,
+        output: &Tensor,
+        prediction: Prediction,
+        t: usize,
+        prev: Option<usize>,
+    ) -> candle_core::Result<Tensor> {
         let (sa, sb) = self.weights(t);
-        let a_prev = prev.map_or(1.0, |p| self.alphas_cumprod[p]);
-        let (spa, spb) = (a_prev.sqrt(), (1.0 - a_prev).sqrt());
-        (spa / sa, spb - spa * sb / sa)
+        let x0 = match prediction {
+            Prediction::Epsilon => ((x - (output * sb)?)? / sa)?,
+            Prediction::V => ((x * sa)? - (output * sb)?)?,
+        }
+        .clamp(-1f32, 1f32)?;
+        let eps = ((x - (&x0 * sa)?)? / sb)?;
+        let (pa, pb) = prev.map_or((1.0, 0.0), |p| self.weights(p));
+        (x0 * pa)? + (eps * pb)?
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn schedule_matches_stable_diffusion() {
@@ -72,19 +119,41 @@ mod tests {
     }
 
     #[test]
-    fn ddim_recovers_the_clean_image_from_the_true_noise() {
-        // With the exact noise, one step from any t lands on x₀: x_t·a + ε·b = x₀.
+    fn ddim_recovers_the_clean_image_from_the_true_output() {
+        // Given the exact ε (or v), one step from any t lands on x₀ when x₀ is inside [-1, 1],
+        // and on its clipped value otherwise; a step to an intermediate time re-noises the
+        // (clipped) x̂₀ with the noise implied by x_t.
         let s = NoiseSchedule::default();
-        let (x0, eps) = (0.7, -1.3);
-        for t in [999, 500, 10] {
-            let (sa, sb) = s.weights(t);
-            let xt = sa * x0 + sb * eps;
-            let (a, b) = s.ddim_coefficients(t, None);
-            assert!((a * xt + b * eps - x0).abs() < 1e-9, "t = {t}");
-            // And stepping to an intermediate time gives that time's noisy image.
-            let (a, b) = s.ddim_coefficients(t, Some(5));
-            let (pa, pb) = s.weights(5);
-            assert!((a * xt + b * eps - (pa * x0 + pb * eps)).abs() < 1e-9);
+        let scalar = |v: f64| Tensor::new(&[v as f32], &Device::Cpu).unwrap();
+        let value = |t: Tensor| t.to_vec1::<f32>().unwrap()[0] as f64;
+        let eps = -1.3;
+        for (x0, expected) in [(0.7, 0.7), (3.0, 1.0), (-2.0, -1.0)] {
+            for t in [999, 500, 10] {
+                let (sa, sb) = s.weights(t);
+                let xt = sa * x0 + sb * eps;
+                let v = sa * eps - sb * x0;
+                for (prediction, output) in [(Prediction::Epsilon, eps), (Prediction::V, v)] {
+                    let step = |prev| {
+                        value(
+                            s.ddim_step(&scalar(xt), &scalar(output), prediction, t, prev)
+                                .unwrap(),
+                        )
+                    };
+                    let clean = step(None);
+                    assert!(
+                        (clean - expected).abs() < 1e-4,
+                        "{prediction:?} t = {t}: {clean}"
+                    );
+                    let (pa, pb) = s.weights(5);
+                    let implied = (xt - sa * expected) / sb;
+                    let noised = step(Some(5));
+                    let want = pa * expected + pb * implied;
+                    assert!(
+                        (noised - want).abs() < 1e-3,
+                        "{prediction:?} t = {t}: {noised}"
+                    );
+                }
+            }
         }
     }
 }

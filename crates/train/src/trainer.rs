@@ -24,11 +24,14 @@ use unetlab_spec::Config;
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::{DataSource, TrainData};
 use crate::error::TrainError;
+use crate::evaluator::{Accuracy, Evaluator, EvaluatorRecipe};
+use crate::metrics::{evaluate, MetricOptions, Quality, Reference};
 use crate::model::{images_to_latents, ProxyModel};
 use crate::optim::{clip_grads, collect_grads, ema_update, learning_rate, AdamW};
 use crate::proxy::proxy_spec;
 use crate::recipe::Recipe;
-use crate::schedule::{NoiseSchedule, TRAIN_STEPS};
+use crate::sample::write_grid;
+use crate::schedule::{NoiseSchedule, Prediction, TRAIN_STEPS};
 use crate::tokenizer::TextTokenizer;
 
 /// Seed of the validation noise: the same for every run, so validation losses compare.
@@ -51,6 +54,36 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Start over even if the run directory holds a checkpoint of this run.
     pub restart: bool,
+    /// Score the finished run (shapes data only): FD and text alignment through the evaluator.
+    pub metrics: Option<MetricsSetup>,
+}
+
+/// How a finished run is scored.
+#[derive(Debug, Clone)]
+pub struct MetricsSetup {
+    /// Where the evaluator's weights are cached (trained there if missing).
+    pub cache: PathBuf,
+    /// The evaluator's recipe.
+    pub evaluator: EvaluatorRecipe,
+    /// What is generated and scored.
+    pub options: MetricOptions,
+}
+
+/// A run's metrics (`metrics` in `run.json`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct RunMetrics {
+    /// What was generated and scored.
+    pub options: MetricOptions,
+    /// The evaluator's recipe hash (first 16 hex digits).
+    pub evaluator: String,
+    /// The evaluator's attribute and exact accuracy on 512 real validation images: how far the
+    /// alignment metric can be trusted.
+    pub evaluator_accuracy: Accuracy,
+    /// FD between the reference images and as many other real validation images: the floor a
+    /// perfect generator would reach with this many samples.
+    pub real_fd: f64,
+    /// The EMA weights' quality.
+    pub quality: Quality,
 }
 
 /// Progress of a run, for progress bars.
@@ -78,6 +111,18 @@ pub enum Progress {
         done: u64,
         /// Mean validation loss.
         loss: f64,
+    },
+    /// The evaluator is being trained (the first time only; then cached).
+    EvaluatorTraining {
+        /// Steps done.
+        done: u64,
+        /// Steps in all.
+        total: u64,
+    },
+    /// Images are being generated and scored.
+    Scoring {
+        /// How many.
+        images: usize,
     },
 }
 
@@ -120,6 +165,8 @@ pub struct RunSummary {
     pub initial_validation_loss: Option<f64>,
     /// Training steps per second in this session (validation and checkpoints excluded).
     pub steps_per_s: f64,
+    /// FD and text alignment of the EMA weights (shapes data with metrics requested).
+    pub metrics: Option<RunMetrics>,
 }
 
 /// Runs (or resumes) a training run.
@@ -218,11 +265,22 @@ pub fn train(
     let schedule = NoiseSchedule::default();
     let validation = data.validation(recipe.val_examples);
     let initial_validation_loss = if start == 0 {
-        let v = validation_loss(&model, &tokenizer, &validation, &schedule, recipe.batch)?;
+        let v = validation_loss(
+            &model,
+            &tokenizer,
+            &validation,
+            &schedule,
+            recipe.prediction,
+            recipe.batch,
+        )?;
         val_log.line(&format!("0,{v}"))?;
         Some(v)
     } else {
-        None
+        val_log
+            .kept
+            .first()
+            .filter(|(s, _)| *s == 0)
+            .map(|(_, v)| *v)
     };
     progress(Progress::Started {
         start,
@@ -230,8 +288,14 @@ pub fn train(
     });
 
     let mut last_checkpoint = start;
-    let mut recent = Vec::new();
-    let mut validation_loss_now = initial_validation_loss.unwrap_or(f64::NAN);
+    // A resumed run's figures continue from its logs.
+    let mut recent: Vec<f64> = loss_log.kept.iter().map(|(_, v)| *v).collect();
+    let mut validation_loss_now = val_log
+        .kept
+        .last()
+        .map(|(_, v)| *v)
+        .or(initial_validation_loss)
+        .unwrap_or(f64::NAN);
     let mut training_time = 0.0;
     for step in start..recipe.steps {
         let began = Instant::now();
@@ -252,7 +316,15 @@ pub fn train(
             .map(|_| rng.random_range(0..TRAIN_STEPS))
             .collect();
         let loss = denoising_loss(
-            &model, &tokenizer, &examples, &captions, &timesteps, &mut rng, &schedule, true,
+            &model,
+            &tokenizer,
+            &examples,
+            &captions,
+            &timesteps,
+            &mut rng,
+            &schedule,
+            recipe.prediction,
+            true,
         )?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
         if !loss_value.is_finite() {
@@ -284,8 +356,14 @@ pub fn train(
         let last = done == recipe.steps;
         if done % recipe.val_every == 0 || last {
             let ema_model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ema)?;
-            validation_loss_now =
-                validation_loss(&ema_model, &tokenizer, &validation, &schedule, recipe.batch)?;
+            validation_loss_now = validation_loss(
+                &ema_model,
+                &tokenizer,
+                &validation,
+                &schedule,
+                recipe.prediction,
+                recipe.batch,
+            )?;
             val_log.line(&format!("{done},{validation_loss_now}"))?;
             progress(Progress::Validation {
                 done,
@@ -329,7 +407,7 @@ pub fn train(
     let summary = RunSummary {
         config: opts.config.name.clone(),
         config_hash: opts.config.hash(),
-        run_hash,
+        run_hash: run_hash.clone(),
         recipe: recipe.clone(),
         data: opts.data.clone(),
         skipped_inputs: skipped.count,
@@ -344,13 +422,68 @@ pub fn train(
         final_train_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
         validation_loss: validation_loss_now,
         initial_validation_loss,
-        steps_per_s: (recipe.steps - start) as f64 / training_time.max(1e-9),
+        steps_per_s: if start < recipe.steps {
+            (recipe.steps - start) as f64 / training_time.max(1e-9)
+        } else {
+            // Nothing left to train: the finished run's own throughput.
+            previous_throughput(out, &run_hash).unwrap_or(f64::NAN)
+        },
+        metrics: match (&opts.metrics, &opts.data) {
+            (Some(setup), DataSource::Shapes) => {
+                let ema_model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ema)?;
+                Some(score(setup, &ema_model, &tokenizer, recipe, out, progress)?)
+            }
+            _ => None,
+        },
     };
     write(
         &out.join("run.json"),
         &(serde_json::to_string_pretty(&summary).expect("JSON always prints") + "\n"),
     )?;
     Ok(summary)
+}
+
+/// `steps_per_s` of the run.json in `out`, if it belongs to this run.
+fn previous_throughput(out: &Path, run_hash: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(out.join("run.json")).ok()?;
+    let previous: RunSummary = serde_json::from_str(&text).ok()?;
+    (previous.run_hash == run_hash).then_some(previous.steps_per_s)
+}
+
+/// Scores the EMA model with the evaluator and writes `samples.png` (the first 32 images).
+fn score(
+    setup: &MetricsSetup,
+    model: &ProxyModel,
+    tokenizer: &TextTokenizer,
+    recipe: &Recipe,
+    out: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RunMetrics, TrainError> {
+    let image_size = recipe.proxy.image_size;
+    let evaluator = Evaluator::cached(&setup.cache, setup.evaluator, &mut |done, total, _| {
+        progress(Progress::EvaluatorTraining { done, total })
+    })?;
+    progress(Progress::Scoring {
+        images: setup.options.images,
+    });
+    let reference = Reference::new(&evaluator, setup.options.images, image_size)?;
+    let (quality, images) = evaluate(
+        model,
+        tokenizer,
+        &evaluator,
+        &reference,
+        setup.options,
+        recipe.prediction,
+    )?;
+    let shown = images.dim(0)?.min(32);
+    write_grid(&images.narrow(0, 0, shown)?, 8, 2, &out.join("samples.png"))?;
+    Ok(RunMetrics {
+        options: setup.options,
+        evaluator: setup.evaluator.hash()[..16].to_string(),
+        evaluator_accuracy: evaluator.accuracy(512)?,
+        real_fd: reference.real_floor(&evaluator, image_size)?,
+        quality,
+    })
 }
 
 /// The mean squared error between the noise and the model's prediction of it, for `examples`
@@ -364,6 +497,7 @@ fn denoising_loss(
     timesteps: &[usize],
     rng: &mut ChaCha8Rng,
     schedule: &NoiseSchedule,
+    prediction: Prediction,
     trainable: bool,
 ) -> Result<Tensor, TrainError> {
     let device = Device::Cpu;
@@ -386,6 +520,7 @@ fn denoising_loss(
     let signal = Tensor::from_vec(signal, per_item, &device)?;
     let spread = Tensor::from_vec(spread, per_item, &device)?;
     let x_t = (x0.broadcast_mul(&signal)? + noise.broadcast_mul(&spread)?)?;
+    let target = prediction.target(&x0, &noise, &signal, &spread)?;
     let t = Tensor::from_vec(
         timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(),
         examples.len(),
@@ -393,7 +528,7 @@ fn denoising_loss(
     )?;
     let one_hot = tokenizer.one_hot(captions, &device)?;
     let predicted = model.predict(&x_t, &t, &one_hot, trainable)?;
-    Ok((predicted - noise)?.sqr()?.mean_all()?)
+    Ok((predicted - target)?.sqr()?.mean_all()?)
 }
 
 /// Validation loss: the mean denoising loss over `examples` with their real captions, at fixed
@@ -403,6 +538,7 @@ pub fn validation_loss(
     tokenizer: &TextTokenizer,
     examples: &[Example],
     schedule: &NoiseSchedule,
+    prediction: Prediction,
     batch: usize,
 ) -> Result<f64, TrainError> {
     let mut rng = ChaCha8Rng::seed_from_u64(VALIDATION_NOISE_SEED);
@@ -413,7 +549,7 @@ pub fn validation_loss(
             .map(|i| ((c * batch + i) * 997 + 13) % TRAIN_STEPS)
             .collect();
         let loss = denoising_loss(
-            model, tokenizer, chunk, &captions, &timesteps, &mut rng, schedule, false,
+            model, tokenizer, chunk, &captions, &timesteps, &mut rng, schedule, prediction, false,
         )?;
         total += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
     }
@@ -471,6 +607,8 @@ fn write(path: &Path, text: &str) -> Result<(), TrainError> {
 struct Log {
     file: std::fs::File,
     path: PathBuf,
+    /// (step, first value) of the rows kept from before a resume.
+    kept: Vec<(u64, f64)>,
 }
 
 impl Log {
@@ -491,6 +629,14 @@ impl Log {
         } else {
             Vec::new()
         };
+        let kept_values = kept
+            .iter()
+            .filter_map(|l| {
+                let mut fields = l.split(',');
+                let step = fields.next()?.parse().ok()?;
+                Some((step, fields.next()?.parse().ok()?))
+            })
+            .collect();
         let mut text = format!("{header}\n");
         for line in kept {
             text.push_str(&line);
@@ -510,6 +656,7 @@ impl Log {
         Ok(Log {
             file,
             path: path.to_path_buf(),
+            kept: kept_values,
         })
     }
 

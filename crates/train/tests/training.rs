@@ -34,6 +34,7 @@ fn options(out: &Path, steps: u64) -> RunOptions {
         init_from: None,
         out: out.to_path_buf(),
         restart: false,
+        metrics: None,
     }
 }
 
