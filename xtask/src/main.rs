@@ -6,6 +6,7 @@ mod export_results;
 mod onnx_check;
 mod provenance;
 mod setup;
+mod tools;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -53,11 +54,10 @@ fn main() -> Result<()> {
 /// `cargo xtask test`: everything the README's test command promises.
 fn test() -> Result<()> {
     setup::run()?;
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(docs::workspace())
-            .args(["test", "--workspace", "--release"])
-            .status()?;
+    let status = tools::cargo()
+        .current_dir(docs::workspace())
+        .args(["test", "--workspace", "--release"])
+        .status()?;
     if !status.success() {
         anyhow::bail!("cargo test failed ({status})");
     }

@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::docs::workspace;
+use crate::tools::{build_unetlab, run_ok, target_dir};
 
 /// Export tiny bundles that switch on every design choice (f32 and f16, opsets 17 to 21, inline
 /// and external weights, the diffusers reference fixtures with their weights, a trained proxy run
@@ -42,7 +43,7 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
         .unwrap_or_else(|| target.join("onnx-check"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let python = venv(&root, &target)?;
-    let unetlab = build_unetlab(&root, &target)?;
+    let unetlab = build_unetlab(&root)?;
 
     let fixtures = root.join("../shared/reference/fixtures");
     let every = root.join("configs/fixtures/every-choice.yaml");
@@ -133,12 +134,6 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
     Ok(())
 }
 
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-}
-
 /// The virtual environment with the pinned requirements (re-created when they change).
 fn venv(root: &Path, target: &Path) -> Result<PathBuf> {
     let requirements = root.join("scripts/requirements-onnx.txt");
@@ -175,16 +170,6 @@ fn venv(root: &Path, target: &Path) -> Result<PathBuf> {
     .context("installing the ONNX checkers with pip")?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
-}
-
-fn build_unetlab(root: &Path, target: &Path) -> Result<PathBuf> {
-    run_ok(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(root)
-            .args(["build", "--release", "--quiet", "--package", "unetlab"]),
-    )
-    .context("building unetlab")?;
-    Ok(target.join("release/unetlab"))
 }
 
 fn export(
@@ -224,14 +209,6 @@ fn check(
             .args(extra),
     )
     .context("the ONNX checks failed")
-}
-
-fn run_ok(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} exited with {status}");
-    }
-    Ok(())
 }
 
 /// Full-size MobileDiffusion (f16 and f32): file sizes, candle latency (`unetlab export`'s

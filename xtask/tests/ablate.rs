@@ -57,6 +57,7 @@ fn f64_at(df: &polars::prelude::DataFrame, column: &str, row: usize) -> Option<f
 fn str_at(df: &polars::prelude::DataFrame, column: &str, row: usize) -> String {
     match df.column(column).unwrap().get(row).unwrap() {
         AnyValue::String(s) => s.to_string(),
+        AnyValue::StringOwned(s) => s.to_string(),
         AnyValue::Null => String::new(),
         other => panic!("{column}[{row}] = {other:?}"),
     }
@@ -67,7 +68,13 @@ fn smoke_run_over_every_config_matches_the_cost_interpreter() {
     let dir = tempfile::tempdir().unwrap();
     let configs = yaml_files("configs");
     let mut args: Vec<&str> = configs.iter().map(String::as_str).collect();
-    args.extend(["--budget", "smoke", "--out", dir.path().to_str().unwrap()]);
+    args.extend([
+        "--budget",
+        "smoke",
+        "--no-train",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
     run(&args);
 
     for file in [
@@ -195,7 +202,13 @@ fn an_interrupted_run_resumes_to_the_same_table() {
     ];
     let whole = tempfile::tempdir().unwrap();
     let mut args: Vec<&str> = configs.to_vec();
-    args.extend(["--budget", "smoke", "--out", whole.path().to_str().unwrap()]);
+    args.extend([
+        "--budget",
+        "smoke",
+        "--no-train",
+        "--out",
+        whole.path().to_str().unwrap(),
+    ]);
     run(&args);
 
     let resumed = tempfile::tempdir().unwrap();
@@ -203,6 +216,7 @@ fn an_interrupted_run_resumes_to_the_same_table() {
     args.extend([
         "--budget",
         "smoke",
+        "--no-train",
         "--out",
         resumed.path().to_str().unwrap(),
     ]);
@@ -281,4 +295,86 @@ fn an_interrupted_run_resumes_to_the_same_table() {
             .count(),
         configs.len()
     );
+}
+
+#[test]
+fn training_fills_the_quality_columns_and_a_diverging_run_is_a_failed_row() {
+    let configs = ["configs/fixtures/tiny-sd.yaml", "configs/md-lite.yaml"];
+    let dir = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let mut args: Vec<&str> = configs.to_vec();
+    args.extend([
+        "--budget",
+        "smoke",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--runs",
+        runs.path().to_str().unwrap(),
+    ]);
+    run(&args);
+
+    let table = read_csv(&dir.path().join("table.csv")).unwrap();
+    for row in 0..configs.len() {
+        let loss = f64_at(&table, "proxy val loss", row).unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "row {row}: {loss}");
+        let fd = f64_at(&table, "FD", row).unwrap();
+        assert!(fd.is_finite() && fd > 0.0, "row {row}: {fd}");
+        for column in ["text alignment", "attribute alignment"] {
+            let v = f64_at(&table, column, row).unwrap();
+            assert!((0.0..=1.0).contains(&v), "{column}[{row}] = {v}");
+        }
+        assert!(f64_at(&table, "proxy steps/s", row).unwrap() > 0.0);
+        let name = str_at(&table, "config", row);
+        let grid = dir.path().join("samples").join(format!("{name}.png"));
+        assert!(std::fs::metadata(&grid).unwrap().len() > 500, "{grid:?}");
+    }
+    // md-lite names md-lite's baseline (mobilediffusion), which is not in this run, so its
+    // effect column stays empty; the numbers above come from each config's own run.json.
+    for ext in ["svg", "png"] {
+        assert!(dir.path().join(format!("pareto.{ext}")).is_file());
+    }
+    let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
+    assert!(readme.contains("## Quality (proxy training)"), "{readme}");
+    assert!(readme.contains("Pareto front"), "{readme}");
+    let cached = |d: &Path| {
+        std::fs::read_dir(d.join("cache"))
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("train-")
+            })
+            .count()
+    };
+    assert_eq!(cached(dir.path()), configs.len());
+
+    // A second run trains nothing: every run comes from the cache.
+    let again = run(&args);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("2 run(s) cached"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // An absurd learning rate diverges: the row is marked failed, the sweep still writes its
+    // table, and nothing is cached for the failed run.
+    let failed = tempfile::tempdir().unwrap();
+    run(&[
+        "configs/fixtures/tiny-sd.yaml",
+        "--budget",
+        "smoke",
+        "--lr",
+        "1e30",
+        "--out",
+        failed.path().to_str().unwrap(),
+        "--runs",
+        runs.path().to_str().unwrap(),
+    ]);
+    let table = read_csv(&failed.path().join("table.csv")).unwrap();
+    let effect = str_at(&table, "measured effect", 0);
+    assert!(
+        effect.starts_with("training FAILED") && effect.contains("diverged"),
+        "{effect}"
+    );
+    assert_eq!(f64_at(&table, "FD", 0), None);
+    assert_eq!(cached(failed.path()), 0);
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{de::DeserializeOwned, Serialize};
 use unetlab_bench::BenchResult;
 use unetlab_report::{atomic_write, ReportError};
 
@@ -39,16 +39,30 @@ impl Cache {
         Ok(Cache { dir })
     }
 
-    fn path(&self, hash: &str, conditions: &BenchConditions) -> PathBuf {
-        let key = serde_json::to_vec(conditions).expect("conditions serialise");
-        let digest = &unetlab_files::sha256_hex(&key)[..16];
+    fn path(&self, kind: &str, hash: &str, key: &[u8]) -> PathBuf {
+        let digest = &unetlab_files::sha256_hex(key)[..16];
         self.dir
-            .join(format!("bench-{}-{digest}.json", &hash[..16]))
+            .join(format!("{kind}-{}-{digest}.json", &hash[..16]))
     }
 
-    /// A cached result, if present and readable (an unreadable one is measured again).
+    /// A cached bench result, if present and readable (an unreadable one is measured again).
     pub fn get(&self, hash: &str, conditions: &BenchConditions) -> Option<BenchResult> {
-        let path = self.path(hash, conditions);
+        self.get_json("bench", hash, &key(conditions))
+    }
+
+    /// Stores a bench result atomically.
+    pub fn put(
+        &self,
+        hash: &str,
+        conditions: &BenchConditions,
+        result: &BenchResult,
+    ) -> Result<()> {
+        self.put_json("bench", hash, &key(conditions), result)
+    }
+
+    /// A cached `kind` result for a config hash and key, if present and readable.
+    pub fn get_json<T: DeserializeOwned>(&self, kind: &str, hash: &str, key: &[u8]) -> Option<T> {
+        let path = self.path(kind, hash, key);
         let text = std::fs::read_to_string(&path).ok()?;
         match serde_json::from_str(&text) {
             Ok(r) => Some(r),
@@ -62,15 +76,16 @@ impl Cache {
         }
     }
 
-    /// Stores a result atomically.
-    pub fn put(
+    /// Stores a `kind` result atomically.
+    pub fn put_json<T: Serialize>(
         &self,
+        kind: &str,
         hash: &str,
-        conditions: &BenchConditions,
-        result: &BenchResult,
+        key: &[u8],
+        value: &T,
     ) -> Result<()> {
-        let path = self.path(hash, conditions);
-        let json = serde_json::to_vec_pretty(result)?;
+        let path = self.path(kind, hash, key);
+        let json = serde_json::to_vec_pretty(value)?;
         atomic_write(&path, |out| {
             use std::io::Write;
             out.write_all(&json).map_err(|source| ReportError::Io {
@@ -80,4 +95,8 @@ impl Cache {
         })?;
         Ok(())
     }
+}
+
+fn key(conditions: &BenchConditions) -> Vec<u8> {
+    serde_json::to_vec(conditions).expect("conditions serialise")
 }

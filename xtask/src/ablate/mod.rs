@@ -3,6 +3,7 @@
 mod cache;
 mod output;
 mod study;
+mod training;
 
 use std::path::PathBuf;
 
@@ -48,9 +49,31 @@ impl Budget {
             Budget::Full => "full",
         }
     }
+
+    /// The training recipe of the same name.
+    fn training(self) -> unetlab_train::Budget {
+        match self {
+            Budget::Smoke => unetlab_train::Budget::Smoke,
+            Budget::Quick => unetlab_train::Budget::Quick,
+            Budget::Full => unetlab_train::Budget::Full,
+        }
+    }
+
+    /// Training seeds: several only for `full`, where the spread is worth its time.
+    fn seeds(self) -> Vec<u64> {
+        match self {
+            Budget::Full => vec![0, 1, 2],
+            _ => vec![0],
+        }
+    }
 }
 
-/// Count, time (and, once training lands, train) every config; write results/<study>/.
+/// Count, time and train every config; write results/<study>/.
+///
+/// Each config's proxy is trained under the budget's recipe by `unetlab train` (one process per
+/// run, --jobs at a time) and scored (validation loss, FD, text alignment); a run that diverges
+/// is a failed row and the sweep goes on. Finished measurements and runs are cached in
+/// <out>/cache/, so an interrupted sweep resumes where it stopped.
 #[derive(clap::Args)]
 pub struct AblateArgs {
     /// Config files (e.g. configs/*.yaml), preset names, or study files (ablations/*.yaml).
@@ -67,9 +90,24 @@ pub struct AblateArgs {
     out: Option<PathBuf>,
     #[command(flatten)]
     run_on: DeviceArgs,
-    /// Measure again even what is cached.
+    /// Measure and train again even what is cached.
     #[arg(long)]
     force: bool,
+    /// Count and time only: no proxy training, no quality columns.
+    #[arg(long)]
+    no_train: bool,
+    /// Training runs at a time (default: cores / --train-threads).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// CPU threads per training run.
+    #[arg(long, default_value_t = 1)]
+    train_threads: usize,
+    /// Where training runs (checkpoints, logs; resumable) are kept (default: target/ablate-runs).
+    #[arg(long)]
+    runs: Option<PathBuf>,
+    /// Peak learning rate instead of the budget's (all runs).
+    #[arg(long)]
+    lr: Option<f64>,
 }
 
 /// Everything measured for one config.
@@ -77,6 +115,8 @@ pub struct Row {
     pub config: Config,
     pub cost: CostReport,
     pub bench: Result<BenchResult, String>,
+    /// The proxy's runs (one per seed), or why training failed; `None` with --no-train.
+    pub trained: Option<training::Trained>,
 }
 
 /// Runs `cargo xtask ablate`.
@@ -175,7 +215,42 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
             config,
             cost,
             bench,
+            trained: None,
         });
+    }
+
+    if !args.no_train {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = args.train_threads.max(1);
+        let plan_training = training::TrainPlan {
+            budget: args.budget.training(),
+            seeds: args.budget.seeds(),
+            jobs: args.jobs.unwrap_or((cores / threads).max(1)),
+            threads,
+            lr: args.lr,
+            runs: args
+                .runs
+                .clone()
+                .unwrap_or_else(|| crate::tools::target_dir(&workspace).join("ablate-runs")),
+            evaluator_cache: crate::tools::target_dir(&workspace).join("unetlab-cache"),
+            force: args.force,
+        };
+        let configs: Vec<(String, &Config)> = plan
+            .configs
+            .iter()
+            .cloned()
+            .zip(rows.iter().map(|r| &r.config))
+            .collect();
+        let trained = training::train_all(
+            &configs,
+            &plan_training,
+            &cache,
+            &out.join("samples"),
+            &workspace,
+        )?;
+        for (row, t) in rows.iter_mut().zip(trained) {
+            row.trained = Some(t);
+        }
     }
 
     output::write(

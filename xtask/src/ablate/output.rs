@@ -11,6 +11,8 @@ use unetlab_report::{
     write_tables, Measurement, ReportError, Series,
 };
 
+use unetlab_train::RunSummary;
+
 use super::{AblateArgs, Row};
 
 use polars::prelude::{Column, DataFrame};
@@ -160,8 +162,89 @@ fn measurements(rows: &[Row]) -> Vec<Measurement> {
                 );
             }
         }
+        for run in r.trained.iter().flatten().flatten() {
+            let tc = train_conditions(run);
+            push(
+                "proxy_validation_loss",
+                run.validation_loss,
+                "mse",
+                tc.clone(),
+            );
+            push("proxy_steps_per_s", run.steps_per_s, "step/s", tc.clone());
+            if let Some(m) = &run.metrics {
+                push("fd", m.quality.fd, "fd", tc.clone());
+                push("real_fd", m.real_fd, "fd", tc.clone());
+                push(
+                    "text_alignment",
+                    m.quality.text_alignment,
+                    "fraction",
+                    tc.clone(),
+                );
+                push(
+                    "attribute_alignment",
+                    m.quality.attribute_alignment,
+                    "fraction",
+                    tc.clone(),
+                );
+            }
+        }
     }
     out
+}
+
+/// Mean and sample standard deviation (0 for one value).
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// A quality number of a row's runs: (mean, sd) over seeds, if it trained and was scored.
+fn quality(row: &Row, f: &dyn Fn(&RunSummary) -> Option<f64>) -> Option<(f64, f64)> {
+    let runs = row.trained.as_ref()?.as_ref().ok()?;
+    let values: Option<Vec<f64>> = runs.iter().map(f).collect();
+    values.filter(|v| !v.is_empty()).map(|v| mean_sd(&v))
+}
+
+fn fd(s: &RunSummary) -> Option<f64> {
+    s.metrics.as_ref().map(|m| m.quality.fd)
+}
+
+fn text_alignment(s: &RunSummary) -> Option<f64> {
+    s.metrics.as_ref().map(|m| m.quality.text_alignment)
+}
+
+fn attribute_alignment(s: &RunSummary) -> Option<f64> {
+    s.metrics.as_ref().map(|m| m.quality.attribute_alignment)
+}
+
+fn validation_loss(s: &RunSummary) -> Option<f64> {
+    Some(s.validation_loss)
+}
+
+fn steps_per_s(s: &RunSummary) -> Option<f64> {
+    Some(s.steps_per_s)
+}
+
+/// The recipe and scoring behind the quality numbers, for the conditions column.
+fn train_conditions(s: &RunSummary) -> String {
+    let r = &s.recipe;
+    let mut text = format!(
+        "proxy {} steps x {} images, lr {}, seed {}",
+        r.steps, r.batch, r.optimizer.lr, r.seed
+    );
+    if let Some(m) = &s.metrics {
+        text.push_str(&format!(
+            "; {} validation captions, {} DDIM steps, cfg {}",
+            m.options.images, m.options.ddim_steps, m.options.cfg
+        ));
+    }
+    text
 }
 
 fn percent(new: f64, old: f64) -> String {
@@ -192,6 +275,21 @@ fn effect(row: &Row, by_name: &HashMap<&str, &Row>) -> String {
     if let (Ok(a), Ok(b)) = (&row.bench, &base.bench) {
         parts.push(format!("latency {}", percent(a.median_s, b.median_s)));
     }
+    if let (Some((a, _)), Some((b, _))) = (
+        quality(row, &validation_loss),
+        quality(base, &validation_loss),
+    ) {
+        parts.push(format!("val loss {}", percent(a, b)));
+    }
+    if let (Some((a, _)), Some((b, _))) = (quality(row, &fd), quality(base, &fd)) {
+        parts.push(format!("FD {b:.1} -> {a:.1}"));
+    }
+    if let (Some((a, _)), Some((b, _))) = (
+        quality(row, &text_alignment),
+        quality(base, &text_alignment),
+    ) {
+        parts.push(format!("text alignment {b:.3} -> {a:.3}"));
+    }
     format!("vs {}: {}", base.config.name, parts.join(", "))
 }
 
@@ -208,6 +306,17 @@ fn wide_table(rows: &[Row]) -> Result<DataFrame> {
         let values: Vec<Option<f64>> = rows.iter().map(|r| r.bench.as_ref().ok().map(f)).collect();
         Column::new(name.into(), values)
     };
+    let qual = |name: &str, f: &dyn Fn(&RunSummary) -> Option<f64>, sd: bool| {
+        let values: Vec<Option<f64>> = rows
+            .iter()
+            .map(|r| quality(r, f).map(|(m, s)| if sd { s } else { m }))
+            .collect();
+        Column::new(name.into(), values)
+    };
+    // Spread columns only when some config has several seeds.
+    let seeds = rows
+        .iter()
+        .any(|r| matches!(&r.trained, Some(Ok(runs)) if runs.len() > 1));
     let g = |x: u64| x as f64 / 1e9;
     Ok(DataFrame::new(
         rows.len(),
@@ -241,6 +350,11 @@ fn wide_table(rows: &[Row]) -> Result<DataFrame> {
             lat("p10 (s)", &|b| b.p10_s),
             lat("p90 (s)", &|b| b.p90_s),
             lat("GFLOP/s", &|b| b.achieved_gflops_per_s),
+            qual("proxy val loss", &validation_loss, false),
+            qual("FD", &fd, false),
+            qual("text alignment", &text_alignment, false),
+            qual("attribute alignment", &attribute_alignment, false),
+            qual("proxy steps/s", &steps_per_s, false),
             text("paper claim", &|r| {
                 r.config
                     .paper
@@ -248,11 +362,26 @@ fn wide_table(rows: &[Row]) -> Result<DataFrame> {
                     .map(|p| p.claim.clone())
                     .unwrap_or_default()
             }),
-            text("measured effect", &|r| match &r.bench {
-                Err(e) => format!("FAILED: {e}"),
-                Ok(_) => effect(r, &by_name),
+            text("measured effect", &|r| match (&r.bench, &r.trained) {
+                (Err(e), _) => format!("FAILED: {e}"),
+                (_, Some(Err(e))) => format!("training FAILED: {e}"),
+                _ => effect(r, &by_name),
             }),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            seeds
+                .then(|| {
+                    [
+                        qual("proxy val loss sd", &validation_loss, true),
+                        qual("FD sd", &fd, true),
+                        qual("text alignment sd", &text_alignment, true),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
+        .collect(),
     )?)
 }
 
@@ -306,6 +435,23 @@ fn plots(out: &Path, rows: &[Row]) -> Result<()> {
             },
         ],
     )?;
+
+    let scored = pareto_points(rows);
+    if !scored.is_empty() {
+        scatter(
+            &out.join("pareto"),
+            "Compute vs quality: full-size GFLOPs against the proxy's FD (lower-left is better)",
+            "GFLOPs per UNet evaluation (full size)",
+            "FD of the trained proxy (evaluator features)",
+            &scored
+                .iter()
+                .map(|(name, x, y, front)| {
+                    let mark = if *front { " *" } else { "" };
+                    (format!("{name}{mark}"), *x, *y)
+                })
+                .collect::<Vec<_>>(),
+        )?;
+    }
 
     let timed: Vec<(&Row, &unetlab_bench::BenchResult)> = rows
         .iter()
@@ -371,6 +517,26 @@ fn plots(out: &Path, rows: &[Row]) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// (config, full-size GFLOPs, mean FD, on the Pareto front) for every scored config: on the
+/// front when no other config has at most its GFLOPs and its FD, and less of one.
+fn pareto_points(rows: &[Row]) -> Vec<(String, f64, f64, bool)> {
+    let points: Vec<(String, f64, f64)> = rows
+        .iter()
+        .filter_map(|r| {
+            quality(r, &fd).map(|(m, _)| (r.config.name.clone(), r.cost.flops() as f64 / 1e9, m))
+        })
+        .collect();
+    points
+        .iter()
+        .map(|(name, x, y)| {
+            let dominated = points
+                .iter()
+                .any(|(_, a, b)| a <= x && b <= y && (a < x || b < y));
+            (name.clone(), *x, *y, !dominated)
+        })
+        .collect()
 }
 
 /// Per-block medians summed by level ("down level 0" is the outermost), execution order.
@@ -476,12 +642,64 @@ fn readme(
             }
         }
     }
+    s.push_str(&quality_section(rows));
     s.push_str(
         "\n## Files\n\n- `table.{md,csv,parquet}`: one row per config.\n- `measurements.{md,csv,parquet}`: every number as \
          (config, hash, measurement, value, unit, conditions).\n- `params_gflops`, `macs_by_level`, `latency`, `latency_vs_gflops`, \
-         `per_block` (`.svg`, `.png`).\n- `run.json`: machine, commit, date, command.\n- `cache/`: one JSON per measured config and conditions; \
-         a re-run measures only what is missing.\n",
+         `per_block`, `pareto` (`.svg`, `.png`).\n- `run.json`: machine, commit, date, command.\n- `cache/`: one JSON per measured config and conditions; \
+         a re-run measures only what is missing; `train-*.json` are the training runs' `run.json`.\n",
     );
+    s
+}
+
+/// How the quality columns were made, their noise floor, and the Pareto front.
+fn quality_section(rows: &[Row]) -> String {
+    let runs: Vec<&RunSummary> = rows
+        .iter()
+        .flat_map(|r| r.trained.iter().flatten().flatten())
+        .collect();
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
+    let mut s = format!(
+        "\n## Quality (proxy training)\n\nEach config's proxy (same structure and design choices at a small width, 32x32 `shapes` \
+         images, see `unetlab_train::proxy`) was trained by `unetlab train` with one recipe: {}. Columns: `proxy val loss` \
+         (EMA weights, fixed validation images, timesteps and noise), `FD` (Fréchet distance of evaluator features, generated \
+         vs real, lower is better), `text alignment` (generated images whose every attribute the evaluator reads matches the \
+         caption) and `attribute alignment` (the fraction of stated attributes it finds). Means over {} seed(s).\n\n",
+        train_conditions(first),
+        rows.iter()
+            .filter_map(|r| r.trained.as_ref()?.as_ref().ok().map(Vec::len))
+            .max()
+            .unwrap_or(0),
+    );
+    if let Some(m) = &first.metrics {
+        s.push_str(&format!(
+            "Noise floor: real validation images against as many other real ones score FD {:.1}. The evaluator \
+             reads {:.1} % of attributes right on real validation images ({:.1} % of images entirely right), which bounds \
+             text alignment from above.\n\n",
+            m.real_fd,
+            100.0 * m.evaluator_accuracy.attribute,
+            100.0 * m.evaluator_accuracy.exact
+        ));
+    }
+    let front: Vec<String> = pareto_points(rows)
+        .into_iter()
+        .filter(|p| p.3)
+        .map(|p| format!("`{}`", p.0))
+        .collect();
+    if !front.is_empty() {
+        s.push_str(&format!(
+            "Pareto front of full-size GFLOPs against proxy FD (`pareto.svg`, marked *): {}.\n\n",
+            front.join(", ")
+        ));
+    }
+    for r in rows {
+        if let Some(Err(e)) = &r.trained {
+            s.push_str(&format!("- `{}`: training FAILED: {e}\n", r.config.name));
+        }
+    }
+    s.push_str("Sample grids (the first 32 scored captions, EMA weights, first seed): `samples/<config>.png`.\n");
     s
 }
 
