@@ -378,3 +378,43 @@ fn training_fills_the_quality_columns_and_a_diverging_run_is_a_failed_row() {
     assert_eq!(f64_at(&table, "FD", 0), None);
     assert_eq!(cached(failed.path()), 0);
 }
+
+#[test]
+fn several_seeds_report_mean_and_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    run(&[
+        "configs/fixtures/tiny-sd.yaml",
+        "--budget",
+        "smoke",
+        "--seeds",
+        "2",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--runs",
+        runs.path().to_str().unwrap(),
+    ]);
+    // The two runs' own run.json (cached), read independently of the table.
+    let fds: Vec<f64> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("train-")
+        })
+        .map(|p| {
+            let run: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+            run["metrics"]["quality"]["fd"].as_f64().unwrap()
+        })
+        .collect();
+    assert_eq!(fds.len(), 2);
+    assert_ne!(fds[0], fds[1], "different seeds give different runs");
+    let mean = (fds[0] + fds[1]) / 2.0;
+    let sd = (fds[0] - fds[1]).abs() / 2f64.sqrt();
+    let table = read_csv(&dir.path().join("table.csv")).unwrap();
+    assert!((f64_at(&table, "FD", 0).unwrap() - mean).abs() < 1e-6 * mean);
+    assert!((f64_at(&table, "FD sd", 0).unwrap() - sd).abs() < 1e-6 * mean.max(1.0));
+}

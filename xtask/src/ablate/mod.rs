@@ -60,10 +60,10 @@ impl Budget {
     }
 
     /// Training seeds: several only for `full`, where the spread is worth its time.
-    fn seeds(self) -> Vec<u64> {
+    fn seeds(self) -> u64 {
         match self {
-            Budget::Full => vec![0, 1, 2],
-            _ => vec![0],
+            Budget::Full => 3,
+            _ => 1,
         }
     }
 }
@@ -96,6 +96,10 @@ pub struct AblateArgs {
     /// Count and time only: no proxy training, no quality columns.
     #[arg(long)]
     no_train: bool,
+    /// Training seeds per config, 0..N (default: 3 for `full`, else 1); tables show the mean and,
+    /// with several seeds, the standard deviation.
+    #[arg(long)]
+    seeds: Option<u64>,
     /// Training runs at a time (default: cores / --train-threads).
     #[arg(long)]
     jobs: Option<usize>,
@@ -224,7 +228,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         let threads = args.train_threads.max(1);
         let plan_training = training::TrainPlan {
             budget: args.budget.training(),
-            seeds: args.budget.seeds(),
+            seeds: (0..args.seeds.unwrap_or(args.budget.seeds()).max(1)).collect(),
             jobs: args.jobs.unwrap_or((cores / threads).max(1)),
             threads,
             lr: args.lr,
