@@ -223,6 +223,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         });
     }
 
+    let mut parallelism = None;
     if !args.no_train {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = args.train_threads.max(1);
@@ -255,6 +256,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         for (row, t) in rows.iter_mut().zip(trained) {
             row.trained = Some(t);
         }
+        parallelism = Some((plan_training.jobs, plan_training.threads));
     }
 
     output::write(
@@ -262,7 +264,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         (&study, description.as_deref()),
         &rows,
         &plan.tables,
-        args,
+        (args, parallelism),
         &machine,
         (&commit, &started),
     )?;

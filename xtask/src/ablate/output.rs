@@ -23,7 +23,7 @@ pub fn write(
     (study, description): (&str, Option<&str>),
     rows: &[Row],
     tables: &[(String, Vec<String>)],
-    args: &AblateArgs,
+    (args, parallelism): (&AblateArgs, Option<(usize, usize)>),
     machine: &Machine,
     (commit, started_utc): (&str, &str),
 ) -> Result<()> {
@@ -42,6 +42,7 @@ pub fn write(
         "machine": machine,
         "device": args.run_on.device,
         "dtype": args.run_on.dtype,
+        "training": parallelism.map(|(jobs, threads)| json!({"runs_at_a_time": jobs, "threads_per_run": threads})),
         "configs": rows.iter().map(|r| json!({"name": r.config.name, "origin": r.config.origin, "hash": r.config.hash()})).collect::<Vec<_>>(),
     });
     write_text(&out.join("run.json"), &serde_json::to_string_pretty(&run)?)?;
@@ -53,6 +54,7 @@ pub fn write(
             tables,
             &run,
             &to_markdown(&wide),
+            parallelism,
         ),
     )?;
     Ok(())
@@ -612,6 +614,7 @@ fn readme(
     tables: &[(String, Vec<String>)],
     run: &serde_json::Value,
     table_md: &str,
+    parallelism: Option<(usize, usize)>,
 ) -> String {
     let mut s = format!(
         "# Study `{study}`\n\n{}Produced by `{}` on {} (commit {}, {} UTC, budget `{}`). Nothing here is edited by hand.\n\n\
@@ -642,7 +645,7 @@ fn readme(
             }
         }
     }
-    s.push_str(&quality_section(rows));
+    s.push_str(&quality_section(rows, parallelism));
     s.push_str(
         "\n## Files\n\n- `table.{md,csv,parquet}`: one row per config.\n- `measurements.{md,csv,parquet}`: every number as \
          (config, hash, measurement, value, unit, conditions).\n- `params_gflops`, `macs_by_level`, `latency`, `latency_vs_gflops`, \
@@ -653,7 +656,7 @@ fn readme(
 }
 
 /// How the quality columns were made, their noise floor, and the Pareto front.
-fn quality_section(rows: &[Row]) -> String {
+fn quality_section(rows: &[Row], parallelism: Option<(usize, usize)>) -> String {
     let runs: Vec<&RunSummary> = rows
         .iter()
         .flat_map(|r| r.trained.iter().flatten().flatten())
@@ -666,12 +669,16 @@ fn quality_section(rows: &[Row]) -> String {
          images, see `unetlab_train::proxy`) was trained by `unetlab train` with one recipe: {}. Columns: `proxy val loss` \
          (EMA weights, fixed validation images, timesteps and noise), `FD` (Fréchet distance of evaluator features, generated \
          vs real, lower is better), `text alignment` (generated images whose every attribute the evaluator reads matches the \
-         caption) and `attribute alignment` (the fraction of stated attributes it finds). Means over {} seed(s).\n\n",
+         caption) and `attribute alignment` (the fraction of stated attributes it finds). Means over {} seed(s). \
+         `proxy steps/s` is training throughput with {}.\n\n",
         train_conditions(first),
         rows.iter()
             .filter_map(|r| r.trained.as_ref()?.as_ref().ok().map(Vec::len))
             .max()
             .unwrap_or(0),
+        parallelism.map_or("the runs cached from an earlier sweep".into(), |(jobs, threads)| {
+            format!("{jobs} run(s) at a time, {threads} thread(s) each")
+        }),
     );
     if let Some(m) = &first.metrics {
         s.push_str(&format!(
