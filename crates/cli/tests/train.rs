@@ -4,10 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::unetlab;
+use common::{unetlab, unetlab_command};
 
 const CONFIG: &str = "configs/fixtures/tiny-sd.yaml";
 
@@ -69,9 +69,8 @@ fn a_killed_run_resumes_to_the_same_bits() {
     assert!(o.status.success(), "{}", stderr(&o));
 
     // The same run, killed with SIGKILL after its second checkpoint, then started again.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_unetlab"))
+    let mut child = unetlab_command()
         .args(train_args(b_s, steps))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -103,6 +102,7 @@ fn a_killed_run_resumes_to_the_same_bits() {
         "loss.csv",
         "validation.csv",
         "tokenizer.json",
+        "samples.png",
     ] {
         assert!(
             std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(),
@@ -130,6 +130,16 @@ fn fine_tuning_and_sampling_from_a_run() {
         .map(|c| c.as_str())
         .collect();
     assert_eq!(columns, ["step", "loss", "lr", "grad_norm"]);
+
+    // A shapes run is scored when it finishes: metrics in run.json, the samples beside them.
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("run.json")).unwrap()).unwrap();
+    let metrics = &run["metrics"];
+    assert!(metrics["quality"]["fd"].as_f64().unwrap() > 0.0, "{run}");
+    let alignment = metrics["quality"]["text_alignment"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&alignment));
+    assert!(metrics["real_fd"].as_f64().unwrap() < metrics["quality"]["fd"].as_f64().unwrap());
+    assert!(std::fs::metadata(base.join("samples.png")).unwrap().len() > 500);
 
     // ReLU attention fine-tuned from the softmax run: every parameter is copied by name.
     let relu = tmp.path().join("relu.yaml");

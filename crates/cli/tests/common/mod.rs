@@ -2,11 +2,20 @@
 
 use std::process::{Command, Output};
 
-/// Runs `unetlab` with `args` in the workspace root.
+/// The `unetlab` binary, run in the workspace root, with its evaluator cache in cargo's
+/// scratch directory for tests (not the user's ~/.cache).
+#[allow(dead_code)] // not every test binary spawns it itself
+pub fn unetlab_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_unetlab"));
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .env("UNETLAB_CACHE", env!("CARGO_TARGET_TMPDIR"));
+    cmd
+}
+
+/// Runs `unetlab` with `args` (see [`unetlab_command`]).
 pub fn unetlab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unetlab"))
+    unetlab_command()
         .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .output()
         .expect("runs the unetlab binary")
 }
