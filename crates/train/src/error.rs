@@ -29,6 +29,9 @@ pub enum TrainError {
         /// The run directory.
         run: PathBuf,
     },
+    /// A run cannot be scored as asked.
+    #[error("metrics: {0}")]
+    Metrics(String),
     /// A run directory holds a different run.
     #[error("{run}: {message}")]
     Run {

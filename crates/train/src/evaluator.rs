@@ -15,6 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use unetlab_data::shapes::{Colour, Relation, Scene, Shape, Shapes, Size};
+use unetlab_data::Example;
 use unetlab_model::{standard_normal, write_safetensors};
 
 use crate::error::TrainError;
@@ -114,6 +115,16 @@ impl Attributes {
                 None
             },
         }
+    }
+
+    /// The attributes of a `shapes` example's scene (every `shapes` example has one).
+    pub fn of_example(example: &Example) -> Attributes {
+        Attributes::of(
+            example
+                .scene
+                .as_ref()
+                .expect("shapes examples carry their scene"),
+        )
     }
 
     /// `(matching attributes, attributes stated by self)`: count, relation and each object's
@@ -247,10 +258,7 @@ impl Evaluator {
             let examples: Vec<_> = (first..first + recipe.batch as u64)
                 .map(|i| shapes.train(i))
                 .collect();
-            let images = image_batch(
-                examples.iter().map(|e| e.image.as_slice()),
-                recipe.image_size,
-            )?;
+            let images = image_batch(&examples, recipe.image_size)?;
             let count = images.elem_count();
             let noise =
                 Tensor::from_vec(standard_normal(&mut rng, count), images.shape(), &device)?;
@@ -295,27 +303,44 @@ impl Evaluator {
     /// Accuracy on the first `n` validation images of `shapes` (never seen in training: the
     /// validation split has its own seed).
     pub fn accuracy(&self, n: usize) -> Result<Accuracy, TrainError> {
-        let shapes = Shapes::new(self.recipe.image_size, self.recipe.seed);
-        let examples: Vec<_> = (0..n as u64).map(|i| shapes.validation(i)).collect();
-        let images = image_batch(
-            examples.iter().map(|e| e.image.as_slice()),
-            self.recipe.image_size,
-        )?;
+        let (examples, images) = validation_batch(self.recipe.image_size, 0..n as u64)?;
         let (_, predicted) = self.read(&images)?;
-        let (mut hits, mut total, mut exact) = (0, 0, 0);
-        for (example, p) in examples.iter().zip(&predicted) {
-            let truth = Attributes::of(example.scene.as_ref().expect("shapes images have scenes"));
-            let (h, t) = truth.agreement(p);
-            hits += h;
-            total += t;
-            exact += usize::from(h == t);
-        }
+        let truth: Vec<Attributes> = examples.iter().map(Attributes::of_example).collect();
+        let (attribute, exact) = agreement_rates(&truth, &predicted);
         Ok(Accuracy {
-            attribute: hits as f64 / total.max(1) as f64,
-            exact: exact as f64 / n.max(1) as f64,
+            attribute,
+            exact,
             images: n,
         })
     }
+}
+
+/// `(fraction of stated attributes found, fraction of images with every attribute right)` of
+/// `predicted` against `truth`, pairwise (see [`Attributes::agreement`]).
+pub fn agreement_rates(truth: &[Attributes], predicted: &[Attributes]) -> (f64, f64) {
+    let (mut hits, mut total, mut exact) = (0, 0, 0);
+    for (t, p) in truth.iter().zip(predicted) {
+        let (h, n) = t.agreement(p);
+        hits += h;
+        total += n;
+        exact += usize::from(h == n);
+    }
+    (
+        hits as f64 / total.max(1) as f64,
+        exact as f64 / predicted.len().max(1) as f64,
+    )
+}
+
+/// Validation examples `range` of `shapes` at `size` (the split does not depend on the training
+/// seed), with their images as one batch `[N, 3, S, S]`.
+pub fn validation_batch(
+    size: usize,
+    range: std::ops::Range<u64>,
+) -> Result<(Vec<Example>, Tensor), TrainError> {
+    let shapes = Shapes::new(size, 0);
+    let examples: Vec<Example> = range.map(|i| shapes.validation(i)).collect();
+    let images = image_batch(&examples, size)?;
+    Ok((examples, images))
 }
 
 /// The default evaluator cache: `$UNETLAB_CACHE`, else `$XDG_CACHE_HOME/unetlab`, else
@@ -332,14 +357,17 @@ pub fn default_cache_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".unetlab-cache"))
 }
 
-/// A batch `[N, 3, S, S]` from CHW images.
-pub fn image_batch<'a>(
-    images: impl Iterator<Item = &'a [f32]>,
-    size: usize,
-) -> Result<Tensor, TrainError> {
-    let data: Vec<f32> = images.flat_map(|i| i.iter().copied()).collect();
-    let n = data.len() / (3 * size * size);
-    Ok(Tensor::from_vec(data, (n, 3, size, size), &Device::Cpu)?)
+/// The examples' CHW images as one batch `[N, 3, S, S]`.
+fn image_batch(examples: &[Example], size: usize) -> Result<Tensor, TrainError> {
+    let data: Vec<f32> = examples
+        .iter()
+        .flat_map(|e| e.image.iter().copied())
+        .collect();
+    Ok(Tensor::from_vec(
+        data,
+        (examples.len(), 3, size, size),
+        &Device::Cpu,
+    )?)
 }
 
 fn parameter_shapes() -> Vec<(String, Vec<usize>)> {

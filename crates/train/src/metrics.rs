@@ -5,10 +5,9 @@
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use unetlab_data::shapes::Shapes;
 
 use crate::error::TrainError;
-use crate::evaluator::{image_batch, Attributes, Evaluator, FEATURES};
+use crate::evaluator::{agreement_rates, validation_batch, Attributes, Evaluator, FEATURES};
 use crate::frechet::{frechet_distance, Gaussian};
 use crate::model::ProxyModel;
 use crate::recipe::Budget;
@@ -72,18 +71,19 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// The first `n` validation examples of `shapes` at `image_size`.
+    /// The first `n` validation examples of `shapes` at `image_size` (at least 2: a covariance
+    /// needs two samples).
     pub fn new(evaluator: &Evaluator, n: usize, image_size: usize) -> Result<Self, TrainError> {
-        let shapes = Shapes::new(image_size, 0);
-        let examples: Vec<_> = (0..n as u64).map(|i| shapes.validation(i)).collect();
-        let images = image_batch(examples.iter().map(|e| e.image.as_slice()), image_size)?;
+        if n < 2 {
+            return Err(TrainError::Metrics(format!(
+                "scoring needs at least 2 images, not {n}"
+            )));
+        }
+        let (examples, images) = validation_batch(image_size, 0..n as u64)?;
         let (features, _) = evaluator.read(&images)?;
         Ok(Reference {
             captions: examples.iter().map(|e| e.caption.clone()).collect(),
-            attributes: examples
-                .iter()
-                .map(|e| Attributes::of(e.scene.as_ref().expect("shapes images have scenes")))
-                .collect(),
+            attributes: examples.iter().map(Attributes::of_example).collect(),
             real: fit(&features)?,
         })
     }
@@ -91,29 +91,19 @@ impl Reference {
     /// FD between the reference images and the next as many real validation images: what a
     /// perfect generator would score with this many samples.
     pub fn real_floor(&self, evaluator: &Evaluator, image_size: usize) -> Result<f64, TrainError> {
-        let n = self.captions.len();
-        let shapes = Shapes::new(image_size, 0);
-        let others: Vec<_> = (n as u64..2 * n as u64)
-            .map(|i| shapes.validation(i))
-            .collect();
-        let images = image_batch(others.iter().map(|e| e.image.as_slice()), image_size)?;
+        let n = self.captions.len() as u64;
+        let (_, images) = validation_batch(image_size, n..2 * n)?;
         Ok(self.score(evaluator, &images)?.fd)
     }
 
     /// Scores images generated for [`Reference::captions`], in that order.
     pub fn score(&self, evaluator: &Evaluator, generated: &Tensor) -> Result<Quality, TrainError> {
         let (features, predicted) = evaluator.read(generated)?;
-        let (mut exact, mut hits, mut total) = (0usize, 0usize, 0usize);
-        for (truth, p) in self.attributes.iter().zip(&predicted) {
-            let (h, t) = truth.agreement(p);
-            exact += usize::from(h == t);
-            hits += h;
-            total += t;
-        }
+        let (attribute_alignment, text_alignment) = agreement_rates(&self.attributes, &predicted);
         Ok(Quality {
             fd: frechet_distance(&self.real, &fit(&features)?),
-            text_alignment: exact as f64 / predicted.len().max(1) as f64,
-            attribute_alignment: hits as f64 / total.max(1) as f64,
+            text_alignment,
+            attribute_alignment,
         })
     }
 }

@@ -148,18 +148,21 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    #[test]
-    fn adamw_matches_the_closed_form_first_step() {
-        // Step 1: m̂ = g, v̂ = g², so the update is lr · g / (|g| + eps) plus decay.
-        let w = Var::from_vec(vec![1.0f32, -2.0], 2, &Device::Cpu).unwrap();
-        let config = AdamWConfig {
+    fn test_config() -> AdamWConfig {
+        AdamWConfig {
             lr: 0.1,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.01,
-        };
-        let mut opt = AdamW::new(config, [("w", &w)].into_iter()).unwrap();
+        }
+    }
+
+    #[test]
+    fn adamw_matches_the_closed_form_first_step() {
+        // Step 1: m̂ = g, v̂ = g², so the update is lr · g / (|g| + eps) plus decay.
+        let w = Var::from_vec(vec![1.0f32, -2.0], 2, &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(test_config(), [("w", &w)].into_iter()).unwrap();
         let g = Tensor::new(&[0.5f32, -4.0], &Device::Cpu).unwrap();
         let grads = BTreeMap::from([("w".to_string(), g)]);
         opt.update([("w", &w)].into_iter(), &grads, 0.1).unwrap();
@@ -190,14 +193,7 @@ mod tests {
         let vars = [("w", &w)];
         let (grads, _) = collect_grads(&grads, vars.iter().copied()).unwrap();
         assert!(!grads["w"].track_op());
-        let config = AdamWConfig {
-            lr: 0.1,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        };
-        let mut adam = AdamW::new(config, vars.iter().copied()).unwrap();
+        let mut adam = AdamW::new(test_config(), vars.iter().copied()).unwrap();
         adam.update(vars.iter().copied(), &grads, 0.1).unwrap();
         assert!(!adam.m["w"].track_op() && !adam.v["w"].track_op());
         let mut ema = BTreeMap::new();

@@ -264,15 +264,18 @@ pub fn train(
 
     let schedule = NoiseSchedule::default();
     let validation = data.validation(recipe.val_examples);
-    let initial_validation_loss = if start == 0 {
-        let v = validation_loss(
-            &model,
+    let validate = |m: &ProxyModel| {
+        validation_loss(
+            m,
             &tokenizer,
             &validation,
             &schedule,
             recipe.prediction,
             recipe.batch,
-        )?;
+        )
+    };
+    let initial_validation_loss = if start == 0 {
+        let v = validate(&model)?;
         val_log.line(&format!("0,{v}"))?;
         Some(v)
     } else {
@@ -356,14 +359,7 @@ pub fn train(
         let last = done == recipe.steps;
         if done % recipe.val_every == 0 || last {
             let ema_model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ema)?;
-            validation_loss_now = validation_loss(
-                &ema_model,
-                &tokenizer,
-                &validation,
-                &schedule,
-                recipe.prediction,
-                recipe.batch,
-            )?;
+            validation_loss_now = validate(&ema_model)?;
             val_log.line(&format!("{done},{validation_loss_now}"))?;
             progress(Progress::Validation {
                 done,
@@ -486,8 +482,8 @@ fn score(
     })
 }
 
-/// The mean squared error between the noise and the model's prediction of it, for `examples`
-/// noised at `timesteps` with noise drawn from `rng`.
+/// The mean squared error between the model's output and its target (the noise, or v; see
+/// [`Prediction`]), for `examples` noised at `timesteps` with noise drawn from `rng`.
 #[allow(clippy::too_many_arguments)]
 fn denoising_loss(
     model: &ProxyModel,

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use unetlab_model::standard_normal;
-use unetlab_train::evaluator::{image_batch, Evaluator, EvaluatorRecipe};
+use unetlab_train::evaluator::{validation_batch, Evaluator, EvaluatorRecipe};
 use unetlab_train::metrics::Reference;
 
 #[test]
@@ -32,11 +32,7 @@ fn evaluator_reads_attributes_and_fd_separates_real_from_noise() {
     // FD: real validation images 0..n against held-out real images n..2n and against noise.
     let n = 256;
     let reference = Reference::new(&evaluator, n, 32).unwrap();
-    let shapes = unetlab_data::shapes::Shapes::new(32, 0);
-    let held_out: Vec<_> = (n as u64..2 * n as u64)
-        .map(|i| shapes.validation(i))
-        .collect();
-    let held_out = image_batch(held_out.iter().map(|e| e.image.as_slice()), 32).unwrap();
+    let (_, held_out) = validation_batch(32, n as u64..2 * n as u64).unwrap();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
     let noise = standard_normal(&mut rng, n * 3 * 32 * 32);
     let noise = (Tensor::from_vec(noise, (n, 3, 32, 32), &Device::Cpu).unwrap() * 0.5)
@@ -49,13 +45,13 @@ fn evaluator_reads_attributes_and_fd_separates_real_from_noise() {
     assert!(real.fd * 10.0 < fake.fd, "{real:?} vs {fake:?}");
     // Held-out images have other captions, so they align with the reference captions no better
     // than chance; the reference's own images align as well as the evaluator is accurate.
-    let own = unetlab_data::shapes::Shapes::new(32, 0);
-    let own: Vec<_> = (0..n as u64).map(|i| own.validation(i)).collect();
-    let own = image_batch(own.iter().map(|e| e.image.as_slice()), 32).unwrap();
+    let (_, own) = validation_batch(32, 0..n as u64).unwrap();
     let matched = reference.score(&evaluator, &own).unwrap();
     assert!(matched.fd < 1e-6, "identical sets: {matched:?}");
     assert!(matched.text_alignment > 0.8, "{matched:?}");
     assert!(real.text_alignment < 0.05, "{real:?}");
+    // A covariance needs two samples: one image is an error, not a panic.
+    assert!(Reference::new(&evaluator, 1, 32).is_err());
 }
 
 #[test]

@@ -54,6 +54,8 @@ struct TrainConditions<'a> {
 
 struct Job {
     config: usize,
+    /// Position of `seed` in the plan's seeds (the first seed's samples are kept).
+    seed_index: usize,
     seed: u64,
     reference: String,
     name: String,
@@ -98,19 +100,20 @@ pub fn train_all(
     let mut jobs = Vec::new();
     for (c, (reference, config)) in configs.iter().enumerate() {
         for (s, &seed) in plan.seeds.iter().enumerate() {
-            let hash = config.hash();
+            let (hash, key) = (config.hash(), conditions_for(seed));
             let cached = cache
-                .get_json::<RunSummary>("train", &hash, &conditions_for(seed))
+                .get_json::<RunSummary>("train", &hash, &key)
                 .filter(|_| !plan.force);
             match cached {
                 Some(summary) => results[c][s] = Some(Ok(summary)),
                 None => jobs.push(Job {
                     config: c,
+                    seed_index: s,
                     seed,
                     reference: reference.clone(),
                     name: config.name.clone(),
                     hash,
-                    key: conditions_for(seed),
+                    key,
                     cost: proxy_macs(config, &recipe),
                 }),
             }
@@ -144,7 +147,16 @@ pub fn train_all(
                     };
                     let outcome = run_job(&unetlab, &job, plan, &overall);
                     if let Ok(summary) = &outcome {
-                        if let Err(e) = cache.put_json("train", &job.hash, &job.key, summary) {
+                        // Samples first: a run is cached only once its grid is in place (a
+                        // cached run is never copied again).
+                        let kept = if job.seed_index == 0 {
+                            copy_samples(plan, summary, &job, samples)
+                        } else {
+                            Ok(())
+                        };
+                        let cached = kept
+                            .and_then(|_| cache.put_json("train", &job.hash, &job.key, summary));
+                        if let Err(e) = cached {
                             overall.suspend(|| eprintln!("warning: {e:#}"));
                         }
                     }
@@ -155,17 +167,7 @@ pub fn train_all(
         });
         overall.finish_and_clear();
         for (job, outcome) in done.into_inner().expect("results") {
-            let s = plan
-                .seeds
-                .iter()
-                .position(|&x| x == job.seed)
-                .expect("a seed");
-            if s == 0 {
-                if let Ok(summary) = &outcome {
-                    copy_samples(plan, summary, &job, samples);
-                }
-            }
-            results[job.config][s] = Some(outcome);
+            results[job.config][job.seed_index] = Some(outcome);
         }
     }
     Ok(results
@@ -252,13 +254,19 @@ fn run_job(
     Ok(summary)
 }
 
-fn copy_samples(plan: &TrainPlan, summary: &RunSummary, job: &Job, samples: &Path) {
-    let from = run_dir(plan, job).join("samples.png");
-    if summary.metrics.is_some() {
-        if let Err(e) = std::fs::copy(&from, samples.join(format!("{}.png", job.name))) {
-            eprintln!("warning: {}: {e}", from.display());
-        }
+/// Copies a scored run's sample grid to `samples/<name>.png`, atomically.
+fn copy_samples(plan: &TrainPlan, summary: &RunSummary, job: &Job, samples: &Path) -> Result<()> {
+    if summary.metrics.is_none() {
+        return Ok(());
     }
+    let from = run_dir(plan, job).join("samples.png");
+    let to = samples.join(format!("{}.png", job.name));
+    unetlab_files::write_via_temp(
+        &to,
+        |tmp| std::fs::copy(&from, tmp).map(drop),
+        std::convert::identity,
+    )
+    .with_context(|| format!("copying {} to {}", from.display(), to.display()))
 }
 
 fn proxy_macs(config: &Config, recipe: &Recipe) -> u64 {
