@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use unetlab_bench::Machine;
 
-use crate::provenance::{commit, now_utc};
+use unetlab_provenance::{now_utc, Build, Code};
 
 const COMMAND: &str = "cargo xtask onnx-check --full";
 
@@ -41,7 +41,9 @@ pub fn write(root: &Path, bundles: &[PathBuf], ort_json: &Path) -> Result<()> {
     }
     let record = json!({
         "command": COMMAND,
-        "commit": commit(),
+        "commit": Build::current().commit,
+        "build": Build::current(),
+        "latency_code": Code::Latency.identity(),
         "date": now_utc(),
         "machine": machine,
         "bundles": rows,
@@ -67,10 +69,10 @@ fn readme(r: &Value) -> String {
     let _ = writeln!(s, "# Full-size MobileDiffusion export\n");
     let _ = writeln!(
         s,
-        "Produced by `{COMMAND}` at commit `{}` on {} ({} CPUs), {}. Random weights (seed 0): \
+        "Produced by `{COMMAND}`, build `{}`, on {} ({} CPUs), {}. Random weights (seed 0): \
          sizes and latencies do not depend on their values. Numbers are medians of 5 runs at batch 1, \
          64×64 latent, 77 tokens, after one warm-up; both runtimes use every CPU of the machine.\n",
-        r["commit"].as_str().unwrap_or("?"),
+        Build::current().label(),
         m["cpu_model"].as_str().unwrap_or("?"),
         m["cpus"],
         r["date"].as_str().unwrap_or("?"),

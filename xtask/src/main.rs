@@ -4,7 +4,6 @@ mod ablate;
 mod docs;
 mod export_results;
 mod onnx_check;
-mod provenance;
 mod setup;
 mod tools;
 

@@ -288,6 +288,54 @@ fn an_interrupted_run_resumes_to_the_same_table() {
         "no lost or duplicated measurement rows"
     );
 
+    // Provenance survives the kill: the rows measured before it keep their build and time and
+    // say they came from the cache; the rest were measured by this build on the resume.
+    let label = unetlab_provenance::Build::current().label();
+    let kept_rows: Vec<(String, String)> = kept_bytes
+        .iter()
+        .map(|bytes| {
+            let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            let p = &v["provenance"];
+            assert_eq!(p["code"], unetlab_provenance::Code::Latency.identity());
+            (
+                v["config"].as_str().unwrap().to_string(),
+                p["measured_utc"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for row in 0..b.height() {
+        let name = str_at(&b, "config", row);
+        let by = str_at(&b, "latency measured by", row);
+        assert!(by.starts_with(&format!("{label} ")), "{by}");
+        match kept_rows.iter().find(|(n, _)| *n == name) {
+            Some((_, when)) => assert_eq!(by, format!("{label} {when} (cache)")),
+            None => assert!(!by.ends_with("(cache)"), "{name}: {by}"),
+        }
+    }
+    let sources = read_csv(&resumed.path().join("measurements.csv")).unwrap();
+    let latency_sources: Vec<String> = (0..sources.height())
+        .filter(|&i| str_at(&sources, "measurement", i) == "latency_median")
+        .map(|i| str_at(&sources, "source", i))
+        .collect();
+    assert_eq!(latency_sources.len(), configs.len());
+    assert_eq!(
+        latency_sources.iter().filter(|s| *s == "cache").count(),
+        kept.len()
+    );
+    let run_json = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("run.json")).unwrap()).unwrap()
+    };
+    let provenance = &run_json(resumed.path())["provenance"];
+    assert_eq!(provenance["mode"], "measured");
+    assert_eq!(provenance["rows_from_cache"], kept.len());
+    assert_eq!(provenance["mixed_builds"], false);
+    let readme = std::fs::read_to_string(resumed.path().join("README.md")).unwrap();
+    assert!(readme.contains(&format!(
+        "it measured {} of {} rows",
+        configs.len() - kept.len(),
+        configs.len()
+    )));
+
     let again = run(&args);
     assert_eq!(
         String::from_utf8_lossy(&again.stderr)
@@ -295,6 +343,22 @@ fn an_interrupted_run_resumes_to_the_same_table() {
             .count(),
         configs.len()
     );
+    // A run that measured nothing says it only re-rendered, and keeps every row's time.
+    assert_eq!(
+        run_json(resumed.path())["provenance"]["mode"],
+        "re-rendered"
+    );
+    let c = read_csv(&resumed.path().join("table.csv")).unwrap();
+    for row in 0..c.height() {
+        let (before, after) = (
+            str_at(&b, "latency measured by", row),
+            str_at(&c, "latency measured by", row),
+        );
+        assert_eq!(
+            after,
+            before.trim_end_matches(" (cache)").to_string() + " (cache)"
+        );
+    }
 }
 
 #[test]

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use unetlab_cost::{count, Conditions};
 use unetlab_graph::unet_forward;
 use unetlab_model::{example_inputs, CandleOps, ModelError, UnetModel};
+use unetlab_provenance::{Code, Provenance};
 use unetlab_spec::Config;
 
 pub use device_args::DeviceArgs;
@@ -99,6 +100,8 @@ pub struct BenchResult {
     pub per_block: Vec<BlockTime>,
     /// The machine.
     pub machine: Machine,
+    /// The build that measured it, and when.
+    pub provenance: Provenance,
 }
 
 /// Where a benchmark is.
@@ -234,6 +237,7 @@ pub fn bench(
         peak_rss_bytes: peak_rss_bytes(),
         per_block,
         machine: Machine::current(),
+        provenance: Provenance::now(Code::Latency),
     })
 }
 

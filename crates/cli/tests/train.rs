@@ -109,6 +109,19 @@ fn a_killed_run_resumes_to_the_same_bits() {
             "{file} differs between the uninterrupted and the resumed run"
         );
     }
+    // Its run.json names the build that finished it: this tree's, with this tree's trainer.
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("run.json")).unwrap()).unwrap();
+    let provenance = &run["provenance"];
+    assert_eq!(
+        provenance["code"],
+        unetlab_provenance::Code::Training.identity()
+    );
+    assert_eq!(
+        provenance["build"]["commit"],
+        unetlab_provenance::Build::current().commit
+    );
+    assert_eq!(run["resumed_from"], 16);
 }
 
 #[test]

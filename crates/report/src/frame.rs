@@ -22,9 +22,17 @@ pub struct Measurement {
     pub unit: String,
     /// Conditions (`latent 64, batch 1, 77 tokens, f32, cpu, 2 threads`).
     pub conditions: String,
+    /// The build that produced the value (`5b3bc3b`, `5b3bc3b+dirty`).
+    pub build: String,
+    /// When it was produced, `YYYY-MM-DDTHH:MM:SSZ`.
+    pub measured_utc: String,
+    /// `computed` (by the run that wrote the table), `measured` (likewise) or `cache` (measured
+    /// by an earlier run).
+    pub source: String,
 }
 
-/// The long-format frame: columns config, hash, measurement, value, unit, conditions.
+/// The long-format frame: columns config, hash, measurement, value, unit, conditions, build,
+/// measured_utc, source.
 pub fn measurements_frame(rows: &[Measurement]) -> Result<DataFrame, ReportError> {
     let text = |name: &str, f: fn(&Measurement) -> &str| {
         Column::new(name.into(), rows.iter().map(f).collect::<Vec<&str>>())
@@ -41,6 +49,9 @@ pub fn measurements_frame(rows: &[Measurement]) -> Result<DataFrame, ReportError
             ),
             text("unit", |m| &m.unit),
             text("conditions", |m| &m.conditions),
+            text("build", |m| &m.build),
+            text("measured_utc", |m| &m.measured_utc),
+            text("source", |m| &m.source),
         ],
     )?)
 }
@@ -153,6 +164,9 @@ mod tests {
                 value: 859_520_964.0,
                 unit: "count".into(),
                 conditions: "batch 1".into(),
+                build: "5b3bc3b".into(),
+                measured_utc: "2026-11-30T10:00:00Z".into(),
+                source: "computed".into(),
             },
             Measurement {
                 config: "b|c".into(),
@@ -161,6 +175,9 @@ mod tests {
                 value: 0.0123,
                 unit: "s".into(),
                 conditions: "latent 64".into(),
+                build: "c577106+dirty".into(),
+                measured_utc: "2026-11-26T03:11:51Z".into(),
+                source: "cache".into(),
             },
         ]
     }
@@ -182,6 +199,14 @@ mod tests {
             assert_eq!(
                 back.column("value").unwrap().get(0).unwrap(),
                 AnyValue::Float64(859_520_964.0)
+            );
+            assert_eq!(
+                back.column("build").unwrap().get(1).unwrap(),
+                AnyValue::String("c577106+dirty")
+            );
+            assert_eq!(
+                back.column("source").unwrap().get(1).unwrap(),
+                AnyValue::String("cache")
             );
         }
         let md = std::fs::read_to_string(dir.path().join("m.md")).unwrap();

@@ -4,8 +4,9 @@
 //! ([`crate::metrics`]).
 //!
 //! Training is deterministic (seeded init, data and augmentation noise; the same result with any
-//! thread count), so the trained weights are cached under a name that hashes the recipe:
-//! [`Evaluator::cached`] trains only when that file is missing.
+//! thread count), so the trained weights are cached under a name that hashes the recipe and the
+//! source of the code that trains it ([`Code::Training`]): [`Evaluator::cached`] trains only when
+//! that file is missing, and any change to the network, data, kernels or trainer trains anew.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,15 +18,13 @@ use serde::{Deserialize, Serialize};
 use unetlab_data::shapes::{Colour, Relation, Scene, Shape, Shapes, Size};
 use unetlab_data::Example;
 use unetlab_model::{standard_normal, write_safetensors};
+use unetlab_provenance::{Build, Code};
 
 use crate::error::TrainError;
 use crate::optim::{collect_grads, AdamW, AdamWConfig};
 
 /// Width of the feature vector used for the Fréchet distance.
 pub const FEATURES: usize = 64;
-
-/// Bump when the network or the label layout changes: it invalidates cached weights.
-const VERSION: u32 = 1;
 
 /// Convolutions: (input channels, output channels, stride); 3 × 3 kernels, padding 1, ReLU.
 const CONVS: [(usize, usize, usize); 4] = [(3, 16, 1), (16, 32, 2), (32, 64, 2), (64, 64, 2)];
@@ -87,9 +86,11 @@ impl EvaluatorRecipe {
         }
     }
 
-    /// The recipe's identity: the cache file's name carries its first 16 hex digits.
+    /// The identity of the recipe and of the code that trains it: the cache file's name carries
+    /// its first 16 hex digits.
     pub fn hash(&self) -> String {
-        let text = serde_json::json!({"version": VERSION, "recipe": self}).to_string();
+        let text =
+            serde_json::json!({"code": Code::Training.identity(), "recipe": self}).to_string();
         unetlab_files::sha256_hex(text.as_bytes())
     }
 }
@@ -183,7 +184,13 @@ impl Evaluator {
             .iter()
             .map(|(k, v)| (k.as_str(), v))
             .collect();
-        let meta = serde_json::json!({"version": VERSION, "recipe": recipe}).to_string();
+        // The build, not the time: two trainings of one recipe by one build give identical files.
+        let meta = serde_json::json!({
+            "recipe": recipe,
+            "build": Build::current(),
+            "code": Code::Training.identity(),
+        })
+        .to_string();
         write_safetensors(
             &path,
             &refs,

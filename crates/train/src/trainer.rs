@@ -18,6 +18,7 @@ use serde::Serialize;
 use unetlab_data::Example;
 use unetlab_graph::TextEncoderSpec;
 use unetlab_model::standard_normal;
+use unetlab_provenance::{Code, Provenance};
 use unetlab_spec::explicit::explicit_yaml;
 use unetlab_spec::Config;
 
@@ -167,6 +168,8 @@ pub struct RunSummary {
     pub steps_per_s: f64,
     /// FD and text alignment of the EMA weights (shapes data with metrics requested).
     pub metrics: Option<RunMetrics>,
+    /// The build that finished (and scored) the run, and when.
+    pub provenance: Provenance,
 }
 
 /// Runs (or resumes) a training run.
@@ -431,6 +434,7 @@ pub fn train(
             }
             _ => None,
         },
+        provenance: Provenance::now(Code::Training),
     };
     write(
         &out.join("run.json"),

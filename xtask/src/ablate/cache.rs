@@ -1,6 +1,8 @@
 //! Measurements cached by config hash and measurement conditions, one JSON file each, written
 //! atomically: an interrupted run keeps everything it finished, and a re-run measures only what is
-//! new or changed.
+//! new or changed. The conditions include the identity of the source code that measures
+//! (`unetlab_provenance::Code`), so a build with other kernels or another trainer never reuses
+//! an older build's numbers; a change to report-only code (tables, plots) keeps them.
 
 use std::path::{Path, PathBuf};
 
@@ -23,7 +25,8 @@ pub struct BenchConditions {
     pub max_seconds: f64,
     pub per_block: bool,
     pub cpu_model: String,
-    pub unetlab_version: String,
+    /// [`unetlab_provenance::Code::Latency`]'s identity: a change to the sources that run the forward re-measures.
+    pub code: String,
 }
 
 /// The cache folder of one output directory.
@@ -99,4 +102,77 @@ impl Cache {
 
 fn key(conditions: &BenchConditions) -> Vec<u8> {
     serde_json::to_vec(conditions).expect("conditions serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use unetlab_provenance::{Code, Provenance};
+
+    fn conditions(code: &str) -> BenchConditions {
+        BenchConditions {
+            latent_size: 8,
+            batch: 1,
+            tokens: 77,
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            threads: 2,
+            warmup: 0,
+            runs: 3,
+            max_seconds: 5.0,
+            per_block: true,
+            cpu_model: "test cpu".into(),
+            code: code.into(),
+        }
+    }
+
+    fn result() -> BenchResult {
+        BenchResult {
+            config: "tiny".into(),
+            hash: "ab".repeat(32),
+            batch: 1,
+            latent_size: 8,
+            tokens: 77,
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            warmup: 0,
+            times_s: vec![0.5, 0.25, 0.75],
+            median_s: 0.5,
+            p10_s: 0.3,
+            p90_s: 0.7,
+            flops: 1_000_000,
+            achieved_gflops_per_s: 0.002,
+            peak_rss_bytes: None,
+            per_block: Vec::new(),
+            machine: unetlab_bench::Machine::current(),
+            provenance: Provenance::now(Code::Latency),
+        }
+    }
+
+    #[test]
+    fn a_cached_latency_is_reused_by_the_same_code_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let hash = "ab".repeat(32);
+        let ours = conditions(Code::Latency.identity());
+        assert!(cache.get(&hash, &ours).is_none());
+        cache.put(&hash, &ours, &result()).unwrap();
+        let back = cache.get(&hash, &ours).expect("same build: reused");
+        assert_eq!(back, result_with(&back));
+        assert_eq!(back.provenance.code, Code::Latency.identity());
+
+        // Another build whose forward's sources differ (new kernels) measures again ...
+        let edited = conditions(&"0".repeat(64));
+        assert!(cache.get(&hash, &edited).is_none());
+        // ... and so does one of another config.
+        assert!(cache.get(&"cd".repeat(32), &ours).is_none());
+    }
+
+    /// `result()` with the provenance of `r` (the time differs between two calls).
+    fn result_with(r: &BenchResult) -> BenchResult {
+        BenchResult {
+            provenance: r.provenance.clone(),
+            ..result()
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask ablate`: count and time every config, then write tables, plots and `run.json`.
 
 mod cache;
+mod origins;
 mod output;
 mod study;
 mod training;
@@ -13,6 +14,7 @@ use unetlab_cost::{count, Conditions, CostReport};
 use unetlab_spec::Config;
 
 use cache::{BenchConditions, Cache};
+use unetlab_provenance::{now_utc, Build, Code};
 
 /// How much measuring to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -119,6 +121,8 @@ pub struct Row {
     pub config: Config,
     pub cost: CostReport,
     pub bench: Result<BenchResult, String>,
+    /// Whether `bench` was read from the cache rather than measured by this run.
+    pub bench_cached: bool,
     /// The proxy's runs (one per seed), or why training failed; `None` with --no-train.
     pub trained: Option<training::Trained>,
 }
@@ -145,8 +149,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         .map(|r| Config::load(r).with_context(|| format!("loading {r}")))
         .collect::<Result<Vec<_>>>()?;
 
-    // Recorded before measuring, so edits made while it runs cannot be attributed to it.
-    let (commit, started) = (crate::provenance::commit(), crate::provenance::now_utc());
+    let (build, started) = (Build::current(), now_utc());
     let machine = Machine::current();
     let (warmup, runs, max_seconds) = args.budget.timing();
     let mut rows = Vec::new();
@@ -173,13 +176,19 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
             max_seconds,
             per_block: true,
             cpu_model: machine.cpu_model.clone(),
-            unetlab_version: machine.unetlab_version.clone(),
+            code: Code::Latency.identity().into(),
         };
         let hash = config.hash();
         let label = format!("[{}/{}] {}", i + 1, plan.configs.len(), config.name);
-        let bench = match cache.get(&hash, &conditions).filter(|_| !args.force) {
+        let cached = cache.get(&hash, &conditions).filter(|_| !args.force);
+        let bench_cached = cached.is_some();
+        let bench = match cached {
             Some(cached) => {
-                eprintln!("{label}: cached");
+                eprintln!(
+                    "{label}: cached (measured by {} at {})",
+                    cached.provenance.build.label(),
+                    cached.provenance.measured_utc
+                );
                 Ok(cached)
             }
             None => {
@@ -219,6 +228,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
             config,
             cost,
             bench,
+            bench_cached,
             trained: None,
         });
     }
@@ -266,7 +276,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         &plan.tables,
         (args, parallelism),
         &machine,
-        (&commit, &started),
+        (&build, &started),
     )?;
     eprintln!("wrote {}", out.display());
     Ok(())

@@ -13,11 +13,14 @@ use unetlab_report::{
 
 use unetlab_train::RunSummary;
 
+use super::origins;
+use super::training::Run;
 use super::{AblateArgs, Row};
+use unetlab_provenance::{Build, Provenance};
 
 use polars::prelude::{Column, DataFrame};
 
-/// Writes every output of the run; `commit` and `started_utc` were recorded when it began.
+/// Writes every output of the run; `build` is this xtask's, `started_utc` when the run began.
 pub fn write(
     out: &Path,
     (study, description): (&str, Option<&str>),
@@ -25,20 +28,22 @@ pub fn write(
     tables: &[(String, Vec<String>)],
     (args, parallelism): (&AblateArgs, Option<(usize, usize)>),
     machine: &Machine,
-    (commit, started_utc): (&str, &str),
+    (build, started_utc): (&Build, &str),
 ) -> Result<()> {
-    let mut long = measurements_frame(&measurements(rows))?;
+    let mut long = measurements_frame(&measurements(rows, build, started_utc))?;
     write_tables(&mut long, out, "measurements")?;
     let mut wide = wide_table(rows)?;
     write_tables(&mut wide, out, "table")?;
     plots(out, rows)?;
 
+    let origins = origins::origins(rows);
     let run = json!({
         "study": study,
         "command": command_line(),
         "budget": args.budget.name(),
         "date_utc": started_utc,
-        "commit": commit,
+        "commit": build.commit,
+        "provenance": origins::to_json(&origins, build),
         "machine": machine,
         "device": args.run_on.device,
         "dtype": args.run_on.dtype,
@@ -48,14 +53,15 @@ pub fn write(
     write_text(&out.join("run.json"), &serde_json::to_string_pretty(&run)?)?;
     write_text(
         &out.join("README.md"),
-        &readme(
+        &(readme(
             (study, description),
+            build,
             rows,
             tables,
             &run,
             &to_markdown(&wide),
             parallelism,
-        ),
+        ) + &origins::section(&origins, build, started_utc)),
     )?;
     Ok(())
 }
@@ -93,12 +99,28 @@ fn bench_conditions(b: &unetlab_bench::BenchResult) -> String {
     )
 }
 
-/// Every number as one row.
-fn measurements(rows: &[Row]) -> Vec<Measurement> {
+/// Where a measurement came from: (build, time, source) for the provenance columns.
+type Source = (String, String, &'static str);
+
+fn measured(p: &Provenance, cached: bool) -> Source {
+    (
+        p.build.label(),
+        p.measured_utc.clone(),
+        if cached { "cache" } else { "measured" },
+    )
+}
+
+/// Every number as one row; counts are `computed` by `build` at `started_utc`.
+fn measurements(rows: &[Row], build: &Build, started_utc: &str) -> Vec<Measurement> {
+    let computed: Source = (build.label(), started_utc.to_string(), "computed");
     let mut out = Vec::new();
     for r in rows {
         let spec = &r.config.spec;
-        let mut push = |measurement: &str, value: f64, unit: &str, conditions: String| {
+        let mut push = |measurement: &str,
+                        value: f64,
+                        unit: &str,
+                        conditions: String,
+                        (build, measured_utc, source): &Source| {
             out.push(Measurement {
                 config: r.config.name.clone(),
                 hash: r.config.hash(),
@@ -106,6 +128,9 @@ fn measurements(rows: &[Row]) -> Vec<Measurement> {
                 value,
                 unit: unit.into(),
                 conditions,
+                build: build.clone(),
+                measured_utc: measured_utc.clone(),
+                source: source.to_string(),
             })
         };
         let cc = count_conditions(r);
@@ -140,20 +165,21 @@ fn measurements(rows: &[Row]) -> Vec<Measurement> {
                 "byte",
             ),
         ] {
-            push(name, value, unit, cc.clone());
+            push(name, value, unit, cc.clone(), &computed);
         }
         if let Ok(b) = &r.bench {
             let bc = bench_conditions(b);
+            let src = measured(&b.provenance, r.bench_cached);
             for (name, value, unit) in [
                 ("latency_median", b.median_s, "s"),
                 ("latency_p10", b.p10_s, "s"),
                 ("latency_p90", b.p90_s, "s"),
                 ("achieved_throughput", b.achieved_gflops_per_s, "GFLOP/s"),
             ] {
-                push(name, value, unit, bc.clone());
+                push(name, value, unit, bc.clone(), &src);
             }
             if let Some(rss) = b.peak_rss_bytes {
-                push("peak_rss", rss as f64, "byte", bc.clone());
+                push("peak_rss", rss as f64, "byte", bc.clone(), &src);
             }
             for block in &b.per_block {
                 push(
@@ -161,33 +187,35 @@ fn measurements(rows: &[Row]) -> Vec<Measurement> {
                     block.median_s,
                     "s",
                     bc.clone(),
+                    &src,
                 );
             }
         }
-        for run in r.trained.iter().flatten().flatten() {
+        for Run {
+            summary: run,
+            cached,
+        } in r.trained.iter().flatten().flatten()
+        {
             let tc = train_conditions(run);
-            push(
-                "proxy_validation_loss",
-                run.validation_loss,
-                "mse",
-                tc.clone(),
-            );
-            push("proxy_steps_per_s", run.steps_per_s, "step/s", tc.clone());
+            let src = measured(&run.provenance, *cached);
+            let mut values = vec![
+                ("proxy_validation_loss", run.validation_loss, "mse"),
+                ("proxy_steps_per_s", run.steps_per_s, "step/s"),
+            ];
             if let Some(m) = &run.metrics {
-                push("fd", m.quality.fd, "fd", tc.clone());
-                push("real_fd", m.real_fd, "fd", tc.clone());
-                push(
-                    "text_alignment",
-                    m.quality.text_alignment,
-                    "fraction",
-                    tc.clone(),
-                );
-                push(
-                    "attribute_alignment",
-                    m.quality.attribute_alignment,
-                    "fraction",
-                    tc.clone(),
-                );
+                values.extend([
+                    ("fd", m.quality.fd, "fd"),
+                    ("real_fd", m.real_fd, "fd"),
+                    ("text_alignment", m.quality.text_alignment, "fraction"),
+                    (
+                        "attribute_alignment",
+                        m.quality.attribute_alignment,
+                        "fraction",
+                    ),
+                ]);
+            }
+            for (name, value, unit) in values {
+                push(name, value, unit, tc.clone(), &src);
             }
         }
     }
@@ -209,7 +237,7 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
 /// A quality number of a row's runs: (mean, sd) over seeds, if it trained and was scored.
 fn quality(row: &Row, f: &dyn Fn(&RunSummary) -> Option<f64>) -> Option<(f64, f64)> {
     let runs = row.trained.as_ref()?.as_ref().ok()?;
-    let values: Option<Vec<f64>> = runs.iter().map(f).collect();
+    let values: Option<Vec<f64>> = runs.iter().map(|run| f(&run.summary)).collect();
     values.filter(|v| !v.is_empty()).map(|v| mean_sd(&v))
 }
 
@@ -247,6 +275,17 @@ fn train_conditions(s: &RunSummary) -> String {
         ));
     }
     text
+}
+
+/// `c577106 2026-11-26T03:11:51Z (cache)`: the build and time of a measurement, and whether
+/// this run read it from the cache.
+fn origin_label(p: &Provenance, cached: bool) -> String {
+    format!(
+        "{} {}{}",
+        p.build.label(),
+        p.measured_utc,
+        if cached { " (cache)" } else { "" }
+    )
 }
 
 fn percent(new: f64, old: f64) -> String {
@@ -357,6 +396,22 @@ fn wide_table(rows: &[Row]) -> Result<DataFrame> {
             qual("text alignment", &text_alignment, false),
             qual("attribute alignment", &attribute_alignment, false),
             qual("proxy steps/s", &steps_per_s, false),
+            text("latency measured by", &|r| {
+                r.bench.as_ref().map_or(String::new(), |b| {
+                    origin_label(&b.provenance, r.bench_cached)
+                })
+            }),
+            text("training measured by", &|r| {
+                let mut labels: Vec<String> = r
+                    .trained
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .map(|run| origin_label(&run.summary.provenance, run.cached))
+                    .collect();
+                labels.dedup();
+                labels.join("; ")
+            }),
             text("paper claim", &|r| {
                 r.config
                     .paper
@@ -610,6 +665,7 @@ fn macs_by_level(r: &Row) -> Vec<(String, unetlab_cost::Macs)> {
 
 fn readme(
     (study, description): (&str, Option<&str>),
+    build: &Build,
     rows: &[Row],
     tables: &[(String, Vec<String>)],
     run: &serde_json::Value,
@@ -617,14 +673,15 @@ fn readme(
     parallelism: Option<(usize, usize)>,
 ) -> String {
     let mut s = format!(
-        "# Study `{study}`\n\n{}Produced by `{}` on {} (commit {}, {} UTC, budget `{}`). Nothing here is edited by hand.\n\n\
+        "# Study `{study}`\n\n{}Written by `{}` on {} (build {}, {}, budget `{}`); which build measured each row, and \
+         which rows came from the cache, is under Provenance below. Nothing here is edited by hand.\n\n\
          Conventions: one UNet evaluation, batch 1; MACs count conv, linear and attention matmuls (QKᵀ, AV), \
          FLOPs = 2 × MACs; latency is the median of timed runs after warm-up, with p10/p90; the measured \
          effect compares a config with the baseline its `paper:` block names.\n\n## Table\n\n{table_md}\n",
         description.map(|d| format!("{d}.\n\n")).unwrap_or_default(),
         run["command"].as_str().unwrap_or_default(),
         run["machine"]["cpu_model"].as_str().unwrap_or_default(),
-        run["commit"].as_str().unwrap_or_default(),
+        build.label(),
         run["date_utc"].as_str().unwrap_or_default(),
         run["budget"].as_str().unwrap_or_default(),
     );
@@ -649,8 +706,11 @@ fn readme(
     s.push_str(
         "\n## Files\n\n- `table.{md,csv,parquet}`: one row per config.\n- `measurements.{md,csv,parquet}`: every number as \
          (config, hash, measurement, value, unit, conditions).\n- `params_gflops`, `macs_by_level`, `latency`, `latency_vs_gflops`, \
-         `per_block`, `pareto` (`.svg`, `.png`).\n- `run.json`: machine, commit, date, command.\n- `cache/`: one JSON per measured config and conditions; \
-         a re-run measures only what is missing; `train-*.json` are the training runs' `run.json`.\n",
+         `per_block`, `pareto` (`.svg`, `.png`).\n- `run.json`: machine, command, date, and under `provenance` the build of every \
+         measured row and whether it came from the cache (`mode`: `measured`, or `re-rendered` when every row did).\n\
+         - `cache/`: one JSON per measured config and conditions, keyed on the identity of the sources that measure \
+         (a change to the kernels or the trainer measures again; a change to tables or plots only re-renders); \
+         `train-*.json` are the training runs' `run.json`.\n",
     );
     s
 }
@@ -660,6 +720,7 @@ fn quality_section(rows: &[Row], parallelism: Option<(usize, usize)>) -> String 
     let runs: Vec<&RunSummary> = rows
         .iter()
         .flat_map(|r| r.trained.iter().flatten().flatten())
+        .map(|run| &run.summary)
         .collect();
     let Some(first) = runs.first() else {
         return String::new();

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use unetlab_provenance::Code;
 use unetlab_spec::Config;
 use unetlab_train::evaluator::{Evaluator, EvaluatorRecipe};
 use unetlab_train::metrics::MetricOptions;
@@ -40,8 +41,15 @@ pub struct TrainPlan {
     pub force: bool,
 }
 
+/// One finished run, and whether it was read from the cache rather than trained by this sweep.
+#[derive(Clone)]
+pub struct Run {
+    pub summary: RunSummary,
+    pub cached: bool,
+}
+
 /// One config's runs, one per seed, or why they failed.
-pub type Trained = Result<Vec<RunSummary>, String>;
+pub type Trained = Result<Vec<Run>, String>;
 
 /// Everything a run's result depends on besides the config (the cache key).
 #[derive(Serialize)]
@@ -49,7 +57,8 @@ struct TrainConditions<'a> {
     recipe: &'a Recipe,
     metrics: MetricOptions,
     evaluator: String,
-    unetlab_version: &'a str,
+    /// [`Code::Training`]'s identity: a change to the trainer, model, kernels or data re-trains.
+    code: &'a str,
 }
 
 struct Job {
@@ -80,7 +89,7 @@ pub fn train_all(
     }
     let evaluator = EvaluatorRecipe::for_budget(plan.budget);
     let metrics = MetricOptions::for_budget(plan.budget);
-    let version = env!("CARGO_PKG_VERSION");
+    let code = Code::Training.identity();
     let conditions_for = |seed: u64| {
         let mut recipe = recipe.clone();
         recipe.seed = seed;
@@ -88,14 +97,14 @@ pub fn train_all(
             recipe: &recipe,
             metrics,
             evaluator: evaluator.hash(),
-            unetlab_version: version,
+            code,
         })
         .expect("conditions serialise")
     };
 
     // Cached runs, and the jobs for the rest (largest proxies first, so the longest run starts
     // at once and the small ones fill in around it).
-    let mut results: Vec<Vec<Option<Result<RunSummary, String>>>> =
+    let mut results: Vec<Vec<Option<Result<Run, String>>>> =
         vec![vec![None; plan.seeds.len()]; configs.len()];
     let mut jobs = Vec::new();
     for (c, (reference, config)) in configs.iter().enumerate() {
@@ -105,7 +114,12 @@ pub fn train_all(
                 .get_json::<RunSummary>("train", &hash, &key)
                 .filter(|_| !plan.force);
             match cached {
-                Some(summary) => results[c][s] = Some(Ok(summary)),
+                Some(summary) => {
+                    results[c][s] = Some(Ok(Run {
+                        summary,
+                        cached: true,
+                    }))
+                }
                 None => jobs.push(Job {
                     config: c,
                     seed_index: s,
@@ -167,7 +181,10 @@ pub fn train_all(
         });
         overall.finish_and_clear();
         for (job, outcome) in done.into_inner().expect("results") {
-            results[job.config][job.seed_index] = Some(outcome);
+            results[job.config][job.seed_index] = Some(outcome.map(|summary| Run {
+                summary,
+                cached: false,
+            }));
         }
     }
     Ok(results
@@ -240,6 +257,16 @@ fn run_job(
     }
     let summary: RunSummary = serde_json::from_slice(&output.stdout)
         .map_err(|e| format!("unreadable run.json from unetlab train: {e}"))?;
+    if summary.provenance.code != Code::Training.identity() {
+        // The binary was built from other sources than this xtask (edited while it ran): its
+        // numbers would be cached under the wrong identity.
+        return Err(format!(
+            "{} was built from other training sources ({}) than this sweep ({}); run the sweep again",
+            unetlab.display(),
+            &summary.provenance.code[..12],
+            &Code::Training.identity()[..12],
+        ));
+    }
     overall.suspend(|| {
         let m = summary.metrics.as_ref();
         eprintln!(
