@@ -8,6 +8,7 @@
 mod device;
 mod error;
 mod inputs;
+pub mod kernels;
 mod ops;
 mod params;
 

@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor, D};
 use unetlab_graph::{attend, AttentionKernel, Conv2dParams, Init, Ops, Unary};
 
 use crate::error::ModelError;
+use crate::kernels;
 use crate::params::ParamStore;
 
 /// Runs the forward on real tensors, taking parameters from a [`ParamStore`].
@@ -196,6 +197,8 @@ impl Ops for CandleOps<'_> {
         let channels = x.dim(1)?;
         let y = if p.groups > 1 && p.groups == channels && w.dim(1)? == 1 && p.stride == 1 {
             depthwise(x, w, p.padding)?
+        } else if kernels::conv::supported(x, w, p.groups) {
+            kernels::conv::conv2d(x, w, p.stride, p.padding)?
         } else {
             let ([x, w], dtype) = matmul_operands([x, w])?;
             x.conv2d(&w, p.padding, p.stride, 1, p.groups)?

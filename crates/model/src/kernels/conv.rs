@@ -1,0 +1,599 @@
+//! Dense 2-D convolution (one group) on the CPU in f32, as GEMMs through the `gemm` crate, with
+//! an analytic backward: candle 0.11 computes a CPU conv as dot products and its gradients through
+//! further convs, several times slower than its own matmul.
+//!
+//! Per image, with `cols` the im2col matrix (C·K·K × Ho·Wo; a 1×1 conv of stride 1 uses the image
+//! itself):
+//! - forward: `y = W · cols` (W as O × C·K·K);
+//! - input gradient: `dcols = Wᵀ · dy`, scattered back by col2im;
+//! - weight gradient: `dW = Σ_images dy · colsᵀ`.
+//!
+//! Work is split over images when the batch can keep every thread busy, else each GEMM uses every
+//! thread.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Input, kernel and output sizes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    batch: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+    out_channels: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    out_height: usize,
+    out_width: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Result<Geometry> {
+        let (&[batch, channels, height, width], &[out_channels, wc, kh, kw]) = (x, w) else {
+            bail!("conv2d kernel: want 4-D input and weight, got {x:?} and {w:?}")
+        };
+        if wc != channels || kh != kw || stride == 0 {
+            bail!("conv2d kernel: input {x:?}, weight {w:?}, stride {stride}: unsupported")
+        }
+        let span = |n: usize| (n + 2 * padding).checked_sub(kh).map(|d| d / stride + 1);
+        let (Some(out_height), Some(out_width)) = (span(height), span(width)) else {
+            bail!("conv2d kernel: kernel {kh} larger than the padded input {x:?}")
+        };
+        Ok(Geometry {
+            batch,
+            channels,
+            height,
+            width,
+            out_channels,
+            kernel: kh,
+            stride,
+            padding,
+            out_height,
+            out_width,
+        })
+    }
+
+    /// Rows of the im2col matrix: C·K·K.
+    fn patch(&self) -> usize {
+        self.channels * self.kernel * self.kernel
+    }
+
+    fn in_pixels(&self) -> usize {
+        self.height * self.width
+    }
+
+    fn out_pixels(&self) -> usize {
+        self.out_height * self.out_width
+    }
+
+    /// A 1×1 conv of stride 1 without padding: the image is its own im2col matrix.
+    fn pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// For each kernel offset, the range of outputs along an axis of `size` inputs whose tap
+    /// falls inside the image: `(first, end)` with `in = out·stride + offset - padding`.
+    fn valid(&self, offset: usize, size: usize, outputs: usize) -> (usize, usize) {
+        let (s, shift) = (
+            self.stride as isize,
+            offset as isize - self.padding as isize,
+        );
+        let first = (-shift).max(0).div_ceil_positive(s);
+        let last = ((size as isize - 1 - shift).div_floor_nonneg(s) + 1).min(outputs as isize);
+        (first as usize, last.max(first) as usize)
+    }
+}
+
+trait IntDiv {
+    fn div_ceil_positive(self, d: isize) -> isize;
+    fn div_floor_nonneg(self, d: isize) -> isize;
+}
+
+impl IntDiv for isize {
+    /// `ceil(self / d)` for `self >= 0`, `d > 0`.
+    fn div_ceil_positive(self, d: isize) -> isize {
+        (self + d - 1) / d
+    }
+    /// `floor(self / d)` for `d > 0`, -1 for negative `self` (no valid output).
+    fn div_floor_nonneg(self, d: isize) -> isize {
+        if self < 0 {
+            -1
+        } else {
+            self / d
+        }
+    }
+}
+
+/// Writes image `x` (C × H × W) as its im2col matrix (C·K·K × Ho·Wo); padding reads as zero.
+fn im2col(g: &Geometry, x: &[f32], cols: &mut [f32]) {
+    let (k, (ho, wo)) = (g.kernel, (g.out_height, g.out_width));
+    for c in 0..g.channels {
+        let plane = &x[c * g.in_pixels()..(c + 1) * g.in_pixels()];
+        for ki in 0..k {
+            let (y0, y1) = g.valid(ki, g.height, ho);
+            for kj in 0..k {
+                let (x0, x1) = g.valid(kj, g.width, wo);
+                let row = ((c * k + ki) * k + kj) * g.out_pixels();
+                let out = &mut cols[row..row + g.out_pixels()];
+                out.fill(0.0);
+                for oy in y0..y1 {
+                    let iy = oy * g.stride + ki - g.padding;
+                    let src = &plane[iy * g.width..(iy + 1) * g.width];
+                    let dst = &mut out[oy * wo..(oy + 1) * wo];
+                    if g.stride == 1 {
+                        let ix0 = x0 + kj - g.padding;
+                        dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+                    } else {
+                        for ox in x0..x1 {
+                            dst[ox] = src[ox * g.stride + kj - g.padding];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds an im2col-shaped gradient (C·K·K × Ho·Wo) back onto image gradient `dx` (C × H × W).
+fn col2im(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
+    let (k, (ho, wo)) = (g.kernel, (g.out_height, g.out_width));
+    for c in 0..g.channels {
+        let plane = &mut dx[c * g.in_pixels()..(c + 1) * g.in_pixels()];
+        for ki in 0..k {
+            let (y0, y1) = g.valid(ki, g.height, ho);
+            for kj in 0..k {
+                let (x0, x1) = g.valid(kj, g.width, wo);
+                let row = ((c * k + ki) * k + kj) * g.out_pixels();
+                let src = &cols[row..row + g.out_pixels()];
+                for oy in y0..y1 {
+                    let iy = oy * g.stride + ki - g.padding;
+                    let dst = &mut plane[iy * g.width..(iy + 1) * g.width];
+                    let from = &src[oy * wo..(oy + 1) * wo];
+                    for ox in x0..x1 {
+                        dst[ox * g.stride + kj - g.padding] += from[ox];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A matrix view: `data[i·row_stride + j·col_stride]` for `i < rows`, `j < cols`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major `rows × cols` matrix.
+    fn rows(data: &'a [f32], rows: usize, cols: usize) -> View<'a> {
+        View {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    fn t(self) -> View<'a> {
+        View {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+/// `dst = a · b` (row-major `dst`), or `dst += a · b` when `accumulate`.
+fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool, threads: usize) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(b.rows == k && dst.len() == m * n && a.in_bounds() && b.in_bounds());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: every index gemm reads is inside `a` and `b` (checked above) and every index it
+    // writes is inside `dst` (m × n, row-major); the three do not alias (`dst` is `&mut`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// How to spread `images` over the threads: `(images per task, GEMM threads)`. Whole images per
+/// thread when there are enough of them, else one image at a time with threaded GEMMs.
+fn split(images: usize) -> (usize, usize) {
+    let threads = candle_core::utils::get_num_threads().max(1);
+    if images >= threads && threads > 1 {
+        (images.div_ceil(threads), 1)
+    } else {
+        (1, threads)
+    }
+}
+
+fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (patch, pin, pout) = (g.patch(), g.in_pixels(), g.out_pixels());
+    let mut y = vec![0f32; g.batch * g.out_channels * pout];
+    let weights = View::rows(w, g.out_channels, patch);
+    let (per_task, threads) = split(g.batch);
+    let images = x
+        .chunks(g.channels * pin)
+        .zip(y.chunks_mut(g.out_channels * pout));
+    let images: Vec<_> = images.collect();
+    images.into_par_iter().with_min_len(per_task).for_each_init(
+        || vec![0f32; if g.pointwise() { 0 } else { patch * pout }],
+        |cols, (xi, yi)| {
+            let rhs = if g.pointwise() {
+                View::rows(xi, patch, pout)
+            } else {
+                im2col(g, xi, cols);
+                View::rows(cols, patch, pout)
+            };
+            matmul(yi, weights, rhs, false, threads);
+        },
+    );
+    y
+}
+
+fn grad_input(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (patch, pin, pout) = (g.patch(), g.in_pixels(), g.out_pixels());
+    let mut dx = vec![0f32; g.batch * g.channels * pin];
+    let weights_t = View::rows(w, g.out_channels, patch).t();
+    let (per_task, threads) = split(g.batch);
+    let images: Vec<_> = dy
+        .chunks(g.out_channels * pout)
+        .zip(dx.chunks_mut(g.channels * pin))
+        .collect();
+    images.into_par_iter().with_min_len(per_task).for_each_init(
+        || vec![0f32; if g.pointwise() { 0 } else { patch * pout }],
+        |cols, (dyi, dxi)| {
+            let rhs = View::rows(dyi, g.out_channels, pout);
+            if g.pointwise() {
+                matmul(dxi, weights_t, rhs, false, threads);
+            } else {
+                matmul(cols, weights_t, rhs, false, threads);
+                col2im(g, cols, dxi);
+            }
+        },
+    );
+    dx
+}
+
+fn grad_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (patch, pin, pout) = (g.patch(), g.in_pixels(), g.out_pixels());
+    let (per_task, threads) = split(g.batch);
+    let images: Vec<_> = x
+        .chunks(g.channels * pin)
+        .zip(dy.chunks(g.out_channels * pout))
+        .collect();
+    // Each task sums its images' gradients into its own buffer; the buffers are added last.
+    let partials: Vec<Vec<f32>> = images
+        .par_chunks(per_task)
+        .map(|chunk| {
+            let mut dw = vec![0f32; g.out_channels * patch];
+            let mut cols = vec![0f32; if g.pointwise() { 0 } else { patch * pout }];
+            for (i, (xi, dyi)) in chunk.iter().enumerate() {
+                let lhs = View::rows(dyi, g.out_channels, pout);
+                let rhs = if g.pointwise() {
+                    View::rows(xi, patch, pout).t()
+                } else {
+                    im2col(g, xi, &mut cols);
+                    View::rows(&cols, patch, pout).t()
+                };
+                matmul(&mut dw, lhs, rhs, i > 0, threads);
+            }
+            dw
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut dw = partials
+        .next()
+        .unwrap_or_else(|| vec![0f32; g.out_channels * patch]);
+    for p in partials {
+        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    dw
+}
+
+/// The f32 contents of a contiguous CPU tensor.
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("conv2d kernel: f32 only, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&v[start..end]),
+        None => bail!("conv2d kernel: the input must be contiguous"),
+    }
+}
+
+/// The convolution `y = conv(x, w)`, differentiable in both.
+#[derive(Debug, Clone, Copy)]
+struct Conv2d {
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "unetlab-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(xl.dims(), wl.dims(), self.stride, self.padding)?;
+        let y = forward(&g, contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
+        let shape = (g.batch, g.out_channels, g.out_height, g.out_width);
+        Ok((CpuStorage::F32(y), shape.into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let g = Geometry::new(x.dims(), w.dims(), self.stride, self.padding)?;
+        let dx = dy.apply_op2_no_bwd(w, &GradInput(g))?;
+        let dw = x.apply_op2_no_bwd(&dy, &GradWeight(g))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `dx` from `(dy, w)`.
+struct GradInput(Geometry);
+
+impl CustomOp2 for GradInput {
+    fn name(&self) -> &'static str {
+        "unetlab-conv2d-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dys: &CpuStorage,
+        dyl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let dx = grad_input(g, contiguous_f32(dys, dyl)?, contiguous_f32(ws, wl)?);
+        let shape = (g.batch, g.channels, g.height, g.width);
+        Ok((CpuStorage::F32(dx), shape.into()))
+    }
+}
+
+/// `dw` from `(x, dy)`.
+struct GradWeight(Geometry);
+
+impl CustomOp2 for GradWeight {
+    fn name(&self) -> &'static str {
+        "unetlab-conv2d-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        dys: &CpuStorage,
+        dyl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let dw = grad_weight(g, contiguous_f32(xs, xl)?, contiguous_f32(dys, dyl)?);
+        let shape = (g.out_channels, g.channels, g.kernel, g.kernel);
+        Ok((CpuStorage::F32(dw), shape.into()))
+    }
+}
+
+/// Whether [`conv2d`] takes the GEMM kernel for these operands (f32 on the CPU, square kernel,
+/// one group); otherwise callers use candle's conv.
+pub fn supported(x: &Tensor, w: &Tensor, groups: usize) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && w.dtype() == candle_core::DType::F32
+        && groups == 1
+        && x.rank() == 4
+        && w.rank() == 4
+        && w.dim(2).ok() == w.dim(3).ok()
+}
+
+/// `conv2d(x, w)` with one group, square kernel, equal padding on every side; differentiable in
+/// `x` and `w`. Check [`supported`] first.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, Conv2d { stride, padding })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        // A small LCG: the test needs varied values, not a particular distribution.
+        let n: usize = shape.iter().product();
+        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap();
+        diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
+    }
+
+    /// The convolution from differentiable candle primitives, independent of any conv kernel:
+    /// for each tap, the strided input pixels it reads (`index_select` on the padded input)
+    /// multiplied by that tap's weights. (candle's own conv backward fails on stride 2 when the
+    /// stride does not divide the padded size, so it cannot serve as the reference there.)
+    fn composite_conv(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Tensor {
+        let (b, c, h, wd) = x.dims4().unwrap();
+        let (o, _, k, _) = w.dims4().unwrap();
+        let (ho, wo) = (
+            (h + 2 * padding - k) / stride + 1,
+            (wd + 2 * padding - k) / stride + 1,
+        );
+        let padded = x
+            .pad_with_zeros(2, padding, padding)
+            .unwrap()
+            .pad_with_zeros(3, padding, padding)
+            .unwrap();
+        let taps = |offset: usize, n: usize| {
+            let idx: Vec<u32> = (0..n).map(|i| (i * stride + offset) as u32).collect();
+            Tensor::new(idx.as_slice(), &Device::Cpu).unwrap()
+        };
+        let mut y = Tensor::zeros((b, o, ho * wo), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for ki in 0..k {
+            for kj in 0..k {
+                let pixels = padded
+                    .index_select(&taps(ki, ho), 2)
+                    .unwrap()
+                    .index_select(&taps(kj, wo), 3)
+                    .unwrap()
+                    .reshape((b, c, ho * wo))
+                    .unwrap();
+                let tap = w
+                    .narrow(2, ki, 1)
+                    .unwrap()
+                    .narrow(3, kj, 1)
+                    .unwrap()
+                    .reshape((1, o, c))
+                    .unwrap()
+                    .broadcast_as((b, o, c))
+                    .unwrap();
+                y = (y + tap.matmul(&pixels).unwrap()).unwrap();
+            }
+        }
+        y.reshape((b, o, ho, wo)).unwrap()
+    }
+
+    /// Forward against candle's conv2d, and forward and both gradients against the composite
+    /// conv, on awkward shapes: odd sizes, batch 1 and 3, one channel, stride 2 with and without
+    /// a remainder, non-square inputs, 1×1 with and without padding and stride, kernels that
+    /// overhang the input.
+    #[test]
+    fn matches_candle_forward_and_backward() {
+        let cases: &[([usize; 4], [usize; 4], usize, usize)] = &[
+            ([2, 3, 7, 5], [4, 3, 3, 3], 1, 1),
+            ([1, 1, 9, 9], [1, 1, 3, 3], 1, 1),
+            ([3, 5, 8, 11], [6, 5, 3, 3], 2, 1),
+            ([3, 5, 7, 7], [2, 5, 3, 3], 2, 1),
+            ([2, 4, 6, 3], [5, 4, 1, 1], 1, 0),
+            ([1, 6, 5, 5], [3, 6, 1, 1], 2, 0),
+            ([2, 3, 4, 4], [2, 3, 1, 1], 1, 1),
+            ([1, 2, 5, 6], [3, 2, 3, 3], 1, 0),
+            ([2, 2, 2, 2], [3, 2, 3, 3], 1, 1),
+            ([4, 3, 16, 16], [8, 3, 3, 3], 1, 1),
+        ];
+        for (i, &(xs, ws, stride, padding)) in cases.iter().enumerate() {
+            let x = Var::from_tensor(&random(&xs, 2 * i as u64)).unwrap();
+            let w = Var::from_tensor(&random(&ws, 2 * i as u64 + 1)).unwrap();
+            let ours = conv2d(&x, &w, stride, padding).unwrap();
+            let candle = x.conv2d(&w, padding, stride, 1, 1).unwrap();
+            let reference = composite_conv(&x, &w, stride, padding);
+            assert_eq!(ours.dims(), candle.dims(), "case {i}");
+            for (name, other) in [("candle", &candle), ("composite", &reference)] {
+                let e = rel_err(&ours, other);
+                assert!(e <= 1e-5, "case {i}: forward rel err {e} against {name}");
+            }
+            // A non-uniform upstream gradient: the loss weighs every output differently.
+            let upstream = random(ours.dims(), 100 + i as u64);
+            let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
+            let (g1, g2) = (
+                loss(&ours).backward().unwrap(),
+                loss(&reference).backward().unwrap(),
+            );
+            for (name, v) in [("input", &x), ("weight", &w)] {
+                let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                let e = rel_err(a, b);
+                assert!(e <= 1e-4, "case {i}: {name} gradient rel err {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn valid_ranges_match_a_direct_scan() {
+        for (size, kernel, stride, padding) in
+            [(7, 3, 1, 1), (8, 3, 2, 1), (5, 1, 2, 0), (2, 3, 1, 1)]
+        {
+            let g = Geometry::new(
+                &[1, 1, size, size],
+                &[1, 1, kernel, kernel],
+                stride,
+                padding,
+            )
+            .unwrap();
+            for offset in 0..kernel {
+                let inside: Vec<usize> = (0..g.out_height)
+                    .filter(|&o| {
+                        let i = (o * stride + offset) as isize - padding as isize;
+                        i >= 0 && i < size as isize
+                    })
+                    .collect();
+                let (a, b) = g.valid(offset, size, g.out_height);
+                assert_eq!((a..b).collect::<Vec<_>>(), inside);
+            }
+        }
+    }
+}
