@@ -1,9 +1,11 @@
 //! [`CandleOps`]: the [`Ops`] implementation over real candle tensors.
 //!
-//! On the training path every op is differentiable with candle's autograd: norms and softmax are
-//! written out from primitive ops, because candle 0.11's fused `layer_norm` and `softmax_last_dim`
-//! record no backward. Inference in f32 uses those fused kernels (one pass instead of five). Norms
-//! and softmax always compute in f32, whatever the model dtype.
+//! In f32 on the CPU, convs, norms, softmax and activations run on unetlab's own kernels
+//! ([`crate::kernels`]), differentiable for training and inference alike. Elsewhere every op on
+//! the training path is differentiable with candle's autograd: norms and softmax are written out
+//! from primitive ops, because candle 0.11's fused `layer_norm` and `softmax_last_dim` record no
+//! backward; inference in f32 uses those fused kernels. Norms and softmax always compute in f32,
+//! whatever the model dtype.
 
 use std::time::{Duration, Instant};
 
@@ -104,9 +106,10 @@ fn matmul_operands<const N: usize>(ts: [&Tensor; N]) -> candle_core::Result<([Te
     Ok((out.try_into().expect("N operands"), dtype))
 }
 
-/// Depthwise 3x3 (stride 1) as nine shifted multiply-adds: candle's grouped conv runs one conv per
-/// group and is about 10x slower, forward and backward.
-fn depthwise(x: &Tensor, w: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
+/// Depthwise 3x3 (stride 1) as nine shifted multiply-adds, where the depthwise kernel does not
+/// apply (half precision, GPUs): candle's grouped conv runs one conv per group and is about 10x
+/// slower, forward and backward.
+pub(crate) fn depthwise(x: &Tensor, w: &Tensor, padding: usize) -> candle_core::Result<Tensor> {
     let (_, c, h, wd) = x.dims4()?;
     let k = w.dim(2)?;
     let padded = x
@@ -196,7 +199,11 @@ impl Ops for CandleOps<'_> {
     ) -> Result<Tensor, ModelError> {
         let channels = x.dim(1)?;
         let y = if p.groups > 1 && p.groups == channels && w.dim(1)? == 1 && p.stride == 1 {
-            depthwise(x, w, p.padding)?
+            if kernels::depthwise::supported(x, w, p.stride) {
+                kernels::depthwise::depthwise(x, w, p.padding)?
+            } else {
+                depthwise(x, w, p.padding)?
+            }
         } else if kernels::conv::supported(x, w, p.groups) {
             kernels::conv::conv2d(x, w, p.stride, p.padding)?
         } else {
@@ -238,6 +245,9 @@ impl Ops for CandleOps<'_> {
         w: &Tensor,
         b: &Tensor,
     ) -> Result<Tensor, ModelError> {
+        if kernels::norm::supported(x) {
+            return Ok(kernels::norm::group_norm(x, groups, eps, w, b)?);
+        }
         let dims = x.dims().to_vec();
         let (batch, c) = (dims[0], dims[1]);
         let grouped = x.reshape((batch, groups, x.elem_count() / (batch * groups)))?;
@@ -255,11 +265,17 @@ impl Ops for CandleOps<'_> {
         w: &Tensor,
         b: &Tensor,
     ) -> Result<Tensor, ModelError> {
+        if kernels::norm::supported(x) {
+            return Ok(kernels::norm::layer_norm(x, eps, w, b)?);
+        }
         let normed = standardize_last(x, eps)?.to_dtype(x.dtype())?;
         Ok(affine_channels(&normed, x.rank() - 1, w, b)?)
     }
 
     fn softmax_last(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        if kernels::softmax::supported(x) {
+            return Ok(kernels::softmax::softmax_last(x)?);
+        }
         if self.fused_kernels(x) {
             return Ok(candle_nn::ops::softmax_last_dim(x)?);
         }
@@ -301,6 +317,9 @@ impl Ops for CandleOps<'_> {
     }
 
     fn unary(&mut self, x: &Tensor, op: Unary) -> Result<Tensor, ModelError> {
+        if kernels::activation::supported(x) {
+            return Ok(kernels::activation::activation(x, op)?);
+        }
         Ok(match op {
             Unary::Silu => x.silu()?,
             Unary::GeluErf => x.gelu_erf()?,

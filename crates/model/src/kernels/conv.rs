@@ -11,28 +11,29 @@
 //! Work is split over images when the batch can keep every thread busy, else each GEMM uses every
 //! thread.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::contiguous_f32;
+
 /// Input, kernel and output sizes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Geometry {
-    batch: usize,
-    channels: usize,
-    height: usize,
-    width: usize,
-    out_channels: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-    out_height: usize,
-    out_width: usize,
+pub(super) struct Geometry {
+    pub(super) batch: usize,
+    pub(super) channels: usize,
+    pub(super) height: usize,
+    pub(super) width: usize,
+    pub(super) out_channels: usize,
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
+    pub(super) padding: usize,
+    pub(super) out_height: usize,
+    pub(super) out_width: usize,
 }
 
 impl Geometry {
-    fn new(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Result<Geometry> {
+    pub(super) fn new(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Result<Geometry> {
         let (&[batch, channels, height, width], &[out_channels, wc, kh, kw]) = (x, w) else {
             bail!("conv2d kernel: want 4-D input and weight, got {x:?} and {w:?}")
         };
@@ -62,11 +63,11 @@ impl Geometry {
         self.channels * self.kernel * self.kernel
     }
 
-    fn in_pixels(&self) -> usize {
+    pub(super) fn in_pixels(&self) -> usize {
         self.height * self.width
     }
 
-    fn out_pixels(&self) -> usize {
+    pub(super) fn out_pixels(&self) -> usize {
         self.out_height * self.out_width
     }
 
@@ -77,7 +78,7 @@ impl Geometry {
 
     /// For each kernel offset, the range of outputs along an axis of `size` inputs whose tap
     /// falls inside the image: `(first, end)` with `in = out·stride + offset - padding`.
-    fn valid(&self, offset: usize, size: usize, outputs: usize) -> (usize, usize) {
+    pub(super) fn valid(&self, offset: usize, size: usize, outputs: usize) -> (usize, usize) {
         let (s, shift) = (
             self.stride as isize,
             offset as isize - self.padding as isize,
@@ -343,17 +344,6 @@ fn grad_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     dw
 }
 
-/// The f32 contents of a contiguous CPU tensor.
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("conv2d kernel: f32 only, got {:?}", s.dtype())
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&v[start..end]),
-        None => bail!("conv2d kernel: the input must be contiguous"),
-    }
-}
-
 /// The convolution `y = conv(x, w)`, differentiable in both.
 #[derive(Debug, Clone, Copy)]
 struct Conv2d {
@@ -460,28 +450,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::testing::{random, rel_err};
     use candle_core::{Device, Var};
-
-    fn random(shape: &[usize], seed: u64) -> Tensor {
-        // A small LCG: the test needs varied values, not a particular distribution.
-        let n: usize = shape.iter().product();
-        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let data: Vec<f32> = (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-    }
-
-    fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        let scale = b.abs().unwrap().max_all().unwrap();
-        diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
-    }
 
     /// The convolution from differentiable candle primitives, independent of any conv kernel:
     /// for each tap, the strided input pixels it reads (`index_select` on the padded input)

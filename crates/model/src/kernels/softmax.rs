@@ -1,0 +1,125 @@
+//! Softmax over the last dimension on the CPU in f32, with an analytic backward (candle 0.11's
+//! fused `softmax_last_dim` records none, and the composite version takes five ops each way):
+//! `y = exp(x − max) / Σ exp(x − max)`, `dx = y · (dy − Σ dy·y)`.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{contiguous_f32, with_f32};
+
+fn forward(x: &[f32], len: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(len)
+        .zip(x.par_chunks(len))
+        .for_each(|(yr, xr)| {
+            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (yv, &xv) in yr.iter_mut().zip(xr) {
+                *yv = (xv - max).exp();
+                sum += *yv;
+            }
+            let inv = 1.0 / sum;
+            yr.iter_mut().for_each(|v| *v *= inv);
+        });
+    y
+}
+
+fn backward(y: &[f32], dy: &[f32], len: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; y.len()];
+    dx.par_chunks_mut(len)
+        .zip(y.par_chunks(len).zip(dy.par_chunks(len)))
+        .for_each(|(dxr, (yr, dyr))| {
+            let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
+            for ((d, &yv), &g) in dxr.iter_mut().zip(yr).zip(dyr) {
+                *d = yv * (g - dot);
+            }
+        });
+    dx
+}
+
+struct SoftmaxLast;
+
+impl CustomOp1 for SoftmaxLast {
+    fn name(&self) -> &'static str {
+        "unetlab-softmax-last"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let len = l.dims().last().copied().unwrap_or(1).max(1);
+        let y = forward(contiguous_f32(s, l)?, len);
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        let len = y.dims().last().copied().unwrap_or(1).max(1);
+        let dx = with_f32(y, |y| with_f32(&dy, |dy| backward(y, dy, len)))??;
+        Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+    }
+}
+
+/// Whether [`softmax_last`] takes `x` (f32 on the CPU).
+pub fn supported(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// Softmax of `x` over its last dimension, differentiable.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if x.elem_count() == 0 {
+        return Ok(x.clone());
+    }
+    x.contiguous()?.apply_op1(SoftmaxLast)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::{random, rel_err};
+    use candle_core::{Var, D};
+
+    #[test]
+    fn matches_the_composite_softmax() {
+        for (i, dims) in [vec![2, 3, 7], vec![1, 1], vec![4, 9, 33], vec![2, 1, 5, 1]]
+            .into_iter()
+            .enumerate()
+        {
+            // Large logits: the max shift must keep exp finite.
+            let x = Var::from_tensor(&random(&dims, i as u64).affine(40.0, 3.0).unwrap()).unwrap();
+            let ours = softmax_last(&x).unwrap();
+            let shifted = x
+                .broadcast_sub(&x.max_keepdim(D::Minus1).unwrap().detach())
+                .unwrap();
+            let e = shifted.exp().unwrap();
+            let reference = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+            let err = rel_err(&ours, &reference);
+            assert!(err <= 1e-5, "{dims:?}: forward rel err {err}");
+            let upstream = random(&dims, 50 + i as u64);
+            let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
+            let (g1, g2) = (
+                loss(&ours).backward().unwrap(),
+                loss(&reference).backward().unwrap(),
+            );
+            let (a, b) = (g1.get(&x).unwrap(), g2.get(&x).unwrap());
+            // A row of length 1 has a zero gradient: compare absolutely there.
+            let err = if b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                == 0.0
+            {
+                a.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            } else {
+                rel_err(a, b)
+            };
+            assert!(err <= 1e-4, "{dims:?}: gradient rel err {err}");
+        }
+    }
+}
