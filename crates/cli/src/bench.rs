@@ -1,8 +1,15 @@
-//! `unetlab bench`: latency of one UNet forward on this machine.
+//! `unetlab bench`: latency of one UNet forward on this machine, or with `--train` the speed of
+//! proxy training steps.
 
 use anyhow::{anyhow, bail, Result};
-use unetlab_bench::{bench, progress_bar, BenchOptions, BenchResult, DeviceArgs};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use unetlab_bench::{
+    bench, percentile, progress_bar, BenchOptions, BenchResult, DeviceArgs, Machine,
+};
+use unetlab_provenance::{Code, Provenance};
 use unetlab_spec::Config;
+use unetlab_train::{throughput::time_steps, Budget, Recipe};
 
 use crate::table::{mebibytes, Table};
 
@@ -10,6 +17,11 @@ use crate::table::{mebibytes, Table};
 ///
 /// Weights are seeded random (latency does not depend on their values). Runs stop at --runs, or at
 /// --max-seconds once 3 are done. FLOPs come from the cost interpreter (2 × MACs).
+///
+/// With --train: time proxy training steps instead (the trainer's own step on `shapes` data:
+/// denoising loss, backward, clipping, AdamW, EMA; CPU, f32), --warmup untimed then --steps timed;
+/// median, p10, p90, images/s, and GFLOP/s counted as 3 × the proxy UNet's forward FLOPs per
+/// image (forward + backward; the text encoder is not counted).
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Presets or YAML config files.
@@ -17,9 +29,18 @@ pub struct BenchArgs {
     configs: Vec<String>,
     #[command(flatten)]
     run_on: DeviceArgs,
-    /// Batch size.
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// Time proxy training steps instead of one forward.
+    #[arg(long)]
+    train: bool,
+    /// Timed training steps (with --train).
+    #[arg(long, default_value_t = 10, requires = "train")]
+    steps: usize,
+    /// Training recipe whose batch, data and optimizer are used (with --train).
+    #[arg(long, value_enum, default_value_t = Budget::Quick, requires = "train")]
+    budget: Budget,
+    /// Batch size (default: 1; with --train, the recipe's batch).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Latent height = width (default: each config's latent_size).
     #[arg(long)]
     latent_size: Option<usize>,
@@ -49,14 +70,17 @@ pub struct BenchArgs {
 /// Runs `unetlab bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let (device, dtype) = args.run_on.open().map_err(|e| anyhow!(e))?;
-    if args.batch == 0 {
+    if args.batch == Some(0) {
         bail!("--batch must be at least 1");
+    }
+    if args.train {
+        return run_training(args);
     }
     let mut results = Vec::new();
     for reference in &args.configs {
         let config = Config::load(reference)?;
         let opts = BenchOptions {
-            batch: args.batch,
+            batch: args.batch.unwrap_or(1),
             latent_size: args.latent_size.unwrap_or(config.spec.latent_size),
             tokens: args.tokens.unwrap_or(config.spec.text_tokens),
             warmup: args.warmup,
@@ -139,4 +163,120 @@ fn render(results: &[BenchResult]) -> String {
         ));
     }
     out
+}
+
+/// One training benchmark (`unetlab bench --train --json` prints a list of these).
+#[derive(Debug, Serialize)]
+struct TrainBench {
+    config: String,
+    batch: usize,
+    warmup: usize,
+    /// Every timed step, in seconds.
+    times_s: Vec<f64>,
+    median_s: f64,
+    p10_s: f64,
+    p90_s: f64,
+    /// `1 / median_s`.
+    steps_per_s: f64,
+    /// `batch / median_s`.
+    images_per_s: f64,
+    /// 3 × 2 × the proxy UNet's forward MACs per image × batch.
+    flops_per_step: u64,
+    /// `flops_per_step / median_s / 1e9`.
+    achieved_gflops_per_s: f64,
+    proxy_params: u64,
+    text_encoder_params: u64,
+    recipe: Recipe,
+    machine: Machine,
+    provenance: Provenance,
+}
+
+fn run_training(args: &BenchArgs) -> Result<()> {
+    if args.run_on.device != "cpu" || args.run_on.dtype != "f32" {
+        bail!("--train runs on the CPU in f32 (proxy training has no other path)");
+    }
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let mut results = Vec::new();
+    for reference in &args.configs {
+        let config = Config::load(reference)?;
+        let mut recipe = Recipe::for_budget(args.budget);
+        if let Some(batch) = args.batch {
+            recipe.batch = batch;
+        }
+        let bar = ProgressBar::new((args.warmup + args.steps) as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} training steps")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(config.name.clone());
+        let times = time_steps(&config, &recipe, args.warmup, args.steps, &mut |done, _| {
+            bar.set_position(done as u64)
+        })?;
+        bar.finish_and_clear();
+        let mut sorted = times.times_s.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = percentile(&sorted, 0.5);
+        let flops = 6 * times.proxy_macs * recipe.batch as u64;
+        results.push(TrainBench {
+            config: config.name.clone(),
+            batch: recipe.batch,
+            warmup: args.warmup,
+            median_s: median,
+            p10_s: percentile(&sorted, 0.1),
+            p90_s: percentile(&sorted, 0.9),
+            steps_per_s: 1.0 / median,
+            images_per_s: recipe.batch as f64 / median,
+            flops_per_step: flops,
+            achieved_gflops_per_s: flops as f64 / median / 1e9,
+            proxy_params: times.params.0,
+            text_encoder_params: times.params.1,
+            times_s: times.times_s,
+            recipe,
+            machine: Machine::current(),
+            provenance: Provenance::now(Code::Training),
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(());
+    }
+    let mut t = Table::new([
+        "config",
+        "batch",
+        "steps",
+        "median (s)",
+        "p10 (s)",
+        "p90 (s)",
+        "steps/s",
+        "images/s",
+        "GFLOP/step",
+        "GFLOP/s",
+    ]);
+    for r in &results {
+        t.row(vec![
+            r.config.clone(),
+            r.batch.to_string(),
+            r.times_s.len().to_string(),
+            format!("{:.4}", r.median_s),
+            format!("{:.4}", r.p10_s),
+            format!("{:.4}", r.p90_s),
+            format!("{:.2}", r.steps_per_s),
+            format!("{:.1}", r.images_per_s),
+            format!("{:.2}", r.flops_per_step as f64 / 1e9),
+            format!("{:.1}", r.achieved_gflops_per_s),
+        ]);
+    }
+    print!("{}", t.render());
+    if let Some(r) = results.first() {
+        let m = &r.machine;
+        println!(
+            "\n{} ({} CPUs, {} threads), candle {}, {} warm-up step(s). FLOPs = 3 × 2 × the proxy UNet's \
+             forward MACs per image (text encoder not counted).",
+            m.cpu_model, m.cpus, m.threads, m.candle_version, r.warmup
+        );
+    }
+    Ok(())
 }

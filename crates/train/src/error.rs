@@ -40,6 +40,9 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// The training benchmark could not run (a recipe it cannot use, or a diverging step).
+    #[error("training benchmark: {0}")]
+    Benchmark(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -22,6 +22,8 @@ pub mod proxy;
 pub mod recipe;
 pub mod sample;
 pub mod schedule;
+pub mod step;
+pub mod throughput;
 pub mod tokenizer;
 pub mod trainer;
 

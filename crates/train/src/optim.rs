@@ -126,6 +126,13 @@ pub fn learning_rate(step: u64, warmup: u64, total: u64, peak: f64) -> f64 {
     floor + (peak - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
+/// EMA weights that start as copies of the variables.
+pub fn ema_init(vars: &[(String, Var)]) -> Result<BTreeMap<String, Tensor>> {
+    vars.iter()
+        .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+        .collect()
+}
+
 /// Exponential moving average of weights: `ema ← d · ema + (1 − d) · w`.
 pub fn ema_update<'a>(
     ema: &mut BTreeMap<String, Tensor>,

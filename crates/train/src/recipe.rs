@@ -1,6 +1,7 @@
 //! The training recipe: identical for every variant of a study, and part of every result row.
 
 use serde::{Deserialize, Serialize};
+use unetlab_graph::TextEncoderSpec;
 
 use crate::optim::AdamWConfig;
 use crate::proxy::ProxyShape;
@@ -59,6 +60,17 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// The proxy's text encoder for a tokenizer of `vocab` entries.
+    pub fn text_encoder(&self, vocab: usize) -> TextEncoderSpec {
+        TextEncoderSpec {
+            vocab,
+            tokens: self.proxy.tokens,
+            width: self.proxy.text_dim,
+            layers: self.text_layers,
+            heads: self.text_heads,
+        }
+    }
+
     /// Checks the counts a run divides by or indexes with.
     pub fn validate(&self) -> Result<(), String> {
         let counts = [

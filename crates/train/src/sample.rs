@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use unetlab_graph::TextEncoderSpec;
 use unetlab_model::standard_normal;
 use unetlab_spec::Config;
 
@@ -52,13 +51,7 @@ impl TrainedRun {
         }
         let recipe = &summary.recipe;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), recipe.proxy.tokens)?;
-        let text_spec = TextEncoderSpec {
-            vocab: tokenizer.vocab(),
-            tokens: recipe.proxy.tokens,
-            width: recipe.proxy.text_dim,
-            layers: recipe.text_layers,
-            heads: recipe.text_heads,
-        };
+        let text_spec = recipe.text_encoder(tokenizer.vocab());
         let ck = checkpoint::load(&dir.join("checkpoint.safetensors"))?;
         if ck.info.run_hash != summary.run_hash {
             return Err(bad(

@@ -6,18 +6,15 @@
 //! the data order. A checkpoint therefore only needs weights, EMA, AdamW moments and `s`; resuming
 //! from it replays exactly what an uninterrupted run does.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng};
+use candle_core::Tensor;
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use unetlab_data::Example;
-use unetlab_graph::TextEncoderSpec;
-use unetlab_model::standard_normal;
 use unetlab_provenance::{Code, Provenance};
 use unetlab_spec::explicit::explicit_yaml;
 use unetlab_spec::Config;
@@ -27,12 +24,13 @@ use crate::data::{DataSource, TrainData};
 use crate::error::TrainError;
 use crate::evaluator::{Accuracy, Evaluator, EvaluatorRecipe};
 use crate::metrics::{evaluate, MetricOptions, Quality, Reference};
-use crate::model::{images_to_latents, ProxyModel};
-use crate::optim::{clip_grads, collect_grads, ema_update, learning_rate, AdamW};
+use crate::model::ProxyModel;
+use crate::optim::{ema_init, AdamW};
 use crate::proxy::proxy_spec;
 use crate::recipe::Recipe;
 use crate::sample::write_grid;
 use crate::schedule::{NoiseSchedule, Prediction, TRAIN_STEPS};
+use crate::step::{denoising_loss, StepOutcome, Stepper};
 use crate::tokenizer::TextTokenizer;
 
 /// Seed of the validation noise: the same for every run, so validation losses compare.
@@ -205,13 +203,7 @@ pub fn train(
             TextTokenizer::train(captions.iter().map(String::as_str), tokens)?
         }
     };
-    let text_spec = TextEncoderSpec {
-        vocab: tokenizer.vocab(),
-        tokens,
-        width: recipe.proxy.text_dim,
-        layers: recipe.text_layers,
-        heads: recipe.text_heads,
-    };
+    let text_spec = recipe.text_encoder(tokenizer.vocab());
     let identity = serde_json::json!({
         "config": opts.config.hash(),
         "recipe": recipe,
@@ -245,10 +237,7 @@ pub fn train(
         }
         let vars = model.named_vars();
         let adam = AdamW::new(recipe.optimizer, vars.iter().map(|(n, v)| (n.as_str(), v)))?;
-        let ema: BTreeMap<String, Tensor> = vars
-            .iter()
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
-            .collect::<Result<_, candle_core::Error>>()?;
+        let ema = ema_init(&vars)?;
         if opts.tokenizer.is_none() {
             tokenizer.save(&tokenizer_path)?;
         }
@@ -303,51 +292,26 @@ pub fn train(
         .or(initial_validation_loss)
         .unwrap_or(f64::NAN);
     let mut training_time = 0.0;
+    let stepper = Stepper {
+        model: &model,
+        vars: &vars,
+        tokenizer: &tokenizer,
+        data: &data,
+        schedule: &schedule,
+        recipe,
+    };
     for step in start..recipe.steps {
         let began = Instant::now();
-        let examples = data.batch(step, recipe.batch, recipe.seed);
-        let mut rng = ChaCha8Rng::seed_from_u64(recipe.seed);
-        rng.set_stream(step);
-        let captions: Vec<&str> = examples
-            .iter()
-            .map(|e| {
-                if rng.random::<f64>() < recipe.cfg_dropout {
-                    ""
-                } else {
-                    e.caption.as_str()
-                }
-            })
-            .collect();
-        let timesteps: Vec<usize> = (0..examples.len())
-            .map(|_| rng.random_range(0..TRAIN_STEPS))
-            .collect();
-        let loss = denoising_loss(
-            &model,
-            &tokenizer,
-            &examples,
-            &captions,
-            &timesteps,
-            &mut rng,
-            &schedule,
-            recipe.prediction,
-            true,
-        )?;
-        let loss_value = loss.to_scalar::<f32>()? as f64;
-        if !loss_value.is_finite() {
-            return Err(diverged(step, loss_value, last_checkpoint, out));
-        }
-        let grads = loss.backward()?;
-        let (mut grads, norm) = collect_grads(&grads, vars.iter().map(|(n, v)| (n.as_str(), v)))?;
-        if !norm.is_finite() {
-            return Err(diverged(step, norm, last_checkpoint, out));
-        }
-        clip_grads(&mut grads, norm, recipe.grad_clip)?;
-        let lr = learning_rate(step, recipe.warmup, recipe.steps, recipe.optimizer.lr);
-        adam.update(vars.iter().map(|(n, v)| (n.as_str(), v)), &grads, lr)?;
-        let decay = recipe
-            .ema_decay
-            .min((1.0 + step as f64) / (10.0 + step as f64));
-        ema_update(&mut ema, vars.iter().map(|(n, v)| (n.as_str(), v)), decay)?;
+        let (loss_value, lr, norm) = match stepper.step(&mut adam, &mut ema, step)? {
+            StepOutcome::Updated {
+                loss,
+                lr,
+                grad_norm,
+            } => (loss, lr, grad_norm),
+            StepOutcome::Diverged { value } => {
+                return Err(diverged(step, value, last_checkpoint, out))
+            }
+        };
         training_time += began.elapsed().as_secs_f64();
 
         let done = step + 1;
@@ -484,51 +448,6 @@ fn score(
         real_fd: reference.real_floor(&evaluator, image_size)?,
         quality,
     })
-}
-
-/// The mean squared error between the model's output and its target (the noise, or v; see
-/// [`Prediction`]), for `examples` noised at `timesteps` with noise drawn from `rng`.
-#[allow(clippy::too_many_arguments)]
-fn denoising_loss(
-    model: &ProxyModel,
-    tokenizer: &TextTokenizer,
-    examples: &[Example],
-    captions: &[&str],
-    timesteps: &[usize],
-    rng: &mut ChaCha8Rng,
-    schedule: &NoiseSchedule,
-    prediction: Prediction,
-    trainable: bool,
-) -> Result<Tensor, TrainError> {
-    let device = Device::Cpu;
-    let size = examples[0].size;
-    let pixels: Vec<f32> = examples
-        .iter()
-        .flat_map(|e| e.image.iter().copied())
-        .collect();
-    let images = Tensor::from_vec(pixels, (examples.len(), 3, size, size), &device)?;
-    let x0 = images_to_latents(&images)?;
-    let noise = Tensor::from_vec(standard_normal(rng, x0.elem_count()), x0.dims(), &device)?;
-    let (signal, spread): (Vec<f32>, Vec<f32>) = timesteps
-        .iter()
-        .map(|&t| {
-            let (a, b) = schedule.weights(t);
-            (a as f32, b as f32)
-        })
-        .unzip();
-    let per_item = (examples.len(), 1, 1, 1);
-    let signal = Tensor::from_vec(signal, per_item, &device)?;
-    let spread = Tensor::from_vec(spread, per_item, &device)?;
-    let x_t = (x0.broadcast_mul(&signal)? + noise.broadcast_mul(&spread)?)?;
-    let target = prediction.target(&x0, &noise, &signal, &spread)?;
-    let t = Tensor::from_vec(
-        timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(),
-        examples.len(),
-        &device,
-    )?;
-    let one_hot = tokenizer.one_hot(captions, &device)?;
-    let predicted = model.predict(&x_t, &t, &one_hot, trainable)?;
-    Ok((predicted - target)?.sqr()?.mean_all()?)
 }
 
 /// Validation loss: the mean denoising loss over `examples` with their real captions, at fixed

@@ -1,0 +1,160 @@
+//! One optimisation step of proxy training: a batch of the recipe's data and noise (a function of
+//! seed and step only), the denoising loss, backward, gradient clipping, AdamW and EMA. The
+//! trainer and the training benchmark (`unetlab bench --train`) run this same step.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use unetlab_data::Example;
+use unetlab_model::standard_normal;
+
+use crate::data::TrainData;
+use crate::error::TrainError;
+use crate::model::{images_to_latents, ProxyModel};
+use crate::optim::{clip_grads, collect_grads, ema_update, learning_rate, AdamW};
+use crate::recipe::Recipe;
+use crate::schedule::{NoiseSchedule, Prediction, TRAIN_STEPS};
+use crate::tokenizer::TextTokenizer;
+
+/// What one step needs besides the optimizer state.
+pub struct Stepper<'a> {
+    /// The model being trained.
+    pub model: &'a ProxyModel,
+    /// Its variables, by name (the order AdamW and EMA see them in).
+    pub vars: &'a [(String, Var)],
+    /// Captions to one-hot tokens.
+    pub tokenizer: &'a TextTokenizer,
+    /// The training data.
+    pub data: &'a TrainData,
+    /// The noise schedule.
+    pub schedule: &'a NoiseSchedule,
+    /// Batch, seed, dropout, optimizer and EMA settings.
+    pub recipe: &'a Recipe,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepOutcome {
+    /// Parameters, AdamW state and EMA weights were updated.
+    Updated {
+        /// The batch's loss.
+        loss: f64,
+        /// The learning rate used.
+        lr: f64,
+        /// The gradient norm before clipping.
+        grad_norm: f64,
+    },
+    /// The loss or the gradient norm was not finite (`value`): nothing was updated.
+    Diverged {
+        /// The non-finite loss or gradient norm.
+        value: f64,
+    },
+}
+
+impl Stepper<'_> {
+    /// Runs step `step` (0-based) of the recipe.
+    pub fn step(
+        &self,
+        adam: &mut AdamW,
+        ema: &mut BTreeMap<String, Tensor>,
+        step: u64,
+    ) -> Result<StepOutcome, TrainError> {
+        let recipe = self.recipe;
+        let examples = self.data.batch(step, recipe.batch, recipe.seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(recipe.seed);
+        rng.set_stream(step);
+        let captions: Vec<&str> = examples
+            .iter()
+            .map(|e| {
+                if rng.random::<f64>() < recipe.cfg_dropout {
+                    ""
+                } else {
+                    e.caption.as_str()
+                }
+            })
+            .collect();
+        let timesteps: Vec<usize> = (0..examples.len())
+            .map(|_| rng.random_range(0..TRAIN_STEPS))
+            .collect();
+        let loss = denoising_loss(
+            self.model,
+            self.tokenizer,
+            &examples,
+            &captions,
+            &timesteps,
+            &mut rng,
+            self.schedule,
+            recipe.prediction,
+            true,
+        )?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        if !loss_value.is_finite() {
+            return Ok(StepOutcome::Diverged { value: loss_value });
+        }
+        let vars = || self.vars.iter().map(|(n, v)| (n.as_str(), v));
+        let grads = loss.backward()?;
+        let (mut grads, norm) = collect_grads(&grads, vars())?;
+        if !norm.is_finite() {
+            return Ok(StepOutcome::Diverged { value: norm });
+        }
+        clip_grads(&mut grads, norm, recipe.grad_clip)?;
+        let lr = learning_rate(step, recipe.warmup, recipe.steps, recipe.optimizer.lr);
+        adam.update(vars(), &grads, lr)?;
+        let decay = recipe
+            .ema_decay
+            .min((1.0 + step as f64) / (10.0 + step as f64));
+        ema_update(ema, vars(), decay)?;
+        Ok(StepOutcome::Updated {
+            loss: loss_value,
+            lr,
+            grad_norm: norm,
+        })
+    }
+}
+
+/// The mean squared error between the model's output and its target (the noise, or v; see
+/// [`Prediction`]), for `examples` noised at `timesteps` with noise drawn from `rng`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn denoising_loss(
+    model: &ProxyModel,
+    tokenizer: &TextTokenizer,
+    examples: &[Example],
+    captions: &[&str],
+    timesteps: &[usize],
+    rng: &mut ChaCha8Rng,
+    schedule: &NoiseSchedule,
+    prediction: Prediction,
+    trainable: bool,
+) -> Result<Tensor, TrainError> {
+    let device = Device::Cpu;
+    let size = examples[0].size;
+    let pixels: Vec<f32> = examples
+        .iter()
+        .flat_map(|e| e.image.iter().copied())
+        .collect();
+    let images = Tensor::from_vec(pixels, (examples.len(), 3, size, size), &device)?;
+    let x0 = images_to_latents(&images)?;
+    let noise = Tensor::from_vec(standard_normal(rng, x0.elem_count()), x0.dims(), &device)?;
+    let (signal, spread): (Vec<f32>, Vec<f32>) = timesteps
+        .iter()
+        .map(|&t| {
+            let (a, b) = schedule.weights(t);
+            (a as f32, b as f32)
+        })
+        .unzip();
+    let per_item = (examples.len(), 1, 1, 1);
+    let signal = Tensor::from_vec(signal, per_item, &device)?;
+    let spread = Tensor::from_vec(spread, per_item, &device)?;
+    let x_t = (x0.broadcast_mul(&signal)? + noise.broadcast_mul(&spread)?)?;
+    let target = prediction.target(&x0, &noise, &signal, &spread)?;
+    let t = Tensor::from_vec(
+        timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(),
+        examples.len(),
+        &device,
+    )?;
+    let one_hot = tokenizer.one_hot(captions, &device)?;
+    let predicted = model.predict(&x_t, &t, &one_hot, trainable)?;
+    Ok((predicted - target)?.sqr()?.mean_all()?)
+}
