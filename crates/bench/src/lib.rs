@@ -252,7 +252,8 @@ fn time_blocks(
     for i in 0..runs {
         let mut ops = CandleOps::timed(&model.params);
         let start = Instant::now();
-        let out = unet_forward(&mut ops, &model.spec, inputs)?;
+        let out =
+            unetlab_model::on_compute_threads(|| unet_forward(&mut ops, &model.spec, inputs))?;
         model
             .params
             .device()

@@ -7,9 +7,12 @@ use serde::Serialize;
 use unetlab_bench::{
     bench, percentile, progress_bar, BenchOptions, BenchResult, DeviceArgs, Machine,
 };
+use unetlab_model::profile::Pass;
 use unetlab_provenance::{Code, Provenance};
 use unetlab_spec::Config;
-use unetlab_train::{throughput::time_steps, Budget, Recipe};
+use unetlab_train::step::Phases;
+use unetlab_train::throughput::{time_steps, StepTimes};
+use unetlab_train::{Budget, Recipe};
 
 use crate::table::{mebibytes, Table};
 
@@ -21,7 +24,8 @@ use crate::table::{mebibytes, Table};
 /// With --train: time proxy training steps instead (the trainer's own step on `shapes` data:
 /// denoising loss, backward, clipping, AdamW, EMA; CPU, f32), --warmup untimed then --steps timed;
 /// median, p10, p90, images/s, and GFLOP/s counted as 3 × the proxy UNet's forward FLOPs per
-/// image (forward + backward; the text encoder is not counted).
+/// image (forward + backward; the text encoder is not counted). --profile adds where a step's time
+/// goes, by kind of op.
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Presets or YAML config files.
@@ -35,6 +39,11 @@ pub struct BenchArgs {
     /// Timed training steps (with --train).
     #[arg(long, default_value_t = 10, requires = "train")]
     steps: usize,
+    /// Also report the time per kind of op (conv 3x3, conv 1x1, depthwise, norms, attention
+    /// matmuls, softmax, linear, activations, elementwise, copies), forward and backward, with
+    /// the optimizer and what no kind accounts for (with --train).
+    #[arg(long, requires = "train")]
+    profile: bool,
     /// Training recipe whose batch, data and optimizer are used (with --train).
     #[arg(long, value_enum, default_value_t = Budget::Quick, requires = "train")]
     budget: Budget,
@@ -186,6 +195,8 @@ struct TrainBench {
     achieved_gflops_per_s: f64,
     proxy_params: u64,
     text_encoder_params: u64,
+    /// Mean seconds per step by kind of op (with --profile).
+    profile: Option<Vec<ProfileRow>>,
     recipe: Recipe,
     machine: Machine,
     provenance: Provenance,
@@ -212,9 +223,13 @@ fn run_training(args: &BenchArgs) -> Result<()> {
                 .progress_chars("=> "),
         );
         bar.set_prefix(config.name.clone());
-        let times = time_steps(&config, &recipe, args.warmup, args.steps, &mut |done, _| {
-            bar.set_position(done as u64)
-        })?;
+        let times = time_steps(
+            &config,
+            &recipe,
+            (args.warmup, args.steps),
+            args.profile,
+            &mut |done, _| bar.set_position(done as u64),
+        )?;
         bar.finish_and_clear();
         let mut sorted = times.times_s.clone();
         sorted.sort_by(f64::total_cmp);
@@ -233,6 +248,7 @@ fn run_training(args: &BenchArgs) -> Result<()> {
             achieved_gflops_per_s: flops as f64 / median / 1e9,
             proxy_params: times.params.0,
             text_encoder_params: times.params.1,
+            profile: profile_rows(&times, median),
             times_s: times.times_s,
             recipe,
             machine: Machine::current(),
@@ -278,5 +294,97 @@ fn run_training(args: &BenchArgs) -> Result<()> {
             m.cpu_model, m.cpus, m.threads, m.candle_version, r.warmup
         );
     }
+    for r in &results {
+        let Some(rows) = &r.profile else { continue };
+        let mut t = Table::new(["", "forward (ms)", "backward (ms)", "other (ms)", "share"]);
+        let ms = |s: Option<f64>| s.map_or(String::new(), |s| format!("{:.1}", 1e3 * s));
+        for row in rows {
+            t.row(vec![
+                row.kind.clone(),
+                ms(row.forward_s),
+                ms(row.backward_s),
+                ms(row.other_s),
+                format!("{:.1} %", 100.0 * row.seconds() / r.median_s),
+            ]);
+        }
+        println!(
+            "\n{}: mean time per step by kind of op (median step {:.1} ms)\n{}",
+            r.config,
+            1e3 * r.median_s,
+            t.render()
+        );
+    }
     Ok(())
+}
+
+/// Mean seconds per step of one kind of op in each pass, or of a phase outside both.
+#[derive(Debug, Serialize)]
+struct ProfileRow {
+    kind: String,
+    forward_s: Option<f64>,
+    backward_s: Option<f64>,
+    other_s: Option<f64>,
+}
+
+impl ProfileRow {
+    fn seconds(&self) -> f64 {
+        [self.forward_s, self.backward_s, self.other_s]
+            .iter()
+            .flatten()
+            .sum()
+    }
+}
+
+/// The profile as rows, most expensive first, then what the kinds leave of each phase: the
+/// forward's data and loss, candle's own backward ops, the optimizer, and the rest of the step.
+fn profile_rows(times: &StepTimes, median_s: f64) -> Option<Vec<ProfileRow>> {
+    let totals = times.profile.as_ref()?;
+    let steps = times.times_s.len().max(1) as f64;
+    let mut kinds: Vec<&str> = totals.keys().map(|(k, _)| *k).collect();
+    kinds.dedup();
+    let per_step = |kind: &str, pass: Pass| totals.get(&(kind, pass)).map(|t| t.seconds / steps);
+    let mut rows: Vec<ProfileRow> = kinds
+        .iter()
+        .map(|&kind| ProfileRow {
+            kind: kind.to_string(),
+            forward_s: per_step(kind, Pass::Forward),
+            backward_s: per_step(kind, Pass::Backward),
+            other_s: None,
+        })
+        .collect();
+    rows.sort_by(|a, b| b.seconds().total_cmp(&a.seconds()));
+    let mean = |f: fn(&Phases) -> f64| times.phases.iter().map(f).sum::<f64>() / steps;
+    let (forward, backward, optimizer) = (
+        mean(|p| p.forward),
+        mean(|p| p.backward),
+        mean(|p| p.optimizer),
+    );
+    let spent = |pass: Pass| -> f64 { kinds.iter().filter_map(|&k| per_step(k, pass)).sum() };
+    rows.extend([
+        ProfileRow {
+            kind: "rest of the forward (data, noise, text one-hot, loss)".into(),
+            forward_s: Some(forward - spent(Pass::Forward)),
+            backward_s: None,
+            other_s: None,
+        },
+        ProfileRow {
+            kind: "candle's own backward ops (matmuls, elementwise, copies)".into(),
+            forward_s: None,
+            backward_s: Some(backward - spent(Pass::Backward)),
+            other_s: None,
+        },
+        ProfileRow {
+            kind: "optimizer (gradient norm, AdamW, EMA)".into(),
+            forward_s: None,
+            backward_s: None,
+            other_s: Some(optimizer),
+        },
+        ProfileRow {
+            kind: "median step minus mean phases".into(),
+            forward_s: None,
+            backward_s: None,
+            other_s: Some(median_s - forward - backward - optimizer),
+        },
+    ]);
+    Some(rows)
 }

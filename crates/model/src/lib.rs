@@ -11,6 +11,7 @@ mod inputs;
 pub mod kernels;
 mod ops;
 mod params;
+pub mod profile;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -25,6 +26,14 @@ pub use error::ModelError;
 pub use inputs::{example_inputs, size_conditioning, standard_normal};
 pub use ops::CandleOps;
 pub use params::ParamStore;
+
+/// Runs `f` on a thread of the compute pool (rayon's global pool, which candle's and unetlab's
+/// CPU kernels share), so that their parallel loops start from inside the pool: started from
+/// another thread, each one hands its work over and wakes a sleeping thread, which costs more
+/// than a small op itself.
+pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
 
 /// The largest absolute elementwise difference of two tensors of one shape (compared in f32).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
@@ -86,11 +95,13 @@ impl UnetModel {
     /// One UNet evaluation for inference (no autograd graph). Inputs are converted to the model's
     /// dtype; timesteps and time ids stay f32.
     pub fn forward(&self, inputs: &UnetInputs<Tensor>) -> Result<Tensor, ModelError> {
-        unet_forward(
-            &mut CandleOps::new(&self.params),
-            &self.spec,
-            &self.cast_inputs(inputs)?,
-        )
+        on_compute_threads(|| {
+            unet_forward(
+                &mut CandleOps::new(&self.params),
+                &self.spec,
+                &self.cast_inputs(inputs)?,
+            )
+        })
     }
 
     /// One UNet evaluation that records the autograd graph, so `backward` reaches every parameter.

@@ -15,6 +15,7 @@ use unetlab_graph::{attend, AttentionKernel, Conv2dParams, Init, Ops, Unary};
 use crate::error::ModelError;
 use crate::kernels;
 use crate::params::ParamStore;
+use crate::profile::{self, Pass};
 
 /// Runs the forward on real tensors, taking parameters from a [`ParamStore`].
 pub struct CandleOps<'a> {
@@ -149,6 +150,16 @@ fn affine_channels(x: &Tensor, dim: usize, w: &Tensor, b: &Tensor) -> candle_cor
         .broadcast_add(&b.reshape(shape.as_slice())?)
 }
 
+/// The profile kind of a conv: `depthwise conv`, `conv 1x1`, `conv 3x3` or `conv (other)`.
+fn conv_kind(w: &Tensor, p: Conv2dParams) -> &'static str {
+    match w.dims() {
+        [_, 1, _, _] if p.groups > 1 => "depthwise conv",
+        [_, _, 1, 1] => "conv 1x1",
+        [_, _, 3, 3] => "conv 3x3",
+        _ => "conv (other)",
+    }
+}
+
 impl Ops for CandleOps<'_> {
     type Tensor = Tensor;
     type Error = ModelError;
@@ -197,6 +208,7 @@ impl Ops for CandleOps<'_> {
         b: Option<&Tensor>,
         p: Conv2dParams,
     ) -> Result<Tensor, ModelError> {
+        let _span = profile::span(conv_kind(w, p), Pass::Forward);
         let channels = x.dim(1)?;
         let y = if p.groups > 1 && p.groups == channels && w.dim(1)? == 1 && p.stride == 1 {
             if kernels::depthwise::supported(x, w, p.stride) {
@@ -212,18 +224,21 @@ impl Ops for CandleOps<'_> {
                 .to_dtype(dtype)?
         };
         Ok(match b {
+            Some(b) if kernels::bias::supported(&y, b, 1) => kernels::bias::add_bias(&y, b, 1)?,
             Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
             None => y,
         })
     }
 
     fn linear(&mut self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, ModelError> {
+        let _span = profile::span("linear", Pass::Forward);
         let dims = x.dims().to_vec();
         let cin = dims[dims.len() - 1];
         let rows = x.elem_count() / cin;
         let ([x, w], dtype) = matmul_operands([x, w])?;
         let y = x.reshape((rows, cin))?.matmul(&w.t()?)?.to_dtype(dtype)?;
         let y = match b {
+            Some(b) if kernels::bias::supported(&y, b, 1) => kernels::bias::add_bias(&y, b, 1)?,
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
@@ -233,6 +248,7 @@ impl Ops for CandleOps<'_> {
     }
 
     fn matmul(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, ModelError> {
+        let _span = profile::span("attention matmuls", Pass::Forward);
         let ([a, b], dtype) = matmul_operands([a, b])?;
         Ok(a.contiguous()?.matmul(&b.contiguous()?)?.to_dtype(dtype)?)
     }
@@ -245,6 +261,7 @@ impl Ops for CandleOps<'_> {
         w: &Tensor,
         b: &Tensor,
     ) -> Result<Tensor, ModelError> {
+        let _span = profile::span("group norm", Pass::Forward);
         if kernels::norm::supported(x) {
             return Ok(kernels::norm::group_norm(x, groups, eps, w, b)?);
         }
@@ -265,6 +282,7 @@ impl Ops for CandleOps<'_> {
         w: &Tensor,
         b: &Tensor,
     ) -> Result<Tensor, ModelError> {
+        let _span = profile::span("layer norm", Pass::Forward);
         if kernels::norm::supported(x) {
             return Ok(kernels::norm::layer_norm(x, eps, w, b)?);
         }
@@ -273,6 +291,7 @@ impl Ops for CandleOps<'_> {
     }
 
     fn softmax_last(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let _span = profile::span("softmax", Pass::Forward);
         if kernels::softmax::supported(x) {
             return Ok(kernels::softmax::softmax_last(x)?);
         }
@@ -317,6 +336,7 @@ impl Ops for CandleOps<'_> {
     }
 
     fn unary(&mut self, x: &Tensor, op: Unary) -> Result<Tensor, ModelError> {
+        let _span = profile::span("activation", Pass::Forward);
         if kernels::activation::supported(x) {
             return Ok(kernels::activation::activation(x, op)?);
         }
@@ -328,26 +348,32 @@ impl Ops for CandleOps<'_> {
     }
 
     fn scale(&mut self, x: &Tensor, scale: f64) -> Result<Tensor, ModelError> {
+        let _span = profile::span("elementwise", Pass::Forward);
         Ok(x.affine(scale, 0.0)?)
     }
 
     fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, ModelError> {
+        let _span = profile::span("elementwise", Pass::Forward);
         Ok(a.broadcast_add(b)?)
     }
 
     fn mul(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, ModelError> {
+        let _span = profile::span("elementwise", Pass::Forward);
         Ok(a.broadcast_mul(b)?)
     }
 
     fn reshape(&mut self, x: &Tensor, dims: &[usize]) -> Result<Tensor, ModelError> {
+        let _span = profile::span("copies and views", Pass::Forward);
         Ok(x.reshape(dims)?)
     }
 
     fn permute(&mut self, x: &Tensor, perm: &[usize]) -> Result<Tensor, ModelError> {
+        let _span = profile::span("copies and views", Pass::Forward);
         Ok(x.permute(perm)?)
     }
 
     fn concat(&mut self, xs: &[&Tensor], dim: usize) -> Result<Tensor, ModelError> {
+        let _span = profile::span("copies and views", Pass::Forward);
         Ok(Tensor::cat(xs, dim)?)
     }
 
@@ -358,10 +384,12 @@ impl Ops for CandleOps<'_> {
         start: usize,
         len: usize,
     ) -> Result<Tensor, ModelError> {
+        let _span = profile::span("copies and views", Pass::Forward);
         Ok(x.narrow(dim, start, len)?)
     }
 
     fn upsample_nearest2x(&mut self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let _span = profile::span("copies and views", Pass::Forward);
         // Broadcast instead of candle's upsample op, whose backward runs a grouped conv.
         let (b, c, h, w) = x.dims4()?;
         Ok(x.reshape((b, c, h, 1, w, 1))?
@@ -376,6 +404,7 @@ impl Ops for CandleOps<'_> {
         flip_sin_to_cos: bool,
         freq_shift: f64,
     ) -> Result<Tensor, ModelError> {
+        let _span = profile::span("embeddings", Pass::Forward);
         let half = channels / 2;
         // Mirrors diffusers' float32 arithmetic: exp(-ln(10000) * i / (half - shift)).
         let log_period = -(10000f64.ln()) as f32;

@@ -280,7 +280,7 @@ impl Evaluator {
             let value = loss.to_scalar::<f32>()? as f64;
             let grads = loss.backward()?;
             let (grads, _) = collect_grads(&grads, named())?;
-            adam.update(named(), &grads, recipe.lr)?;
+            adam.update(named(), &grads, recipe.lr, 1.0)?;
             progress(step + 1, recipe.steps, value);
         }
         Ok(Evaluator {

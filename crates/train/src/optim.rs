@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use unetlab_model::kernels::inplace::{
+    adam_step, lerp_into, lerp_square_into, sum_squares, AdamStep,
+};
 
 /// Optimizer hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -55,33 +59,38 @@ impl AdamW {
         })
     }
 
-    /// One update at learning rate `lr` with the (already clipped) gradients `grads`.
-    /// Variables without a gradient are left alone.
+    /// One update at learning rate `lr` with the gradients `grads` times `grad_scale` (the
+    /// clipping factor, see [`clip_scale`]), in place: moments and weights are updated in one
+    /// pass each, without allocating. Variables without a gradient are left alone.
     pub fn update<'a>(
         &mut self,
         vars: impl Iterator<Item = (&'a str, &'a Var)>,
         grads: &BTreeMap<String, Tensor>,
         lr: f64,
+        grad_scale: f64,
     ) -> Result<()> {
         self.step += 1;
         let c = self.config;
-        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias2 = 1.0 - c.beta2.powi(self.step as i32);
-        for (name, var) in vars {
-            let Some(g) = grads.get(name) else { continue };
-            let (Some(m), Some(v)) = (self.m.get_mut(name), self.v.get_mut(name)) else {
+        let step = AdamStep {
+            lr,
+            weight_decay: c.weight_decay,
+            bias1: 1.0 - c.beta1.powi(self.step as i32),
+            bias2: 1.0 - c.beta2.powi(self.step as i32),
+            eps: c.eps,
+        };
+        // Parameters are independent: several at a time (most are too small to split).
+        let vars: Vec<(&str, &Var)> = vars.collect();
+        vars.par_iter().try_for_each(|&(name, var)| {
+            let Some(g) = grads.get(name) else {
+                return Ok(());
+            };
+            let (Some(m), Some(v)) = (self.m.get(name), self.v.get(name)) else {
                 candle_core::bail!("AdamW: no state for `{name}`")
             };
-            *m = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?.detach();
-            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
-            let m_hat = (&*m / bias1)?;
-            let v_hat = (&*v / bias2)?;
-            let step = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-            let w = var.as_tensor();
-            let decayed = (w * (1.0 - lr * c.weight_decay))?;
-            var.set(&(decayed - (step * lr)?)?)?;
-        }
-        Ok(())
+            lerp_into(m, g, c.beta1, grad_scale)?;
+            lerp_square_into(v, g, c.beta2, grad_scale)?;
+            adam_step(var.as_tensor(), m, v, step)
+        })
     }
 }
 
@@ -91,28 +100,28 @@ pub fn collect_grads<'a>(
     vars: impl Iterator<Item = (&'a str, &'a Var)>,
 ) -> Result<(BTreeMap<String, Tensor>, f64)> {
     let mut out = BTreeMap::new();
-    let mut sum_sq = 0.0f64;
     for (name, var) in vars {
         if let Some(g) = grads.get(var.as_tensor()) {
             // Detached: a gradient's op history reaches back through the whole forward graph,
             // and optimizer state built from it would keep every step's graph alive.
-            let g = g.to_dtype(DType::F32)?.detach();
-            sum_sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            out.insert(name.to_string(), g);
+            out.insert(name.to_string(), g.to_dtype(DType::F32)?.detach());
         }
     }
-    Ok((out, sum_sq.sqrt()))
+    // Summed in name order whatever the threads do, so the norm is the same every time.
+    let squares = out
+        .par_iter()
+        .map(|(_, g)| sum_squares(g))
+        .collect::<Result<Vec<f64>>>()?;
+    Ok((out, squares.iter().sum::<f64>().sqrt()))
 }
 
-/// Scales every gradient so the global norm is at most `max_norm` (no change below it).
-pub fn clip_grads(grads: &mut BTreeMap<String, Tensor>, norm: f64, max_norm: f64) -> Result<()> {
+/// The factor that brings a global gradient norm `norm` down to at most `max_norm` (1 below it).
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
     if norm > max_norm && norm.is_finite() {
-        let factor = max_norm / norm;
-        for g in grads.values_mut() {
-            *g = (&*g * factor)?;
-        }
+        max_norm / norm
+    } else {
+        1.0
     }
-    Ok(())
 }
 
 /// Linear warm-up to `peak` over `warmup` steps, then cosine decay to 10 % of `peak` at `total`.
@@ -133,21 +142,20 @@ pub fn ema_init(vars: &[(String, Var)]) -> Result<BTreeMap<String, Tensor>> {
         .collect()
 }
 
-/// Exponential moving average of weights: `ema ← d · ema + (1 − d) · w`.
+/// Exponential moving average of weights, in place: `ema ← d · ema + (1 − d) · w`.
 pub fn ema_update<'a>(
     ema: &mut BTreeMap<String, Tensor>,
     vars: impl Iterator<Item = (&'a str, &'a Var)>,
     decay: f64,
 ) -> Result<()> {
-    for (name, var) in vars {
-        let w = var.as_tensor();
-        let next = match ema.get(name) {
-            Some(e) => ((e * decay)? + (w * (1.0 - decay))?)?.detach(),
-            None => w.copy()?.detach(),
-        };
-        ema.insert(name.to_string(), next);
+    // A variable the EMA has not seen starts as a copy; the others move towards their weights,
+    // several at a time.
+    let (seen, new): (Vec<_>, Vec<_>) = vars.partition(|(name, _)| ema.contains_key(*name));
+    for (name, var) in new {
+        ema.insert(name.to_string(), var.as_tensor().copy()?.detach());
     }
-    Ok(())
+    seen.par_iter()
+        .try_for_each(|&(name, var)| lerp_into(&ema[name], var.as_tensor(), decay, 1.0))
 }
 
 #[cfg(test)]
@@ -172,7 +180,8 @@ mod tests {
         let mut opt = AdamW::new(test_config(), [("w", &w)].into_iter()).unwrap();
         let g = Tensor::new(&[0.5f32, -4.0], &Device::Cpu).unwrap();
         let grads = BTreeMap::from([("w".to_string(), g)]);
-        opt.update([("w", &w)].into_iter(), &grads, 0.1).unwrap();
+        opt.update([("w", &w)].into_iter(), &grads, 0.1, 1.0)
+            .unwrap();
         let got = w.as_tensor().to_vec1::<f32>().unwrap();
         let want = [1.0 * (1.0 - 0.001) - 0.1, -2.0 * (1.0 - 0.001) + 0.1];
         for (a, b) in got.iter().zip(want) {
@@ -201,7 +210,7 @@ mod tests {
         let (grads, _) = collect_grads(&grads, vars.iter().copied()).unwrap();
         assert!(!grads["w"].track_op());
         let mut adam = AdamW::new(test_config(), vars.iter().copied()).unwrap();
-        adam.update(vars.iter().copied(), &grads, 0.1).unwrap();
+        adam.update(vars.iter().copied(), &grads, 0.1, 1.0).unwrap();
         assert!(!adam.m["w"].track_op() && !adam.v["w"].track_op());
         let mut ema = BTreeMap::new();
         ema_update(&mut ema, vars.iter().copied(), 0.9).unwrap();
@@ -211,20 +220,25 @@ mod tests {
 
     #[test]
     fn clipping_bounds_the_global_norm() {
-        let mut grads = BTreeMap::from([
-            (
-                "a".to_string(),
-                Tensor::new(&[3.0f32], &Device::Cpu).unwrap(),
-            ),
-            (
-                "b".to_string(),
-                Tensor::new(&[4.0f32], &Device::Cpu).unwrap(),
-            ),
-        ]);
-        clip_grads(&mut grads, 5.0, 1.0).unwrap();
-        let a = grads["a"].to_vec1::<f32>().unwrap()[0];
-        let b = grads["b"].to_vec1::<f32>().unwrap()[0];
-        assert!(((a * a + b * b).sqrt() - 1.0).abs() < 1e-6);
-        assert!((a / b - 0.75).abs() < 1e-6);
+        // Gradients (3, 4) of norm 5, clipped to 1: the update sees (0.6, 0.8).
+        assert!((clip_scale(5.0, 1.0) - 0.2).abs() < 1e-12);
+        assert_eq!(clip_scale(0.5, 1.0), 1.0);
+        assert_eq!(clip_scale(f64::NAN, 1.0), 1.0);
+        // At step 1 the update is lr · sign(g) whatever the scale; the first moment shows it.
+        let w = Var::from_vec(vec![1.0f32, 1.0], 2, &Device::Cpu).unwrap();
+        let config = AdamWConfig {
+            weight_decay: 0.0,
+            ..test_config()
+        };
+        let mut opt = AdamW::new(config, [("w", &w)].into_iter()).unwrap();
+        let g = Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap();
+        let grads = BTreeMap::from([("w".to_string(), g)]);
+        opt.update([("w", &w)].into_iter(), &grads, 0.1, clip_scale(5.0, 1.0))
+            .unwrap();
+        let m = opt.m["w"].to_vec1::<f32>().unwrap();
+        assert!(
+            (m[0] - 0.1 * 0.6).abs() < 1e-6 && (m[1] - 0.1 * 0.8).abs() < 1e-6,
+            "{m:?}"
+        );
     }
 }

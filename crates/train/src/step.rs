@@ -3,6 +3,7 @@
 //! trainer and the training benchmark (`unetlab bench --train`) run this same step.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -13,7 +14,7 @@ use unetlab_model::standard_normal;
 use crate::data::TrainData;
 use crate::error::TrainError;
 use crate::model::{images_to_latents, ProxyModel};
-use crate::optim::{clip_grads, collect_grads, ema_update, learning_rate, AdamW};
+use crate::optim::{clip_scale, collect_grads, ema_update, learning_rate, AdamW};
 use crate::recipe::Recipe;
 use crate::schedule::{NoiseSchedule, Prediction, TRAIN_STEPS};
 use crate::tokenizer::TextTokenizer;
@@ -34,6 +35,17 @@ pub struct Stepper<'a> {
     pub recipe: &'a Recipe,
 }
 
+/// Wall time of a step's phases, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Phases {
+    /// The batch, its noise and the forward to the loss.
+    pub forward: f64,
+    /// `backward()`.
+    pub backward: f64,
+    /// Gradient norm, AdamW and EMA.
+    pub optimizer: f64,
+}
+
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StepOutcome {
@@ -45,6 +57,8 @@ pub enum StepOutcome {
         lr: f64,
         /// The gradient norm before clipping.
         grad_norm: f64,
+        /// Where the step's time went.
+        phases: Phases,
     },
     /// The loss or the gradient norm was not finite (`value`): nothing was updated.
     Diverged {
@@ -54,14 +68,25 @@ pub enum StepOutcome {
 }
 
 impl Stepper<'_> {
-    /// Runs step `step` (0-based) of the recipe.
+    /// Runs step `step` (0-based) of the recipe, on a thread of the compute pool (see
+    /// [`unetlab_model::on_compute_threads`]).
     pub fn step(
         &self,
         adam: &mut AdamW,
         ema: &mut BTreeMap<String, Tensor>,
         step: u64,
     ) -> Result<StepOutcome, TrainError> {
+        unetlab_model::on_compute_threads(|| self.run(adam, ema, step))
+    }
+
+    fn run(
+        &self,
+        adam: &mut AdamW,
+        ema: &mut BTreeMap<String, Tensor>,
+        step: u64,
+    ) -> Result<StepOutcome, TrainError> {
         let recipe = self.recipe;
+        let began = Instant::now();
         let examples = self.data.batch(step, recipe.batch, recipe.seed);
         let mut rng = ChaCha8Rng::seed_from_u64(recipe.seed);
         rng.set_stream(step);
@@ -94,22 +119,29 @@ impl Stepper<'_> {
             return Ok(StepOutcome::Diverged { value: loss_value });
         }
         let vars = || self.vars.iter().map(|(n, v)| (n.as_str(), v));
+        let forward_done = Instant::now();
         let grads = loss.backward()?;
-        let (mut grads, norm) = collect_grads(&grads, vars())?;
+        let backward_done = Instant::now();
+        let (grads, norm) = collect_grads(&grads, vars())?;
         if !norm.is_finite() {
             return Ok(StepOutcome::Diverged { value: norm });
         }
-        clip_grads(&mut grads, norm, recipe.grad_clip)?;
         let lr = learning_rate(step, recipe.warmup, recipe.steps, recipe.optimizer.lr);
-        adam.update(vars(), &grads, lr)?;
+        adam.update(vars(), &grads, lr, clip_scale(norm, recipe.grad_clip))?;
         let decay = recipe
             .ema_decay
             .min((1.0 + step as f64) / (10.0 + step as f64));
         ema_update(ema, vars(), decay)?;
+        let seconds = |from: Instant, to: Instant| (to - from).as_secs_f64();
         Ok(StepOutcome::Updated {
             loss: loss_value,
             lr,
             grad_norm: norm,
+            phases: Phases {
+                forward: seconds(began, forward_done),
+                backward: seconds(forward_done, backward_done),
+                optimizer: seconds(backward_done, Instant::now()),
+            },
         })
     }
 }

@@ -307,6 +307,7 @@ pub fn train(
                 loss,
                 lr,
                 grad_norm,
+                ..
             } => (loss, lr, grad_norm),
             StepOutcome::Diverged { value } => {
                 return Err(diverged(step, value, last_checkpoint, out))

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use unetlab_graph::Unary;
 
 use super::{contiguous_f32, with_f32};
+use crate::profile::{self, Pass};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -56,6 +57,7 @@ impl CustomOp1 for Activation {
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let _span = profile::span("activation", Pass::Backward);
         let dy = dy.contiguous()?;
         let dx = with_f32(x, |x| {
             with_f32(&dy, |dy| {

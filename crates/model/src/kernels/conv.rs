@@ -16,6 +16,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::contiguous_f32;
+use crate::profile::{self, Pass};
 
 /// Input, kernel and output sizes of one convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,8 +377,16 @@ impl CustomOp2 for Conv2d {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
         let g = Geometry::new(x.dims(), w.dims(), self.stride, self.padding)?;
+        let _span = profile::span(
+            if g.kernel == 1 {
+                "conv 1x1"
+            } else {
+                "conv 3x3"
+            },
+            Pass::Backward,
+        );
+        let dy = dy.contiguous()?;
         let dx = dy.apply_op2_no_bwd(w, &GradInput(g))?;
         let dw = x.apply_op2_no_bwd(&dy, &GradWeight(g))?;
         Ok((Some(dx), Some(dw)))

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::conv::Geometry;
 use super::{contiguous_f32, with_f32};
+use crate::profile::{self, Pass};
 
 /// The geometry of one plane: `[1, 1, H, W]` by a `[1, 1, K, K]` filter.
 fn plane(x: &[usize], w: &[usize], padding: usize) -> Result<(usize, usize, Geometry)> {
@@ -167,6 +168,7 @@ impl CustomOp2 for Depthwise {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _span = profile::span("depthwise conv", Pass::Backward);
         let dy = dy.contiguous()?;
         let (batch, channels, g) = plane(x.dims(), w.dims(), self.padding)?;
         let dx = with_f32(&dy, |dy| {

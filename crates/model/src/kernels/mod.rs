@@ -2,8 +2,10 @@
 //! analytic backward (tested against candle's composite ops).
 
 pub mod activation;
+pub mod bias;
 pub mod conv;
 pub mod depthwise;
+pub mod inplace;
 pub mod norm;
 pub mod softmax;
 #[cfg(test)]

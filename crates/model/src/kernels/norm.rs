@@ -11,6 +11,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{contiguous_f32, with_f32};
+use crate::profile::{self, Pass};
 
 /// How a tensor splits into normalised rows and which affine channel each element uses.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -125,9 +126,9 @@ fn backward(rows: &Rows, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32
     (dx, to_f32(dw), to_f32(db))
 }
 
-/// `norm(x)·w + b` over [`Rows`]; differentiable in all three.
+/// `norm(x)·w + b` over [`Rows`]; differentiable in all three. The name is the profile's kind.
 #[derive(Debug, Clone, Copy)]
-struct Normalize(Rows);
+struct Normalize(Rows, &'static str);
 
 impl CustomOp3 for Normalize {
     fn name(&self) -> &'static str {
@@ -160,6 +161,7 @@ impl CustomOp3 for Normalize {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _span = profile::span(self.1, Pass::Backward);
         let dy = dy.contiguous()?;
         let (dx, dw, db) = with_f32(x, |x| {
             with_f32(w, |w| with_f32(&dy, |dy| backward(&self.0, x, w, dy)))
@@ -196,7 +198,7 @@ pub fn group_norm(x: &Tensor, groups: usize, eps: f64, w: &Tensor, b: &Tensor) -
         channels,
         eps,
     };
-    apply(x, w, b, rows)
+    apply(x, w, b, Normalize(rows, "group norm"))
 }
 
 /// LayerNorm of `x` over its last dimension with per-element `w` and `b`.
@@ -212,15 +214,15 @@ pub fn layer_norm(x: &Tensor, eps: f64, w: &Tensor, b: &Tensor) -> Result<Tensor
         channels: d,
         eps,
     };
-    apply(x, w, b, rows)
+    apply(x, w, b, Normalize(rows, "layer norm"))
 }
 
-fn apply(x: &Tensor, w: &Tensor, b: &Tensor, rows: Rows) -> Result<Tensor> {
+fn apply(x: &Tensor, w: &Tensor, b: &Tensor, op: Normalize) -> Result<Tensor> {
     if x.elem_count() == 0 {
         return Ok(x.clone());
     }
     x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, Normalize(rows))
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{contiguous_f32, with_f32};
+use crate::profile::{self, Pass};
 
 fn forward(x: &[f32], len: usize) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
@@ -51,6 +52,7 @@ impl CustomOp1 for SoftmaxLast {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let _span = profile::span("softmax", Pass::Backward);
         let dy = dy.contiguous()?;
         let len = y.dims().last().copied().unwrap_or(1).max(1);
         let dx = with_f32(y, |y| with_f32(&dy, |dy| backward(y, dy, len)))??;

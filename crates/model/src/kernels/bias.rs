@@ -1,0 +1,131 @@
+//! Adding a per-channel bias on the CPU in f32, with a one-pass backward: candle's broadcast add
+//! reduces the bias gradient with a strided, single-threaded sum over every other dimension.
+//! The tensor is seen as `outer × C × inner` (a conv's `[B, C, H, W]` has `inner = H·W`, a
+//! linear's `[rows, C]` has `inner = 1`).
+
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{contiguous_f32, with_f32};
+use crate::profile::{self, Pass};
+
+/// `y = x + b` along dimension `dim` of `x`.
+struct AddBias {
+    dim: usize,
+}
+
+impl AddBias {
+    /// `(C, inner)` for `x`'s dims.
+    fn split(&self, dims: &[usize]) -> (usize, usize) {
+        (dims[self.dim], dims[self.dim + 1..].iter().product())
+    }
+}
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "unetlab-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (contiguous_f32(xs, xl)?, contiguous_f32(bs, bl)?);
+        let (c, inner) = self.split(xl.dims());
+        let mut y = x.to_vec();
+        let per_block = |block: &mut [f32]| {
+            for (row, &bv) in block.chunks_mut(inner.max(1)).zip(b) {
+                row.iter_mut().for_each(|v| *v += bv);
+            }
+        };
+        if y.len() > 1 << 15 {
+            y.par_chunks_mut(c * inner).for_each(per_block);
+        } else {
+            y.chunks_mut(c * inner).for_each(per_block);
+        }
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _span = profile::span("bias add", Pass::Backward);
+        let dy = dy.contiguous()?;
+        let (c, inner) = self.split(x.dims());
+        let db = with_f32(&dy, |dy| {
+            let mut sums = vec![0f64; c];
+            for block in dy.chunks(c * inner) {
+                for (s, row) in sums.iter_mut().zip(block.chunks(inner.max(1))) {
+                    *s += row.iter().map(|&v| v as f64).sum::<f64>();
+                }
+            }
+            sums.into_iter().map(|s| s as f32).collect::<Vec<f32>>()
+        })?;
+        Ok((Some(dy), Some(Tensor::from_vec(db, b.shape(), b.device())?)))
+    }
+}
+
+/// Whether [`add_bias`] takes these operands: f32 on the CPU, a 1-D bias as long as `x`'s
+/// dimension `dim`.
+pub fn supported(x: &Tensor, b: &Tensor, dim: usize) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == candle_core::DType::F32
+        && b.dtype() == candle_core::DType::F32
+        && b.rank() == 1
+        && dim < x.rank()
+        && x.dim(dim).ok() == Some(b.elem_count())
+}
+
+/// `x + b` with `b` broadcast along every dimension but `dim`; differentiable in both.
+pub fn add_bias(x: &Tensor, b: &Tensor, dim: usize) -> Result<Tensor> {
+    if x.elem_count() == 0 {
+        bail!("add_bias: empty input {:?}", x.dims());
+    }
+    x.contiguous()?.apply_op2(&b.contiguous()?, AddBias { dim })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testing::{random, rel_err};
+    use candle_core::Var;
+
+    #[test]
+    fn matches_broadcast_add() {
+        for (i, (dims, dim)) in [
+            (vec![2, 5, 3, 7], 1),
+            (vec![9, 6], 1),
+            (vec![1, 3, 1, 1], 1),
+            (vec![2, 4, 33], 2),
+            (vec![4, 64, 16, 16], 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let x = Var::from_tensor(&random(&dims, i as u64)).unwrap();
+            let b = Var::from_tensor(&random(&[dims[dim]], 10 + i as u64)).unwrap();
+            let ours = add_bias(&x, &b, dim).unwrap();
+            let mut shape = vec![1; dims.len()];
+            shape[dim] = dims[dim];
+            let reference = x.broadcast_add(&b.reshape(shape).unwrap()).unwrap();
+            assert!(rel_err(&ours, &reference) <= 1e-6, "{dims:?}");
+            let upstream = random(&dims, 20 + i as u64);
+            let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
+            let (g1, g2) = (
+                loss(&ours).backward().unwrap(),
+                loss(&reference).backward().unwrap(),
+            );
+            for (name, v) in [("input", &x), ("bias", &b)] {
+                let e = rel_err(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(e <= 1e-5, "{dims:?}: {name} gradient rel err {e}");
+            }
+        }
+    }
+}
