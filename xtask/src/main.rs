@@ -4,6 +4,7 @@ mod ablate;
 mod docs;
 mod export_results;
 mod onnx_check;
+mod peer_bench;
 mod setup;
 mod tools;
 
@@ -36,6 +37,10 @@ enum Command {
     /// Check exported ONNX bundles with Python onnx.checker and ONNX Runtime (pip-installed into
     /// target/onnx-venv); --full also records the full-size MobileDiffusion export in results/export/.
     OnnxCheck(onnx_check::OnnxCheckArgs),
+    /// Time proxy training in unetlab beside PyTorch eager on the identical network (a pinned
+    /// torch in target/peer-venv; a check that both networks match comes first); writes
+    /// results/peers/. A benchmark: minutes, not part of the tests.
+    PeerBench(peer_bench::PeerBenchArgs),
     /// The test suite: setup, `cargo test --workspace --release`, then `onnx-check`.
     Test,
 }
@@ -46,6 +51,7 @@ fn main() -> Result<()> {
         Command::Docs { check } => docs::run(check),
         Command::Setup => setup::run(),
         Command::OnnxCheck(args) => onnx_check::run(&args),
+        Command::PeerBench(args) => peer_bench::run(&args),
         Command::Test => test(),
     }
 }

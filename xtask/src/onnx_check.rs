@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::docs::workspace;
-use crate::tools::{build_unetlab, run_ok, target_dir};
+use crate::tools::{build_unetlab, python_venv, run_ok, target_dir};
 
 /// Export tiny bundles that switch on every design choice (f32 and f16, opsets 17 to 21, inline
 /// and external weights, the diffusers reference fixtures with their weights, a trained proxy run
@@ -42,7 +42,7 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| target.join("onnx-check"));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let python = venv(&root, &target)?;
+    let python = python_venv(&root, &target, "scripts/requirements-onnx.txt", "onnx-venv")?;
     let unetlab = build_unetlab(&root)?;
 
     let fixtures = root.join("../shared/reference/fixtures");
@@ -132,44 +132,6 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
         full_size(&python, &unetlab, &root, &out)?;
     }
     Ok(())
-}
-
-/// The virtual environment with the pinned requirements (re-created when they change).
-fn venv(root: &Path, target: &Path) -> Result<PathBuf> {
-    let requirements = root.join("scripts/requirements-onnx.txt");
-    let wanted = std::fs::read_to_string(&requirements)
-        .with_context(|| format!("reading {}", requirements.display()))?;
-    let dir = target.join("onnx-venv");
-    let stamp = dir.join("requirements.stamp");
-    let python = dir.join("bin/python");
-    if python.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
-        return Ok(python);
-    }
-    println!(
-        "onnx-check: installing {} into {}",
-        requirements.display(),
-        dir.display()
-    );
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    run_ok(Command::new("python3").args(["-m", "venv"]).arg(&dir))
-        .context("creating a Python virtual environment (python3 -m venv)")?;
-    run_ok(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements),
-    )
-    .context("installing the ONNX checkers with pip")?;
-    std::fs::write(&stamp, wanted)?;
-    Ok(python)
 }
 
 fn export(

@@ -1,4 +1,5 @@
-//! Shared process helpers: cargo, the target directory, the `unetlab` binary.
+//! Shared process helpers: cargo, the target directory, the `unetlab` binary, pinned Python
+//! virtual environments.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,4 +38,43 @@ pub fn run_ok(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} exited with {status}");
     }
     Ok(())
+}
+
+/// The Python of `<target>/<name>`, a virtual environment with the pinned `requirements` (a path
+/// under `root`) installed; re-created when the requirements change.
+pub fn python_venv(root: &Path, target: &Path, requirements: &str, name: &str) -> Result<PathBuf> {
+    let requirements = root.join(requirements);
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let dir = target.join(name);
+    let stamp = dir.join("requirements.stamp");
+    let python = dir.join("bin/python");
+    if python.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
+        return Ok(python);
+    }
+    println!(
+        "installing {} into {} (pip)",
+        requirements.display(),
+        dir.display()
+    );
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    run_ok(Command::new("python3").args(["-m", "venv"]).arg(&dir))
+        .context("creating a Python virtual environment (python3 -m venv)")?;
+    run_ok(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements),
+    )
+    .with_context(|| format!("installing {} with pip", requirements.display()))?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
 }
