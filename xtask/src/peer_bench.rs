@@ -114,12 +114,13 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
                 )
                 .with_context(|| format!("PyTorch bench of {setting}"))?;
                 let peer = read_json(&peer_json)?;
-                let ratio = ours["steps_per_s"].as_f64().unwrap_or(f64::NAN)
-                    / peer["steps_per_s"].as_f64().unwrap_or(f64::NAN);
+                // Both rates from median step times, as in the table.
+                let rate = |v: &Value| 1.0 / v["median_s"].as_f64().unwrap_or(f64::NAN);
+                let ratio = rate(&ours) / rate(&peer);
                 println!(
                     "peer-bench: {setting}: unetlab {:.2} steps/s, PyTorch {:.2} steps/s ({ratio:.2}x)",
-                    ours["steps_per_s"].as_f64().unwrap_or(f64::NAN),
-                    peer["steps_per_s"].as_f64().unwrap_or(f64::NAN),
+                    rate(&ours),
+                    rate(&peer),
                 );
                 rows.push(json!({
                     "config": config,
@@ -229,7 +230,7 @@ fn readme(r: &Value) -> String {
             row["threads"],
             1.0 / f(&u["median_s"]),
             1.0 / f(&p["median_s"]),
-            f(&p["median_s"]) / f(&u["median_s"]),
+            f(&row["ratio"]),
             f(&u["achieved_gflops_per_s"]),
             f(&u["p10_s"]),
             f(&u["p90_s"]),

@@ -296,7 +296,14 @@ fn run_training(args: &BenchArgs) -> Result<()> {
     }
     for r in &results {
         let Some(rows) = &r.profile else { continue };
-        let mut t = Table::new(["", "forward (ms)", "backward (ms)", "other (ms)", "share"]);
+        let mut t = Table::new([
+            "",
+            "forward (ms)",
+            "backward (ms)",
+            "other (ms)",
+            "share",
+            "calls",
+        ]);
         let ms = |s: Option<f64>| s.map_or(String::new(), |s| format!("{:.1}", 1e3 * s));
         for row in rows {
             t.row(vec![
@@ -305,6 +312,7 @@ fn run_training(args: &BenchArgs) -> Result<()> {
                 ms(row.backward_s),
                 ms(row.other_s),
                 format!("{:.1} %", 100.0 * row.seconds() / r.median_s),
+                row.calls.map_or(String::new(), |c| format!("{c:.0}")),
             ]);
         }
         println!(
@@ -324,6 +332,8 @@ struct ProfileRow {
     forward_s: Option<f64>,
     backward_s: Option<f64>,
     other_s: Option<f64>,
+    /// Forward calls per step.
+    calls: Option<f64>,
 }
 
 impl ProfileRow {
@@ -350,6 +360,9 @@ fn profile_rows(times: &StepTimes, median_s: f64) -> Option<Vec<ProfileRow>> {
             forward_s: per_step(kind, Pass::Forward),
             backward_s: per_step(kind, Pass::Backward),
             other_s: None,
+            calls: totals
+                .get(&(kind, Pass::Forward))
+                .map(|t| t.calls as f64 / steps),
         })
         .collect();
     rows.sort_by(|a, b| b.seconds().total_cmp(&a.seconds()));
@@ -366,24 +379,28 @@ fn profile_rows(times: &StepTimes, median_s: f64) -> Option<Vec<ProfileRow>> {
             forward_s: Some(forward - spent(Pass::Forward)),
             backward_s: None,
             other_s: None,
+            calls: None,
         },
         ProfileRow {
             kind: "candle's own backward ops (matmuls, elementwise, copies)".into(),
             forward_s: None,
             backward_s: Some(backward - spent(Pass::Backward)),
             other_s: None,
+            calls: None,
         },
         ProfileRow {
             kind: "optimizer (gradient norm, AdamW, EMA)".into(),
             forward_s: None,
             backward_s: None,
             other_s: Some(optimizer),
+            calls: None,
         },
         ProfileRow {
             kind: "median step minus mean phases".into(),
             forward_s: None,
             backward_s: None,
             other_s: Some(median_s - forward - backward - optimizer),
+            calls: None,
         },
     ]);
     Some(rows)

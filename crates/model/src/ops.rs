@@ -232,6 +232,17 @@ impl Ops for CandleOps<'_> {
 
     fn linear(&mut self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, ModelError> {
         let _span = profile::span("linear", Pass::Forward);
+        if kernels::linear::supported(x, w) {
+            let y = kernels::linear::linear(x, w)?;
+            let last = y.rank() - 1;
+            return Ok(match b {
+                Some(b) if kernels::bias::supported(&y, b, last) => {
+                    kernels::bias::add_bias(&y, b, last)?
+                }
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            });
+        }
         let dims = x.dims().to_vec();
         let cin = dims[dims.len() - 1];
         let rows = x.elem_count() / cin;

@@ -12,10 +12,10 @@
 //! thread.
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::contiguous_f32;
+use super::gemm::{matmul, View};
 use crate::profile::{self, Pass};
 
 /// Input, kernel and output sizes of one convolution.
@@ -161,92 +161,6 @@ fn col2im(g: &Geometry, cols: &[f32], dx: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-/// A matrix view: `data[i·row_stride + j·col_stride]` for `i < rows`, `j < cols`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> View<'a> {
-    /// A row-major `rows × cols` matrix.
-    fn rows(data: &'a [f32], rows: usize, cols: usize) -> View<'a> {
-        View {
-            data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose (no copy).
-    fn t(self) -> View<'a> {
-        View {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-
-    fn in_bounds(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
-                < self.data.len()
-    }
-}
-
-/// `dst = a · b` (row-major `dst`), or `dst += a · b` when `accumulate`.
-fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool, threads: usize) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && dst.len() == m * n && a.in_bounds() && b.in_bounds());
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    let parallelism = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: every index gemm reads is inside `a` and `b` (checked above) and every index it
-    // writes is inside `dst` (m × n, row-major); the three do not alias (`dst` is `&mut`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
     }
 }
 

@@ -5,7 +5,9 @@ pub mod activation;
 pub mod bias;
 pub mod conv;
 pub mod depthwise;
+mod gemm;
 pub mod inplace;
+pub mod linear;
 pub mod norm;
 pub mod softmax;
 #[cfg(test)]
@@ -32,4 +34,37 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         Storage::Cpu(s) => Ok(f(contiguous_f32(s, layout)?)),
         _ => bail!("unetlab kernel: CPU tensors only"),
     }
+}
+
+/// Runs `f` compiled for the widest vector unit this CPU has (AVX-512, else AVX2 with FMA), or
+/// for the baseline target: the elementwise loops of the kernels are built for baseline x86-64
+/// (4 lanes, no FMA) unless they are inlined into a function with wider features. Call it around
+/// the innermost loop of each parallel task, so that the loop is inlined into it.
+#[inline(always)]
+fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { with_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { with_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }
