@@ -204,9 +204,10 @@ fn readme(r: &Value) -> String {
         s,
         "# Peers: proxy training, unetlab against PyTorch eager\n\n\
          Produced by `{COMMAND}`, build `{label}`, on {} ({} CPUs), started {}. Nothing here is \
-         edited by hand. Both sides time the same training step of the same proxy network (same \
-         weights at the start, same recipe: v-prediction DDPM loss on SD's schedule, backward, \
-         gradient clipping, AdamW, EMA), fp32 on the CPU, measured back to back in this one run: \
+         edited by hand. Both sides time the same training step of the same proxy network (the \
+         PyTorch one is built from unetlab's run directory and checked against it, below; same \
+         recipe: v-prediction DDPM loss on SD's schedule, backward, gradient clipping, AdamW, EMA), \
+         fp32 on the CPU, measured back to back in this one run: \
          `unetlab bench --train` and `scripts/peer_proxy.py bench` (PyTorch {}, eager, \
          `torch.set_num_threads`). Medians after 3 warm-up steps. unetlab's step also renders its \
          batch of `shapes` images and tokenizes captions; the peer draws random tensors.\n",
