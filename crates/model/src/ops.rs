@@ -324,6 +324,10 @@ impl Ops for CandleOps<'_> {
         v: &Tensor,
         kernel: AttentionKernel,
     ) -> Result<Tensor, ModelError> {
+        if kernels::attention::supported(q, kt, v) {
+            let _span = profile::span("attention core", Pass::Forward);
+            return Ok(kernels::attention::attend(q, kt, v, kernel)?);
+        }
         // Inference computes blocks of queries so that each block's scores (at most
         // ATTENTION_BLOCK_BYTES) stay in cache and reuse one allocation, instead of materialising
         // the whole n x m map (512 MB per 64x64 self-attention of SD 1.5).

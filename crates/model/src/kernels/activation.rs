@@ -17,7 +17,7 @@ const CHUNK: usize = 1 << 14;
 /// a degree-7 Taylor polynomial for `eʳ`, and `2ⁿ` put into the exponent bits. Flushes to 0
 /// below -87 and saturates above 88.
 #[inline(always)]
-fn fast_exp(x: f32) -> f32 {
+pub(super) fn fast_exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     // Adding and subtracting 1.5·2²³ rounds to an integer in plain arithmetic (`round` is a

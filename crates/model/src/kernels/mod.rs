@@ -2,6 +2,7 @@
 //! analytic backward (tested against candle's composite ops).
 
 pub mod activation;
+pub mod attention;
 pub mod bias;
 pub mod conv;
 pub mod depthwise;
