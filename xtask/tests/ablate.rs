@@ -174,10 +174,40 @@ fn smoke_run_over_every_config_matches_the_cost_interpreter() {
             "measurement",
             "value",
             "unit",
-            "conditions"
+            "conditions",
+            "build",
+            "measured_utc",
+            "source"
         ]
     );
     assert!(long.height() > 16 * configs.len());
+    // A fresh output folder: every count was computed and every other number measured by this
+    // build; none came from a cache.
+    let label = unetlab_provenance::Build::current().label();
+    let counts = [
+        "params",
+        "tensors",
+        "macs_conv",
+        "macs_linear",
+        "macs_attention",
+        "macs_total",
+        "flops",
+        "res_blocks",
+        "transformer_blocks",
+        "self_attention_blocks",
+        "cross_attention_blocks",
+        "peak_activation_memory",
+    ];
+    for i in 0..long.height() {
+        let measurement = str_at(&long, "measurement", i);
+        let want = if counts.contains(&measurement.as_str()) {
+            "computed"
+        } else {
+            "measured"
+        };
+        assert_eq!(str_at(&long, "source", i), want, "{measurement}");
+        assert_eq!(str_at(&long, "build", i), label);
+    }
 }
 
 fn cache_files(dir: &Path) -> Vec<PathBuf> {
