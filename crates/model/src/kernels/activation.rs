@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use unetlab_graph::Unary;
 
-use super::{contiguous_f32, vectorized, with_f32};
+use super::{contiguous_f32, cpu_f32, vectorized, with_f32};
 use crate::profile::{self, Pass};
 
 /// Elements per parallel task.
@@ -121,7 +121,7 @@ impl CustomOp1 for Activation {
 
 /// Whether [`activation`] takes `x` (f32 on the CPU).
 pub fn supported(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    cpu_f32(&[x])
 }
 
 /// `op(x)` elementwise, differentiable.

@@ -14,7 +14,7 @@ use unetlab_graph::AttentionKernel;
 
 use super::activation::fast_exp;
 use super::gemm::{matmul, View};
-use super::{contiguous_f32, vectorized, with_f32};
+use super::{contiguous_f32, cpu_f32, vectorized, with_f32};
 use crate::profile::{self, Pass};
 
 /// Query rows per block.
@@ -222,10 +222,7 @@ impl CustomOp3 for Attend {
 
 /// Whether [`attend`] takes these operands (f32 on the CPU).
 pub fn supported(q: &Tensor, kt: &Tensor, v: &Tensor) -> bool {
-    [q, kt, v]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
-        && sizes(q.dims(), kt.dims(), v.dims()).is_ok()
+    cpu_f32(&[q, kt, v]) && sizes(q.dims(), kt.dims(), v.dims()).is_ok()
 }
 
 /// `φ(q·kt)·v` over the last two dimensions (`q` `[..., n, d]`, `kt` `[..., d, m]`, `v`

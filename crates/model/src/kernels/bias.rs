@@ -6,7 +6,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, with_f32};
 use crate::profile::{self, Pass};
 
 /// `y = x + b` along dimension `dim` of `x`.
@@ -75,12 +75,7 @@ impl CustomOp2 for AddBias {
 /// Whether [`add_bias`] takes these operands: f32 on the CPU, a 1-D bias as long as `x`'s
 /// dimension `dim`.
 pub fn supported(x: &Tensor, b: &Tensor, dim: usize) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
-        && b.dtype() == candle_core::DType::F32
-        && b.rank() == 1
-        && dim < x.rank()
-        && x.dim(dim).ok() == Some(b.elem_count())
+    cpu_f32(&[x, b]) && b.rank() == 1 && dim < x.rank() && x.dim(dim).ok() == Some(b.elem_count())
 }
 
 /// `x + b` with `b` broadcast along every dimension but `dim`; differentiable in both.

@@ -14,8 +14,8 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
 use super::gemm::{matmul, View};
+use super::{contiguous_f32, cpu_f32};
 use crate::profile::{self, Pass};
 
 /// Input, kernel and output sizes of one convolution.
@@ -354,9 +354,7 @@ impl CustomOp2 for GradWeight {
 /// Whether [`conv2d`] takes the GEMM kernel for these operands (f32 on the CPU, square kernel,
 /// one group); otherwise callers use candle's conv.
 pub fn supported(x: &Tensor, w: &Tensor, groups: usize) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
-        && w.dtype() == candle_core::DType::F32
+    cpu_f32(&[x, w])
         && groups == 1
         && x.rank() == 4
         && w.rank() == 4

@@ -7,7 +7,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::Geometry;
-use super::{contiguous_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, with_f32};
 use crate::profile::{self, Pass};
 
 /// The geometry of one plane: `[1, 1, H, W]` by a `[1, 1, K, K]` filter.
@@ -187,9 +187,7 @@ impl CustomOp2 for Depthwise {
 /// Whether [`depthwise`] takes these operands: f32 on the CPU, `w` of shape `[C, 1, K, K]` for
 /// `x` of `C` channels, stride 1.
 pub fn supported(x: &Tensor, w: &Tensor, stride: usize) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
-        && w.dtype() == candle_core::DType::F32
+    cpu_f32(&[x, w])
         && stride == 1
         && x.rank() == 4
         && plane(x.dims(), w.dims(), 0).is_ok()

@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::gemm::{matmul, View};
-use super::{contiguous_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, with_f32};
 use crate::profile::{self, Pass};
 
 /// Products of fewer multiply-adds run on one thread.
@@ -101,11 +101,7 @@ impl CustomOp2 for Linear {
 
 /// Whether [`linear`] takes these operands (f32 on the CPU, a 2-D weight).
 pub fn supported(x: &Tensor, w: &Tensor) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == candle_core::DType::F32
-        && w.dtype() == candle_core::DType::F32
-        && w.rank() == 2
-        && x.rank() >= 1
+    cpu_f32(&[x, w]) && w.rank() == 2 && x.rank() >= 1
 }
 
 /// `x·wᵀ` over the last dimension of `x` (`w` is `[out, in]`); differentiable in both.

@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, with_f32};
 use crate::profile::{self, Pass};
 
 /// How a tensor splits into normalised rows and which affine channel each element uses.
@@ -177,7 +177,7 @@ impl CustomOp3 for Normalize {
 
 /// Whether the norm kernels take these operands (f32 on the CPU).
 pub fn supported(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    cpu_f32(&[x])
 }
 
 /// GroupNorm of `x` (`[B, C, ...]`) in `groups` groups with per-channel `w` and `b`.

@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, with_f32};
 use crate::profile::{self, Pass};
 
 fn forward(x: &[f32], len: usize) -> Vec<f32> {
@@ -62,7 +62,7 @@ impl CustomOp1 for SoftmaxLast {
 
 /// Whether [`softmax_last`] takes `x` (f32 on the CPU).
 pub fn supported(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    cpu_f32(&[x])
 }
 
 /// Softmax of `x` over its last dimension, differentiable.
