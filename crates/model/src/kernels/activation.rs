@@ -135,7 +135,7 @@ pub fn activation(x: &Tensor, op: Unary) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{random, rel_err};
+    use crate::kernels::testing::{backward_both, random, rel_err};
     use candle_core::Var;
 
     #[test]
@@ -170,12 +170,7 @@ mod tests {
             };
             let e = rel_err(&ours, &reference);
             assert!(e <= 1e-5, "{op:?}: forward rel err {e}");
-            let upstream = random(x.dims(), 20 + i as u64);
-            let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
-            let (g1, g2) = (
-                loss(&ours).backward().unwrap(),
-                loss(&reference).backward().unwrap(),
-            );
+            let (g1, g2) = backward_both(&ours, &reference, 20 + i as u64);
             let e = rel_err(g1.get(&x).unwrap(), g2.get(&x).unwrap());
             assert!(e <= 1e-4, "{op:?}: gradient rel err {e}");
         }

@@ -235,7 +235,7 @@ pub fn attend(q: &Tensor, kt: &Tensor, v: &Tensor, kernel: AttentionKernel) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{random, rel_err};
+    use crate::kernels::testing::{backward_both, random, rel_err};
     use candle_core::Var;
 
     /// Forward and all three gradients against candle's matmuls and composite softmax / ReLU, on
@@ -278,12 +278,7 @@ mod tests {
                 let reference = w.matmul(&v).unwrap();
                 let e = rel_err(&ours, &reference);
                 assert!(e <= 1e-5, "{kernel:?} case {i}: forward rel err {e}");
-                let upstream = random(ours.dims(), 30 + i as u64);
-                let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
-                let (g1, g2) = (
-                    loss(&ours).backward().unwrap(),
-                    loss(&reference).backward().unwrap(),
-                );
+                let (g1, g2) = backward_both(&ours, &reference, 30 + i as u64);
                 for (name, var) in [("q", &q_src), ("kᵀ", &kt), ("v", &v)] {
                     let e = rel_err(g1.get(var).unwrap(), g2.get(var).unwrap());
                     assert!(

@@ -89,7 +89,7 @@ pub fn add_bias(x: &Tensor, b: &Tensor, dim: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{random, rel_err};
+    use crate::kernels::testing::{backward_both, random, rel_err};
     use candle_core::Var;
 
     #[test]
@@ -111,12 +111,7 @@ mod tests {
             shape[dim] = dims[dim];
             let reference = x.broadcast_add(&b.reshape(shape).unwrap()).unwrap();
             assert!(rel_err(&ours, &reference) <= 1e-6, "{dims:?}");
-            let upstream = random(&dims, 20 + i as u64);
-            let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
-            let (g1, g2) = (
-                loss(&ours).backward().unwrap(),
-                loss(&reference).backward().unwrap(),
-            );
+            let (g1, g2) = backward_both(&ours, &reference, 20 + i as u64);
             for (name, v) in [("input", &x), ("bias", &b)] {
                 let e = rel_err(g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert!(e <= 1e-5, "{dims:?}: {name} gradient rel err {e}");

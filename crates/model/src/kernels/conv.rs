@@ -371,7 +371,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{random, rel_err};
+    use crate::kernels::testing::{backward_both, random, rel_err};
     use candle_core::{Device, Var};
 
     /// The convolution from differentiable candle primitives, independent of any conv kernel:
@@ -449,12 +449,7 @@ mod tests {
                 assert!(e <= 1e-5, "case {i}: forward rel err {e} against {name}");
             }
             // A non-uniform upstream gradient: the loss weighs every output differently.
-            let upstream = random(ours.dims(), 100 + i as u64);
-            let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
-            let (g1, g2) = (
-                loss(&ours).backward().unwrap(),
-                loss(&reference).backward().unwrap(),
-            );
+            let (g1, g2) = backward_both(&ours, &reference, 100 + i as u64);
             for (name, v) in [("input", &x), ("weight", &w)] {
                 let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 let e = rel_err(a, b);

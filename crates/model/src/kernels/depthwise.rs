@@ -204,7 +204,7 @@ pub fn depthwise(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{random, rel_err};
+    use crate::kernels::testing::{backward_both, random, rel_err};
     use candle_core::Var;
 
     /// Forward against candle's grouped conv; both gradients against the composite of shifted
@@ -229,12 +229,7 @@ mod tests {
             let e = rel_err(&ours, &candle);
             assert!(e <= 1e-5, "case {i}: forward rel err {e}");
             let reference = crate::ops::depthwise(&x, &w, padding).unwrap();
-            let upstream = random(ours.dims(), 70 + i as u64);
-            let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
-            let (g1, g2) = (
-                loss(&ours).backward().unwrap(),
-                loss(&reference).backward().unwrap(),
-            );
+            let (g1, g2) = backward_both(&ours, &reference, 70 + i as u64);
             for (name, v) in [("input", &x), ("weight", &w)] {
                 let e = rel_err(g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert!(e <= 1e-4, "case {i}: {name} gradient rel err {e}");

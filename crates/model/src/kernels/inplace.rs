@@ -95,20 +95,19 @@ impl InplaceOp2 for Lerp {
 /// `target ← decay·target + (1 − decay)·scale·source`, in place (EMA weights, Adam's first
 /// moment).
 pub fn lerp_into(target: &Tensor, source: &Tensor, decay: f64, scale: f64) -> Result<()> {
-    let op = Lerp {
-        decay: decay as f32,
-        scale: scale as f32,
-        square: false,
-    };
-    target.inplace_op2(source, &op)
+    lerp(target, source, decay, scale, false)
 }
 
 /// `target ← decay·target + (1 − decay)·(scale·source)²`, in place (Adam's second moment).
 pub fn lerp_square_into(target: &Tensor, source: &Tensor, decay: f64, scale: f64) -> Result<()> {
+    lerp(target, source, decay, scale, true)
+}
+
+fn lerp(target: &Tensor, source: &Tensor, decay: f64, scale: f64, square: bool) -> Result<()> {
     let op = Lerp {
         decay: decay as f32,
         scale: scale as f32,
-        square: true,
+        square,
     };
     target.inplace_op2(source, &op)
 }

@@ -112,7 +112,7 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{random, rel_err};
+    use crate::kernels::testing::{backward_both, random, rel_err};
     use candle_core::Var;
 
     #[test]
@@ -143,12 +143,7 @@ mod tests {
                 .unwrap();
             let e = rel_err(&ours, &reference);
             assert!(e <= 1e-5, "{xs:?}: forward rel err {e}");
-            let upstream = random(ours.dims(), 20 + i as u64);
-            let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
-            let (g1, g2) = (
-                loss(&ours).backward().unwrap(),
-                loss(&reference).backward().unwrap(),
-            );
+            let (g1, g2) = backward_both(&ours, &reference, 20 + i as u64);
             for (name, v) in [("input", &x), ("weight", &w)] {
                 let e = rel_err(g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert!(e <= 1e-5, "{xs:?}: {name} gradient rel err {e}");

@@ -228,7 +228,7 @@ fn apply(x: &Tensor, w: &Tensor, b: &Tensor, op: Normalize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testing::{random, rel_err};
+    use crate::kernels::testing::{backward_both, random, rel_err};
     use candle_core::{Var, D};
 
     /// The composite norm the training path used before: standardise, then affine.
@@ -262,12 +262,7 @@ mod tests {
     fn check(ours: &Tensor, reference: &Tensor, vars: [&Var; 3], what: &str) {
         let e = rel_err(ours, reference);
         assert!(e <= 1e-5, "{what}: forward rel err {e}");
-        let upstream = random(ours.dims(), 7);
-        let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
-        let (g1, g2) = (
-            loss(ours).backward().unwrap(),
-            loss(reference).backward().unwrap(),
-        );
+        let (g1, g2) = backward_both(ours, reference, 7);
         for (name, v) in ["input", "weight", "bias"].iter().zip(vars) {
             let e = rel_err(g1.get(v).unwrap(), g2.get(v).unwrap());
             assert!(e <= 1e-4, "{what}: {name} gradient rel err {e}");

@@ -23,3 +23,21 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let scale = b.abs().unwrap().max_all().unwrap();
     diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap().max(1e-12)
 }
+
+/// The gradients of `Σ ours·u` and of `Σ reference·u`, for one non-uniform upstream gradient `u`
+/// (seeded by `seed`), so every output element weighs differently.
+pub fn backward_both(
+    ours: &Tensor,
+    reference: &Tensor,
+    seed: u64,
+) -> (
+    candle_core::backprop::GradStore,
+    candle_core::backprop::GradStore,
+) {
+    let upstream = random(ours.dims(), seed);
+    let loss = |y: &Tensor| (y * &upstream).unwrap().sum_all().unwrap();
+    (
+        loss(ours).backward().unwrap(),
+        loss(reference).backward().unwrap(),
+    )
+}
