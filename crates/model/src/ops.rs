@@ -216,8 +216,8 @@ impl Ops for CandleOps<'_> {
             } else {
                 depthwise(x, w, p.padding)?
             }
-        } else if kernels::conv::supported(x, w, p.groups) {
-            kernels::conv::conv2d(x, w, p.stride, p.padding)?
+        } else if kernels::conv::supported(x, w, b, p.groups) {
+            return Ok(kernels::conv::conv2d(x, w, b, p.stride, p.padding)?);
         } else {
             let ([x, w], dtype) = matmul_operands([x, w])?;
             x.conv2d(&w, p.padding, p.stride, 1, p.groups)?
@@ -232,16 +232,8 @@ impl Ops for CandleOps<'_> {
 
     fn linear(&mut self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, ModelError> {
         let _span = profile::span("linear", Pass::Forward);
-        if kernels::linear::supported(x, w) {
-            let y = kernels::linear::linear(x, w)?;
-            let last = y.rank() - 1;
-            return Ok(match b {
-                Some(b) if kernels::bias::supported(&y, b, last) => {
-                    kernels::bias::add_bias(&y, b, last)?
-                }
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            });
+        if kernels::linear::supported(x, w, b) {
+            return Ok(kernels::linear::linear(x, w, b)?);
         }
         let dims = x.dims().to_vec();
         let cin = dims[dims.len() - 1];

@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use unetlab_graph::Unary;
 
-use super::{contiguous_f32, cpu_f32, vectorized, with_f32};
+use super::{contiguous_f32, cpu_f32, with_f32};
 use crate::profile::{self, Pass};
 
 /// Elements per parallel task.
@@ -24,14 +24,18 @@ pub(super) fn fast_exp(x: f32) -> f32 {
     // library call without SSE4.1, which stops vectorisation).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r / 5040.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `t`'s low mantissa bits hold `n` as an integer (offset by ROUND's own bits): integer
+    // arithmetic on the bits avoids a float-to-int conversion, which does not vectorise.
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(n_int.wrapping_add(127) << 23)
 }
 
 /// `erf(x)` to under 1e-6 absolute error (Abramowitz & Stegun 7.1.26 with [`fast_exp`]).
@@ -75,7 +79,7 @@ fn map(op: Unary, x: &[f32], dy: Option<&[f32]>) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
         let chunk = |(i, o): (usize, &mut [f32])| {
             let xs = &x[i * CHUNK..][..o.len()];
-            vectorized(|| match dy {
+            vectorized!(match dy {
                 None => o.iter_mut().zip(xs).for_each(|(o, &v)| *o = f(v).0),
                 Some(dy) => {
                     let gs = &dy[i * CHUNK..][..o.len()];

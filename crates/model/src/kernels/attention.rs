@@ -12,9 +12,8 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use unetlab_graph::AttentionKernel;
 
-use super::activation::fast_exp;
 use super::gemm::{matmul, View};
-use super::{contiguous_f32, cpu_f32, vectorized, with_f32};
+use super::{contiguous_f32, cpu_f32, rows, with_f32};
 use crate::profile::{self, Pass};
 
 /// Query rows per block.
@@ -40,19 +39,10 @@ fn sizes(q: &[usize], kt: &[usize], v: &[usize]) -> Result<(usize, usize, usize,
 
 /// Scores of one block of rows to weights, in place: softmax or ReLU per row of `m`.
 fn weights(kernel: AttentionKernel, s: &mut [f32], m: usize) {
-    vectorized(|| {
+    vectorized!({
         for row in s.chunks_mut(m) {
             match kernel {
-                AttentionKernel::Softmax => {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    for v in row.iter_mut() {
-                        *v = fast_exp(*v - max);
-                        sum += *v;
-                    }
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|v| *v *= inv);
-                }
+                AttentionKernel::Softmax => rows::softmax_in_place(row),
                 AttentionKernel::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
             }
         }
@@ -133,13 +123,10 @@ fn backward(
                 matmul(dvp, View::rows(w, rows, m).t(), dob, b > 0, 1);
                 // dP = dO·Vᵀ, then dS in place.
                 matmul(ds, dob, View::rows(vp, m, d).t(), false, 1);
-                vectorized(|| match kernel {
+                vectorized!(match kernel {
                     AttentionKernel::Softmax => {
                         for (dsr, wr) in ds.chunks_mut(m).zip(w.chunks(m)) {
-                            let dot: f32 = dsr.iter().zip(wr).map(|(a, b)| a * b).sum();
-                            for (g, &pv) in dsr.iter_mut().zip(wr) {
-                                *g = pv * (*g - dot);
-                            }
+                            rows::softmax_grad_in_place(dsr, wr);
                         }
                     }
                     AttentionKernel::Relu => {

@@ -1,13 +1,57 @@
-//! Adding a per-channel bias on the CPU in f32, with a one-pass backward: candle's broadcast add
-//! reduces the bias gradient with a strided, single-threaded sum over every other dimension.
-//! The tensor is seen as `outer × C × inner` (a conv's `[B, C, H, W]` has `inner = H·W`, a
+//! A per-channel bias on the CPU in f32: its gradient (the sum of the output gradient over every
+//! dimension but the channels; candle's broadcast add reduces it with a strided, single-threaded
+//! sum), and adding it where no kernel takes it into its own output (the depthwise conv).
+//! Tensors are seen as `outer × C × inner` (a conv's `[B, C, H, W]` has `inner = H·W`, a
 //! linear's `[rows, C]` has `inner = 1`).
 
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, cpu_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, rows, with_f32};
 use crate::profile::{self, Pass};
+
+/// `b` written over every `outer × C × inner` block of `y`, to start a product that adds to it.
+pub(super) fn fill(y: &mut [f32], b: &[f32], inner: usize) {
+    if inner == 1 {
+        y.chunks_mut(b.len()).for_each(|row| row.copy_from_slice(b));
+        return;
+    }
+    for block in y.chunks_mut(b.len() * inner) {
+        for (plane, &bv) in block.chunks_mut(inner).zip(b) {
+            plane.fill(bv);
+        }
+    }
+}
+
+/// `Σ dy` over every dimension but the channels (`dy` as `outer × channels × inner`), accumulated
+/// in f64 per thread.
+pub(super) fn channel_sums(dy: &[f32], channels: usize, inner: usize) -> Vec<f32> {
+    let block = (channels * inner).max(1);
+    let outer = dy.len() / block;
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let per_task = outer.div_ceil(threads).max(1);
+    let partials: Vec<Vec<f64>> = dy
+        .par_chunks(block * per_task)
+        .map(|task| {
+            let mut acc = vec![0f64; channels];
+            vectorized!(for blk in task.chunks(block) {
+                if inner == 1 {
+                    acc.iter_mut().zip(blk).for_each(|(a, &v)| *a += v as f64);
+                } else {
+                    for (a, plane) in acc.iter_mut().zip(blk.chunks(inner)) {
+                        *a += rows::sum(plane) as f64;
+                    }
+                }
+            });
+            acc
+        })
+        .collect();
+    let mut sums = vec![0f64; channels];
+    for p in partials {
+        sums.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+    }
+    sums.into_iter().map(|s| s as f32).collect()
+}
 
 /// `y = x + b` along dimension `dim` of `x`.
 struct AddBias {
@@ -35,16 +79,20 @@ impl CustomOp2 for AddBias {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, b) = (contiguous_f32(xs, xl)?, contiguous_f32(bs, bl)?);
         let (c, inner) = self.split(xl.dims());
-        let mut y = x.to_vec();
-        let per_block = |block: &mut [f32]| {
-            for (row, &bv) in block.chunks_mut(inner.max(1)).zip(b) {
-                row.iter_mut().for_each(|v| *v += bv);
+        let mut y = vec![0f32; x.len()];
+        let per_block = |(yb, xb): (&mut [f32], &[f32])| {
+            for ((yr, xr), &bv) in yb.chunks_mut(inner).zip(xb.chunks(inner)).zip(b) {
+                yr.iter_mut().zip(xr).for_each(|(y, &x)| *y = x + bv);
             }
         };
         if y.len() > 1 << 15 {
-            y.par_chunks_mut(c * inner).for_each(per_block);
+            y.par_chunks_mut(c * inner)
+                .zip(x.par_chunks(c * inner))
+                .for_each(per_block);
         } else {
-            y.chunks_mut(c * inner).for_each(per_block);
+            y.chunks_mut(c * inner)
+                .zip(x.chunks(c * inner))
+                .for_each(per_block);
         }
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -59,15 +107,7 @@ impl CustomOp2 for AddBias {
         let _span = profile::span("bias add", Pass::Backward);
         let dy = dy.contiguous()?;
         let (c, inner) = self.split(x.dims());
-        let db = with_f32(&dy, |dy| {
-            let mut sums = vec![0f64; c];
-            for block in dy.chunks(c * inner) {
-                for (s, row) in sums.iter_mut().zip(block.chunks(inner.max(1))) {
-                    *s += row.iter().map(|&v| v as f64).sum::<f64>();
-                }
-            }
-            sums.into_iter().map(|s| s as f32).collect::<Vec<f32>>()
-        })?;
+        let db = with_f32(&dy, |dy| channel_sums(dy, c, inner))?;
         Ok((Some(dy), Some(Tensor::from_vec(db, b.shape(), b.device())?)))
     }
 }

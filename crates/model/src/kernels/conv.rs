@@ -11,11 +11,11 @@
 //! Work is split over images when the batch can keep every thread busy, else each GEMM uses every
 //! thread.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::gemm::{matmul, View};
-use super::{contiguous_f32, cpu_f32};
+use super::{bias, contiguous_f32, cpu_f32, with_f32};
 use crate::profile::{self, Pass};
 
 /// Input, kernel and output sizes of one convolution.
@@ -175,7 +175,9 @@ fn split(images: usize) -> (usize, usize) {
     }
 }
 
-fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// `y = conv(x, w)`, plus the bias `b` when there is one: each image's output starts as the
+/// bias planes and the product adds to it.
+fn forward(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
     let (patch, pin, pout) = (g.patch(), g.in_pixels(), g.out_pixels());
     let mut y = vec![0f32; g.batch * g.out_channels * pout];
     let weights = View::rows(w, g.out_channels, patch);
@@ -193,7 +195,10 @@ fn forward(g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
                 im2col(g, xi, cols);
                 View::rows(cols, patch, pout)
             };
-            matmul(yi, weights, rhs, false, threads);
+            if let Some(b) = b {
+                bias::fill(yi, b, pout);
+            }
+            matmul(yi, weights, rhs, b.is_some(), threads);
         },
     );
     y
@@ -259,11 +264,62 @@ fn grad_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     dw
 }
 
-/// The convolution `y = conv(x, w)`, differentiable in both.
+/// The convolution as a candle op: `(x, w)` without a bias, `(x, w, b)` with one.
 #[derive(Debug, Clone, Copy)]
 struct Conv2d {
     stride: usize,
     padding: usize,
+}
+
+impl Conv2d {
+    fn forward(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ws, wl): (&CpuStorage, &Layout),
+        b: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(xl.dims(), wl.dims(), self.stride, self.padding)?;
+        if b.is_some_and(|b| b.len() != g.out_channels) {
+            bail!(
+                "conv2d kernel: bias does not match {} outputs",
+                g.out_channels
+            )
+        }
+        let y = forward(&g, contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?, b);
+        let shape = (g.batch, g.out_channels, g.out_height, g.out_width);
+        Ok((CpuStorage::F32(y), shape.into()))
+    }
+
+    /// `(dx, dw, db)` (`db` when `bias`).
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        bias: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let g = Geometry::new(x.dims(), w.dims(), self.stride, self.padding)?;
+        let _span = profile::span(
+            if g.kernel == 1 {
+                "conv 1x1"
+            } else {
+                "conv 3x3"
+            },
+            Pass::Backward,
+        );
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(w, &GradInput(g))?;
+        let dw = x.apply_op2_no_bwd(&dy, &GradWeight(g))?;
+        let db = if bias {
+            let sums = with_f32(&dy, |dy| {
+                bias::channel_sums(dy, g.out_channels, g.out_pixels())
+            })?;
+            Some(Tensor::from_vec(sums, g.out_channels, dy.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
 }
 
 impl CustomOp2 for Conv2d {
@@ -278,10 +334,7 @@ impl CustomOp2 for Conv2d {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(xl.dims(), wl.dims(), self.stride, self.padding)?;
-        let y = forward(&g, contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
-        let shape = (g.batch, g.out_channels, g.out_height, g.out_width);
-        Ok((CpuStorage::F32(y), shape.into()))
+        self.forward((xs, xl), (ws, wl), None)
     }
 
     fn bwd(
@@ -291,19 +344,38 @@ impl CustomOp2 for Conv2d {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = Geometry::new(x.dims(), w.dims(), self.stride, self.padding)?;
-        let _span = profile::span(
-            if g.kernel == 1 {
-                "conv 1x1"
-            } else {
-                "conv 3x3"
-            },
-            Pass::Backward,
-        );
-        let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &GradInput(g))?;
-        let dw = x.apply_op2_no_bwd(&dy, &GradWeight(g))?;
+        let (dx, dw, _) = self.backward(x, w, dy, false)?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for Conv2d {
+    fn name(&self) -> &'static str {
+        "unetlab-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((xs, xl), (ws, wl), Some(contiguous_f32(bs, bl)?))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = self.backward(x, w, dy, true)?;
+        Ok((Some(dx), Some(dw), db))
     }
 }
 
@@ -352,20 +424,31 @@ impl CustomOp2 for GradWeight {
 }
 
 /// Whether [`conv2d`] takes the GEMM kernel for these operands (f32 on the CPU, square kernel,
-/// one group); otherwise callers use candle's conv.
-pub fn supported(x: &Tensor, w: &Tensor, groups: usize) -> bool {
+/// one group, a 1-D bias as long as the output channels); otherwise callers use candle's conv.
+pub fn supported(x: &Tensor, w: &Tensor, b: Option<&Tensor>, groups: usize) -> bool {
     cpu_f32(&[x, w])
         && groups == 1
         && x.rank() == 4
         && w.rank() == 4
         && w.dim(2).ok() == w.dim(3).ok()
+        && b.is_none_or(|b| cpu_f32(&[b]) && b.rank() == 1 && w.dim(0).ok() == Some(b.elem_count()))
 }
 
-/// `conv2d(x, w)` with one group, square kernel, equal padding on every side; differentiable in
-/// `x` and `w`. Check [`supported`] first.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2(&w.contiguous()?, Conv2d { stride, padding })
+/// `conv2d(x, w) (+ b)` with one group, square kernel, equal padding on every side;
+/// differentiable in all of them. Check [`supported`] first.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let op = Conv2d { stride, padding };
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
 }
 
 #[cfg(test)]
@@ -440,9 +523,17 @@ mod tests {
         for (i, &(xs, ws, stride, padding)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&xs, 2 * i as u64)).unwrap();
             let w = Var::from_tensor(&random(&ws, 2 * i as u64 + 1)).unwrap();
-            let ours = conv2d(&x, &w, stride, padding).unwrap();
-            let candle = x.conv2d(&w, padding, stride, 1, 1).unwrap();
-            let reference = composite_conv(&x, &w, stride, padding);
+            // Every other case with a bias.
+            let b = Var::from_tensor(&random(&[ws[0]], 50 + i as u64)).unwrap();
+            let bias = (i % 2 == 1).then_some(b.as_tensor());
+            let ours = conv2d(&x, &w, bias, stride, padding).unwrap();
+            let mut candle = x.conv2d(&w, padding, stride, 1, 1).unwrap();
+            let mut reference = composite_conv(&x, &w, stride, padding);
+            if let Some(b) = bias {
+                let b = b.reshape((1, ws[0], 1, 1)).unwrap();
+                candle = candle.broadcast_add(&b).unwrap();
+                reference = reference.broadcast_add(&b).unwrap();
+            }
             assert_eq!(ours.dims(), candle.dims(), "case {i}");
             for (name, other) in [("candle", &candle), ("composite", &reference)] {
                 let e = rel_err(&ours, other);
@@ -450,7 +541,11 @@ mod tests {
             }
             // A non-uniform upstream gradient: the loss weighs every output differently.
             let (g1, g2) = backward_both(&ours, &reference, 100 + i as u64);
-            for (name, v) in [("input", &x), ("weight", &w)] {
+            let mut vars = vec![("input", &x), ("weight", &w)];
+            if bias.is_some() {
+                vars.push(("bias", &b));
+            }
+            for (name, v) in vars {
                 let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 let e = rel_err(a, b);
                 assert!(e <= 1e-4, "case {i}: {name} gradient rel err {e}");

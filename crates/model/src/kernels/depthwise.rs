@@ -7,7 +7,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::Geometry;
-use super::{contiguous_f32, cpu_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, rows, with_f32};
 use crate::profile::{self, Pass};
 
 /// The geometry of one plane: `[1, 1, H, W]` by a `[1, 1, K, K]` filter.
@@ -78,14 +78,14 @@ fn forward(batch: usize, channels: usize, g: &Geometry, x: &[f32], w: &[f32]) ->
         let xp = &x[plane * pin..(plane + 1) * pin];
         // SAFETY: plane `plane` of `y` belongs to channel `c`'s task alone.
         let yp = unsafe { out.slice(plane * pout, pout) };
-        for_each_tap(g, |tap, (y0, y1), iy0, (x0, x1), ix0| {
+        vectorized!(for_each_tap(g, |tap, (y0, y1), iy0, (x0, x1), ix0| {
             let wv = w[c * kk + tap];
             for (r, oy) in (y0..y1).enumerate() {
                 let src = &xp[(iy0 + r) * g.width + ix0..][..x1 - x0];
                 let dst = &mut yp[oy * g.out_width + x0..][..x1 - x0];
                 dst.iter_mut().zip(src).for_each(|(d, s)| *d += wv * s);
             }
-        });
+        }));
     });
     y
 }
@@ -99,14 +99,14 @@ fn grad_input(batch: usize, channels: usize, g: &Geometry, dy: &[f32], w: &[f32]
         let dyp = &dy[plane * pout..(plane + 1) * pout];
         // SAFETY: plane `plane` of `dx` belongs to channel `c`'s task alone.
         let dxp = unsafe { out.slice(plane * pin, pin) };
-        for_each_tap(g, |tap, (y0, y1), iy0, (x0, x1), ix0| {
+        vectorized!(for_each_tap(g, |tap, (y0, y1), iy0, (x0, x1), ix0| {
             let wv = w[c * kk + tap];
             for (r, oy) in (y0..y1).enumerate() {
                 let src = &dyp[oy * g.out_width + x0..][..x1 - x0];
                 let dst = &mut dxp[(iy0 + r) * g.width + ix0..][..x1 - x0];
                 dst.iter_mut().zip(src).for_each(|(d, s)| *d += wv * s);
             }
-        });
+        }));
     });
     dx
 }
@@ -119,13 +119,13 @@ fn grad_weight(batch: usize, channels: usize, g: &Geometry, x: &[f32], dy: &[f32
             let plane = b * channels + c;
             let xp = &x[plane * pin..(plane + 1) * pin];
             let dyp = &dy[plane * pout..(plane + 1) * pout];
-            for_each_tap(g, |tap, (y0, y1), iy0, (x0, x1), ix0| {
+            vectorized!(for_each_tap(g, |tap, (y0, y1), iy0, (x0, x1), ix0| {
                 for (r, oy) in (y0..y1).enumerate() {
                     let xs = &xp[(iy0 + r) * g.width + ix0..][..x1 - x0];
                     let ds = &dyp[oy * g.out_width + x0..][..x1 - x0];
-                    dwc[tap] += xs.iter().zip(ds).map(|(a, b)| a * b).sum::<f32>();
+                    dwc[tap] += rows::dot(xs, ds);
                 }
-            });
+            }));
         }
     });
     dw

@@ -4,10 +4,10 @@
 //! time-embedding projection of 8 rows) over every thread. Here a product uses the threads only
 //! when it is large enough to pay for them.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::gemm::{matmul, View};
-use super::{contiguous_f32, cpu_f32, with_f32};
+use super::{bias, contiguous_f32, cpu_f32, with_f32};
 use crate::profile::{self, Pass};
 
 /// Products of fewer multiply-adds run on one thread.
@@ -32,6 +32,76 @@ fn sizes(x: &[usize], w: &[usize]) -> Result<(usize, usize, usize)> {
     Ok((x.iter().product::<usize>() / cin.max(1), cin, cout))
 }
 
+/// `y = x·Wᵀ`, plus the bias `b` when there is one: the output starts as the bias rows and the
+/// product adds to it.
+fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    (rows, cin, cout): (usize, usize, usize),
+) -> Vec<f32> {
+    let mut y = vec![0f32; rows * cout];
+    if let Some(b) = b {
+        bias::fill(&mut y, b, 1);
+    }
+    let wt = View::rows(w, cout, cin).t();
+    matmul(
+        &mut y,
+        View::rows(x, rows, cin),
+        wt,
+        b.is_some(),
+        threads(rows, cout, cin),
+    );
+    y
+}
+
+/// `(dx, dW, db)` (`db` when `bias`).
+fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    bias: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let _span = profile::span("linear", Pass::Backward);
+    let dy = dy.contiguous()?;
+    let (rows, cin, cout) = sizes(x.dims(), w.dims())?;
+    let (dx, dw, db) = with_f32(x, |x| {
+        with_f32(w, |w| {
+            with_f32(&dy, |dy| {
+                let dy_view = View::rows(dy, rows, cout);
+                let mut dx = vec![0f32; rows * cin];
+                let w_view = View::rows(w, cout, cin);
+                matmul(&mut dx, dy_view, w_view, false, threads(rows, cin, cout));
+                let mut dw = vec![0f32; cout * cin];
+                let x_view = View::rows(x, rows, cin);
+                matmul(
+                    &mut dw,
+                    dy_view.t(),
+                    x_view,
+                    false,
+                    threads(cout, cin, rows),
+                );
+                let db = bias.then(|| bias::channel_sums(dy, cout, 1));
+                (dx, dw, db)
+            })
+        })
+    })???;
+    let device = x.device();
+    Ok((
+        Tensor::from_vec(dx, x.shape(), device)?,
+        Tensor::from_vec(dw, w.shape(), device)?,
+        db.map(|db| Tensor::from_vec(db, cout, device))
+            .transpose()?,
+    ))
+}
+
+fn output_shape(x: &Layout, cout: usize) -> Shape {
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank >= 1") = cout;
+    dims.into()
+}
+
+/// The linear layer as a candle op: `(x, W)` without a bias, `(x, W, b)` with one.
 struct Linear;
 
 impl CustomOp2 for Linear {
@@ -46,20 +116,10 @@ impl CustomOp2 for Linear {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, cin, cout) = sizes(xl.dims(), wl.dims())?;
+        let sizes = sizes(xl.dims(), wl.dims())?;
         let (x, w) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
-        let mut y = vec![0f32; rows * cout];
-        let wt = View::rows(w, cout, cin).t();
-        matmul(
-            &mut y,
-            View::rows(x, rows, cin),
-            wt,
-            false,
-            threads(rows, cout, cin),
-        );
-        let mut dims = xl.dims().to_vec();
-        *dims.last_mut().expect("rank >= 1") = cout;
-        Ok((CpuStorage::F32(y), dims.into()))
+        let y = forward(x, w, None, sizes);
+        Ok((CpuStorage::F32(y), output_shape(xl, sizes.2)))
     }
 
     fn bwd(
@@ -69,46 +129,69 @@ impl CustomOp2 for Linear {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let _span = profile::span("linear", Pass::Backward);
-        let dy = dy.contiguous()?;
-        let (rows, cin, cout) = sizes(x.dims(), w.dims())?;
-        let (dx, dw) = with_f32(x, |x| {
-            with_f32(w, |w| {
-                with_f32(&dy, |dy| {
-                    let dy_view = View::rows(dy, rows, cout);
-                    let mut dx = vec![0f32; rows * cin];
-                    let w_view = View::rows(w, cout, cin);
-                    matmul(&mut dx, dy_view, w_view, false, threads(rows, cin, cout));
-                    let mut dw = vec![0f32; cout * cin];
-                    let x_view = View::rows(x, rows, cin);
-                    matmul(
-                        &mut dw,
-                        dy_view.t(),
-                        x_view,
-                        false,
-                        threads(cout, cin, rows),
-                    );
-                    (dx, dw)
-                })
-            })
-        })???;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
-        ))
+        let (dx, dw, _) = backward(x, w, dy, false)?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
-/// Whether [`linear`] takes these operands (f32 on the CPU, a 2-D weight).
-pub fn supported(x: &Tensor, w: &Tensor) -> bool {
-    cpu_f32(&[x, w]) && w.rank() == 2 && x.rank() >= 1
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "unetlab-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let sizes = sizes(xl.dims(), wl.dims())?;
+        let (x, w, b) = (
+            contiguous_f32(xs, xl)?,
+            contiguous_f32(ws, wl)?,
+            contiguous_f32(bs, bl)?,
+        );
+        if b.len() != sizes.2 {
+            bail!("linear kernel: bias of {} for {} outputs", b.len(), sizes.2)
+        }
+        let y = forward(x, w, Some(b), sizes);
+        Ok((CpuStorage::F32(y), output_shape(xl, sizes.2)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = backward(x, w, dy, true)?;
+        Ok((Some(dx), Some(dw), db))
+    }
 }
 
-/// `x·wᵀ` over the last dimension of `x` (`w` is `[out, in]`); differentiable in both.
-pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+/// Whether [`linear`] takes these operands (f32 on the CPU, a 2-D weight, a 1-D bias as long as
+/// the weight's rows).
+pub fn supported(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> bool {
+    cpu_f32(&[x, w])
+        && w.rank() == 2
+        && x.rank() >= 1
+        && b.is_none_or(|b| cpu_f32(&[b]) && b.rank() == 1 && w.dim(0).ok() == Some(b.elem_count()))
 }
 
+/// `x·wᵀ (+ b)` over the last dimension of `x` (`w` is `[out, in]`, `b` is `[out]`);
+/// differentiable in all of them.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, Linear),
+        None => x.apply_op2(&w, Linear),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,7 +200,8 @@ mod tests {
 
     #[test]
     fn matches_candles_matmul_and_its_gradients() {
-        // Tiny (one thread) and large (threaded) products, 2-D and 3-D inputs, one row.
+        // Tiny (one thread) and large (threaded) products, 2-D and 3-D inputs, one row; each
+        // without and with a bias.
         for (i, (xs, cout)) in [
             (vec![8, 5], 3),
             (vec![2, 7, 9], 11),
@@ -127,26 +211,39 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let cin = *xs.last().unwrap();
-            let x = Var::from_tensor(&random(&xs, i as u64)).unwrap();
-            let w = Var::from_tensor(&random(&[cout, cin], 10 + i as u64)).unwrap();
-            let ours = linear(&x, &w).unwrap();
-            let rows = x.elem_count() / cin;
-            let mut dims = xs.clone();
-            *dims.last_mut().unwrap() = cout;
-            let reference = x
-                .reshape((rows, cin))
-                .unwrap()
-                .matmul(&w.t().unwrap())
-                .unwrap()
-                .reshape(dims)
-                .unwrap();
-            let e = rel_err(&ours, &reference);
-            assert!(e <= 1e-5, "{xs:?}: forward rel err {e}");
-            let (g1, g2) = backward_both(&ours, &reference, 20 + i as u64);
-            for (name, v) in [("input", &x), ("weight", &w)] {
-                let e = rel_err(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(e <= 1e-5, "{xs:?}: {name} gradient rel err {e}");
+            for with_bias in [false, true] {
+                let cin = *xs.last().unwrap();
+                let x = Var::from_tensor(&random(&xs, i as u64)).unwrap();
+                let w = Var::from_tensor(&random(&[cout, cin], 10 + i as u64)).unwrap();
+                let b = Var::from_tensor(&random(&[cout], 30 + i as u64)).unwrap();
+                let bias = with_bias.then_some(b.as_tensor());
+                let ours = linear(&x, &w, bias).unwrap();
+                let rows = x.elem_count() / cin;
+                let mut dims = xs.clone();
+                *dims.last_mut().unwrap() = cout;
+                let mut reference = x
+                    .reshape((rows, cin))
+                    .unwrap()
+                    .matmul(&w.t().unwrap())
+                    .unwrap();
+                if let Some(b) = bias {
+                    reference = reference.broadcast_add(b).unwrap();
+                }
+                let reference = reference.reshape(dims).unwrap();
+                let e = rel_err(&ours, &reference);
+                assert!(e <= 1e-5, "{xs:?} bias {with_bias}: forward rel err {e}");
+                let (g1, g2) = backward_both(&ours, &reference, 20 + i as u64);
+                let mut vars = vec![("input", &x), ("weight", &w)];
+                if with_bias {
+                    vars.push(("bias", &b));
+                }
+                for (name, v) in vars {
+                    let e = rel_err(g1.get(v).unwrap(), g2.get(v).unwrap());
+                    assert!(e <= 1e-5, "{xs:?}: {name} gradient rel err {e}");
+                }
+                if !with_bias {
+                    assert!(g1.get(&b).is_none());
+                }
             }
         }
     }

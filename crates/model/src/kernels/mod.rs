@@ -1,6 +1,21 @@
 //! CPU kernels that replace candle's slowest ops on the f32 path, as candle custom ops with
 //! analytic backward (tested against candle's composite ops).
 
+/// Runs the block compiled for the widest vector unit this CPU has (AVX-512, else AVX2 with FMA),
+/// or for the baseline target: the elementwise loops of the kernels are built for baseline x86-64
+/// (4 lanes, no FMA) unless they are inlined into a function with wider features. The block
+/// becomes a closure marked `#[inline(always)]`: a plain closure of some size is compiled
+/// separately, for the baseline, and called from the wide function, which then gains nothing.
+/// Use it around the innermost loops of each parallel task.
+macro_rules! vectorized {
+    ($($body:tt)*) => {
+        $crate::kernels::with_widest_vectors(
+            #[inline(always)]
+            || { $($body)* },
+        )
+    };
+}
+
 pub mod activation;
 pub mod attention;
 pub mod bias;
@@ -10,6 +25,7 @@ mod gemm;
 pub mod inplace;
 pub mod linear;
 pub mod norm;
+mod rows;
 pub mod softmax;
 #[cfg(test)]
 mod testing;
@@ -43,12 +59,10 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     }
 }
 
-/// Runs `f` compiled for the widest vector unit this CPU has (AVX-512, else AVX2 with FMA), or
-/// for the baseline target: the elementwise loops of the kernels are built for baseline x86-64
-/// (4 lanes, no FMA) unless they are inlined into a function with wider features. Call it around
-/// the innermost loop of each parallel task, so that the loop is inlined into it.
+/// Runs `f` inside a function built for AVX-512 or AVX2 + FMA when the CPU has them (through
+/// [`vectorized!`], which makes sure `f` is inlined there).
 #[inline(always)]
-fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+fn with_widest_vectors<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {

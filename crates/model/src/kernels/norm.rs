@@ -4,13 +4,13 @@
 //!
 //! Both normalise rows of contiguous elements and then apply a per-channel affine: a GroupNorm
 //! row is one sample's group (`C/G` channels × the spatial size), a LayerNorm row is one vector.
-//! Statistics are accumulated in f64. With `x̂ = (x − μ)·r`, `r = 1/√(σ² + ε)` and `g = dy·w`:
+//! Row statistics are lane-wise f32 sums; the affine gradients are accumulated in f64. With `x̂ = (x − μ)·r`, `r = 1/√(σ² + ε)` and `g = dy·w`:
 //! `dx = r·(g − mean(g) − x̂·mean(g·x̂))`, `dw = Σ dy·x̂`, `db = Σ dy`.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, cpu_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, rows, with_f32};
 use crate::profile::{self, Pass};
 
 /// How a tensor splits into normalised rows and which affine channel each element uses.
@@ -33,12 +33,13 @@ impl Rows {
         (r % self.groups) * (self.len / self.spatial) + j / self.spatial
     }
 
-    /// Mean and reciprocal standard deviation of one row.
+    /// Mean and reciprocal standard deviation of one row (two passes, lane-wise sums).
+    #[inline(always)]
     fn stats(&self, row: &[f32]) -> (f32, f32) {
-        let n = row.len() as f64;
-        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-        (mean as f32, (1.0 / (var + self.eps).sqrt()) as f32)
+        let n = row.len() as f32;
+        let mean = rows::sum(row) / n;
+        let var = rows::sum_sq_dev(row, mean) as f64 / n as f64;
+        (mean, (1.0 / (var + self.eps).sqrt()) as f32)
     }
 }
 
@@ -48,20 +49,94 @@ fn forward(rows: &Rows, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(rows.len))
         .enumerate()
         .for_each(|(r, (yr, xr))| {
-            let (mean, rstd) = rows.stats(xr);
-            for (c, (ys, xs)) in yr
-                .chunks_mut(rows.spatial)
-                .zip(xr.chunks(rows.spatial))
-                .enumerate()
-            {
-                let ch = rows.channel(r, c * rows.spatial);
-                let (scale, shift) = (rstd * w[ch], b[ch] - mean * rstd * w[ch]);
-                for (yv, &xv) in ys.iter_mut().zip(xs) {
-                    *yv = xv * scale + shift;
+            vectorized!({
+                let (mean, rstd) = rows.stats(xr);
+                if rows.spatial == 1 {
+                    // One element per channel (LayerNorm): the affine varies along the row.
+                    let first = rows.channel(r, 0);
+                    let (w, b) = (&w[first..][..rows.len], &b[first..][..rows.len]);
+                    for ((yv, &xv), (&wv, &bv)) in yr.iter_mut().zip(xr).zip(w.iter().zip(b)) {
+                        *yv = (xv - mean) * rstd * wv + bv;
+                    }
+                    return;
                 }
-            }
+                for (c, (ys, xs)) in yr
+                    .chunks_mut(rows.spatial)
+                    .zip(xr.chunks(rows.spatial))
+                    .enumerate()
+                {
+                    let ch = rows.channel(r, c * rows.spatial);
+                    let (scale, shift) = (rstd * w[ch], b[ch] - mean * rstd * w[ch]);
+                    for (yv, &xv) in ys.iter_mut().zip(xs) {
+                        *yv = xv * scale + shift;
+                    }
+                }
+            })
         });
     y
+}
+
+/// One row's input gradient (written to `dxr`) and its share of the affine gradients (added to
+/// `dw`, `db`).
+#[inline(always)]
+fn backward_row(
+    rows: &Rows,
+    r: usize,
+    (xr, dyr, dxr): (&[f32], &[f32], &mut [f32]),
+    w: &[f32],
+    (dw, db): (&mut [f64], &mut [f64]),
+) {
+    let (mean, rstd) = rows.stats(xr);
+    let n = rows.len as f32;
+    if rows.spatial == 1 {
+        // One channel per element (LayerNorm); `dxr` holds g = dy·w first.
+        let first = rows.channel(r, 0);
+        let (w, dw, db) = (
+            &w[first..][..rows.len],
+            &mut dw[first..][..rows.len],
+            &mut db[first..][..rows.len],
+        );
+        dxr.iter_mut()
+            .zip(dyr.iter().zip(w))
+            .for_each(|(g, (&d, &wv))| *g = d * wv);
+        let mean_g = rows::sum(dxr) / n;
+        let mean_gx = rows::dot_centered(dxr, xr, mean) * rstd / n;
+        for ((dwv, dbv), (&d, &xv)) in dw.iter_mut().zip(db.iter_mut()).zip(dyr.iter().zip(xr)) {
+            *dbv += d as f64;
+            *dwv += (d * (xv - mean) * rstd) as f64;
+        }
+        for (g, &xv) in dxr.iter_mut().zip(xr) {
+            *g = rstd * (*g - mean_g - (xv - mean) * rstd * mean_gx);
+        }
+        return;
+    }
+    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+    for (c, (xs, dys)) in xr
+        .chunks(rows.spatial)
+        .zip(dyr.chunks(rows.spatial))
+        .enumerate()
+    {
+        let ch = rows.channel(r, c * rows.spatial);
+        let s_dy = rows::sum(dys) as f64;
+        let s_dyx = (rows::dot_centered(dys, xs, mean) * rstd) as f64;
+        db[ch] += s_dy;
+        dw[ch] += s_dyx;
+        sum_g += s_dy * w[ch] as f64;
+        sum_gx += s_dyx * w[ch] as f64;
+    }
+    let (mean_g, mean_gx) = ((sum_g / n as f64) as f32, (sum_gx / n as f64) as f32);
+    for (c, ((dxs, xs), dys)) in dxr
+        .chunks_mut(rows.spatial)
+        .zip(xr.chunks(rows.spatial))
+        .zip(dyr.chunks(rows.spatial))
+        .enumerate()
+    {
+        let wc = w[rows.channel(r, c * rows.spatial)];
+        for ((dv, &xv), &d) in dxs.iter_mut().zip(xs).zip(dys) {
+            let xhat = (xv - mean) * rstd;
+            *dv = rstd * (d * wc - mean_g - xhat * mean_gx);
+        }
+    }
 }
 
 /// `(dx, dw, db)`.
@@ -76,44 +151,17 @@ fn backward(rows: &Rows, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32
         .enumerate()
         .map(|(t, dx_task)| {
             let (mut dw, mut db) = (vec![0f64; rows.channels], vec![0f64; rows.channels]);
-            for (i, dxr) in dx_task.chunks_mut(rows.len).enumerate() {
+            vectorized!(for (i, dxr) in dx_task.chunks_mut(rows.len).enumerate() {
                 let r = t * per_task + i;
-                let xr = &x[r * rows.len..(r + 1) * rows.len];
-                let dyr = &dy[r * rows.len..(r + 1) * rows.len];
-                let (mean, rstd) = rows.stats(xr);
-                let (mut sum_g, mut sum_gx) = (0f64, 0f64);
-                for (c, (xs, dys)) in xr
-                    .chunks(rows.spatial)
-                    .zip(dyr.chunks(rows.spatial))
-                    .enumerate()
-                {
-                    let ch = rows.channel(r, c * rows.spatial);
-                    let (mut s_dy, mut s_dyx) = (0f64, 0f64);
-                    for (&xv, &d) in xs.iter().zip(dys) {
-                        let xhat = ((xv - mean) * rstd) as f64;
-                        s_dy += d as f64;
-                        s_dyx += d as f64 * xhat;
-                    }
-                    db[ch] += s_dy;
-                    dw[ch] += s_dyx;
-                    sum_g += s_dy * w[ch] as f64;
-                    sum_gx += s_dyx * w[ch] as f64;
-                }
-                let n = rows.len as f64;
-                let (mean_g, mean_gx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
-                for (c, ((dxs, xs), dys)) in dxr
-                    .chunks_mut(rows.spatial)
-                    .zip(xr.chunks(rows.spatial))
-                    .zip(dyr.chunks(rows.spatial))
-                    .enumerate()
-                {
-                    let wc = w[rows.channel(r, c * rows.spatial)];
-                    for ((dv, &xv), &d) in dxs.iter_mut().zip(xs).zip(dys) {
-                        let xhat = (xv - mean) * rstd;
-                        *dv = rstd * (d * wc - mean_g - xhat * mean_gx);
-                    }
-                }
-            }
+                let span = r * rows.len..(r + 1) * rows.len;
+                backward_row(
+                    rows,
+                    r,
+                    (&x[span.clone()], &dy[span], dxr),
+                    w,
+                    (&mut dw, &mut db),
+                );
+            });
             (dw, db)
         })
         .collect();

@@ -5,36 +5,21 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, cpu_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, rows, with_f32};
 use crate::profile::{self, Pass};
 
 fn forward(x: &[f32], len: usize) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    let mut y = x.to_vec();
     y.par_chunks_mut(len)
-        .zip(x.par_chunks(len))
-        .for_each(|(yr, xr)| {
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (yv, &xv) in yr.iter_mut().zip(xr) {
-                *yv = (xv - max).exp();
-                sum += *yv;
-            }
-            let inv = 1.0 / sum;
-            yr.iter_mut().for_each(|v| *v *= inv);
-        });
+        .for_each(|row| vectorized!(rows::softmax_in_place(row)));
     y
 }
 
 fn backward(y: &[f32], dy: &[f32], len: usize) -> Vec<f32> {
-    let mut dx = vec![0f32; y.len()];
+    let mut dx = dy.to_vec();
     dx.par_chunks_mut(len)
-        .zip(y.par_chunks(len).zip(dy.par_chunks(len)))
-        .for_each(|(dxr, (yr, dyr))| {
-            let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
-            for ((d, &yv), &g) in dxr.iter_mut().zip(yr).zip(dyr) {
-                *d = yv * (g - dot);
-            }
-        });
+        .zip(y.par_chunks(len))
+        .for_each(|(dxr, yr)| vectorized!(rows::softmax_grad_in_place(dxr, yr)));
     dx
 }
 
