@@ -181,16 +181,12 @@ pub fn feed_forward<O: Ops>(ops: &mut O, x: &O::Tensor, t: &TransformerSpec) -> 
     let dims = ops.dims(x);
     let dim = dims[dims.len() - 1];
     let inner = t.ff_inner(dim);
-    let last = dims.len() - 1;
     let h = scoped(ops, "net.0.proj", |ops| linear(ops, x, 2 * inner, true))?;
-    let hidden = ops.narrow(&h, last, 0, inner)?;
-    let gate = ops.narrow(&h, last, inner, inner)?;
     let act = match t.ff_activation {
         FeedForwardActivation::Gelu => Unary::GeluErf,
         FeedForwardActivation::Swish => Unary::Silu,
     };
-    let gate = ops.unary(&gate, act)?;
-    let h = ops.mul(&hidden, &gate)?;
+    let h = ops.gated(&h, act)?;
     scoped(ops, "net.2", |ops| linear(ops, &h, dim, true))
 }
 

@@ -113,6 +113,12 @@ pub trait Ops {
     }
     /// Elementwise activation.
     fn unary(&mut self, x: &Self::Tensor, op: Unary) -> Result<Self::Tensor, Self::Error>;
+    /// The gated activation of a feed-forward (GEGLU, SwiGLU): with `x` `[.., 2n]`,
+    /// `x[.., :n] · act(x[.., n:])` → `[.., n]`. The default is [`gated`]; an interpreter may
+    /// fuse it.
+    fn gated(&mut self, x: &Self::Tensor, act: Unary) -> Result<Self::Tensor, Self::Error> {
+        gated(self, x, act)
+    }
     /// `x · scale`.
     fn scale(&mut self, x: &Self::Tensor, scale: f64) -> Result<Self::Tensor, Self::Error>;
     /// Broadcasting sum.
@@ -144,6 +150,21 @@ pub trait Ops {
         flip_sin_to_cos: bool,
         freq_shift: f64,
     ) -> Result<Self::Tensor, Self::Error>;
+}
+
+/// [`Ops::gated`] as two narrows, the activation and a product.
+pub fn gated<O: Ops + ?Sized>(
+    ops: &mut O,
+    x: &O::Tensor,
+    act: Unary,
+) -> Result<O::Tensor, O::Error> {
+    let dims = ops.dims(x);
+    let last = dims.len() - 1;
+    let inner = dims[last] / 2;
+    let hidden = ops.narrow(x, last, 0, inner)?;
+    let gate = ops.narrow(x, last, inner, inner)?;
+    let gate = ops.unary(&gate, act)?;
+    ops.mul(&hidden, &gate)
 }
 
 /// `weights(q · kt) · v` as two matmuls around the weighting; the raw scores are freed as soon as

@@ -354,6 +354,14 @@ impl Ops for CandleOps<'_> {
         })
     }
 
+    fn gated(&mut self, x: &Tensor, act: Unary) -> Result<Tensor, ModelError> {
+        if kernels::gated::supported(x) {
+            let _span = profile::span("activation", Pass::Forward);
+            return Ok(kernels::gated::gated(x, act)?);
+        }
+        unetlab_graph::gated(self, x, act)
+    }
+
     fn scale(&mut self, x: &Tensor, scale: f64) -> Result<Tensor, ModelError> {
         let _span = profile::span("elementwise", Pass::Forward);
         Ok(x.affine(scale, 0.0)?)

@@ -51,13 +51,13 @@ fn fast_erf(x: f32) -> f32 {
 
 /// `(f(x), f'(x))` of each activation.
 #[inline(always)]
-fn silu(x: f32) -> (f32, f32) {
+pub(super) fn silu(x: f32) -> (f32, f32) {
     let s = 1.0 / (1.0 + fast_exp(-x));
     (x * s, s * (1.0 + x * (1.0 - s)))
 }
 
 #[inline(always)]
-fn gelu_erf(x: f32) -> (f32, f32) {
+pub(super) fn gelu_erf(x: f32) -> (f32, f32) {
     let cdf = 0.5 * (1.0 + fast_erf(x * std::f32::consts::FRAC_1_SQRT_2));
     let pdf = fast_exp(-0.5 * x * x)
         * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
@@ -65,7 +65,7 @@ fn gelu_erf(x: f32) -> (f32, f32) {
 }
 
 #[inline(always)]
-fn relu(x: f32) -> (f32, f32) {
+pub(super) fn relu(x: f32) -> (f32, f32) {
     if x > 0.0 {
         (x, 1.0)
     } else {

@@ -2,6 +2,7 @@
 //! free), shared by the conv and linear kernels.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// A matrix view: `data[i·row_stride + j·col_stride]` for `i < rows`, `j < cols`.
 #[derive(Clone, Copy)]
@@ -32,6 +33,15 @@ impl<'a> View<'a> {
             cols: self.rows,
             row_stride: self.col_stride,
             col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Columns `range` (no copy).
+    fn cols(self, range: std::ops::Range<usize>) -> View<'a> {
+        View {
+            data: &self.data[(range.start * self.col_stride).min(self.data.len())..],
+            cols: range.len(),
             ..self
         }
     }
@@ -86,5 +96,37 @@ pub(super) fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool, thread
             false,
             parallelism,
         )
+    }
+}
+
+/// `dst = a · b`; when the inner dimension is longer than the result's sides (a weight gradient
+/// summed over many rows), it is split over the threads, each part a one-thread product
+/// into its own buffer, and the parts are added. The `gemm` crate spreads a product over the
+/// rows and columns of its result, which leaves threads idle when the result is small.
+pub(super) fn matmul_long_inner(dst: &mut [f32], a: View, b: View, threads: usize) {
+    let k = a.cols;
+    let parts = threads.min(k / 64).max(1);
+    if parts == 1 || k < a.rows.max(b.cols) {
+        return matmul(dst, a, b, false, threads);
+    }
+    let per_part = k.div_ceil(parts);
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let range = p * per_part..((p + 1) * per_part).min(k);
+            let mut part = vec![0f32; dst.len()];
+            matmul(
+                &mut part,
+                a.cols(range.clone()),
+                b.t().cols(range).t(),
+                false,
+                1,
+            );
+            part
+        })
+        .collect();
+    dst.copy_from_slice(&partials[0]);
+    for p in &partials[1..] {
+        dst.iter_mut().zip(p).for_each(|(d, v)| *d += v);
     }
 }

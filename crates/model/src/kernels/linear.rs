@@ -6,7 +6,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::gemm::{matmul, View};
+use super::gemm::{matmul, matmul_long_inner, View};
 use super::{bias, contiguous_f32, cpu_f32, with_f32};
 use crate::profile::{self, Pass};
 
@@ -74,13 +74,7 @@ fn backward(
                 matmul(&mut dx, dy_view, w_view, false, threads(rows, cin, cout));
                 let mut dw = vec![0f32; cout * cin];
                 let x_view = View::rows(x, rows, cin);
-                matmul(
-                    &mut dw,
-                    dy_view.t(),
-                    x_view,
-                    false,
-                    threads(cout, cin, rows),
-                );
+                matmul_long_inner(&mut dw, dy_view.t(), x_view, threads(cout, cin, rows));
                 let db = bias.then(|| bias::channel_sums(dy, cout, 1));
                 (dx, dw, db)
             })

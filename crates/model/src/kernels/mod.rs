@@ -21,6 +21,7 @@ pub mod attention;
 pub mod bias;
 pub mod conv;
 pub mod depthwise;
+pub mod gated;
 mod gemm;
 pub mod inplace;
 pub mod linear;
