@@ -172,8 +172,16 @@ fn col2im(g: &Geometry, cols: &[f32], row_stride: usize, offset: usize, dx: &mut
                     let iy = oy * g.stride + ki - g.padding;
                     let dst = &mut plane[iy * g.width..(iy + 1) * g.width];
                     let from = &src[oy * wo..(oy + 1) * wo];
-                    for ox in x0..x1 {
-                        dst[ox * g.stride + kj - g.padding] += from[ox];
+                    if g.stride == 1 {
+                        let ix0 = x0 + kj - g.padding;
+                        dst[ix0..ix0 + (x1 - x0)]
+                            .iter_mut()
+                            .zip(&from[x0..x1])
+                            .for_each(|(d, &v)| *d += v);
+                    } else {
+                        for ox in x0..x1 {
+                            dst[ox * g.stride + kj - g.padding] += from[ox];
+                        }
                     }
                 }
             }
@@ -261,7 +269,7 @@ fn grad_input_batched(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let mut dx = vec![0f32; g.batch * g.channels * g.in_pixels()];
     dx.par_chunks_mut(g.channels * g.in_pixels())
         .enumerate()
-        .for_each(|(i, dxi)| col2im(g, &dcols, stride, i, dxi));
+        .for_each(|(i, dxi)| vectorized!(col2im(g, &dcols, stride, i, dxi)));
     dx
 }
 
@@ -328,7 +336,29 @@ fn forward_per_image(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> V
     y
 }
 
+/// The input gradient. For a stride of 1 it is itself a convolution, of `dy` with the kernel
+/// flipped in space and its channels swapped, at padding `K − 1 − p`: a product over `O·K·K`
+/// into `C × H·W` per image, instead of one over only `O` into a `C·K·K × H·W` buffer that
+/// col2im then folds. Measured on 2 threads, that is faster when the conv narrows the channels
+/// (`C > O`, as in the decoder) and not otherwise.
 fn grad_input(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    if g.stride == 1 && g.kernel > 1 && g.padding < g.kernel && g.channels > g.out_channels {
+        let (o, c, k) = (g.out_channels, g.channels, g.kernel);
+        let mut flipped = vec![0f32; w.len()];
+        for (oc, taps) in w.chunks(k * k).enumerate() {
+            let (oi, ci) = (oc / c, oc % c);
+            let dst = &mut flipped[(ci * o + oi) * k * k..][..k * k];
+            dst.iter_mut().zip(taps.iter().rev()).for_each(|(d, &t)| *d = t);
+        }
+        let transposed = Geometry::new(
+            &[g.batch, o, g.out_height, g.out_width],
+            &[c, o, k, k],
+            1,
+            k - 1 - g.padding,
+        )
+        .expect("the transposed geometry of a valid stride-1 convolution is valid");
+        return forward(&transposed, dy, &flipped, None);
+    }
     if g.out_pixels() < BATCHED_BELOW {
         grad_input_batched(g, dy, w)
     } else {
@@ -353,7 +383,7 @@ fn grad_input_per_image(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
                 matmul(dxi, weights_t, rhs, false, threads);
             } else {
                 matmul(cols, weights_t, rhs, false, threads);
-                col2im(g, cols, pout, 0, dxi);
+                vectorized!(col2im(g, cols, pout, 0, dxi));
             }
         },
     );
@@ -659,6 +689,9 @@ mod tests {
             ([1, 2, 5, 6], [3, 2, 3, 3], 1, 0),
             ([2, 2, 2, 2], [3, 2, 3, 3], 1, 1),
             ([4, 3, 16, 16], [8, 3, 3, 3], 1, 1),
+            // Narrowing stride-1 convs: the input gradient as a transposed convolution.
+            ([2, 6, 5, 7], [4, 6, 3, 3], 1, 1),
+            ([1, 5, 6, 6], [2, 5, 3, 3], 1, 0),
         ];
         for (i, &(xs, ws, stride, padding)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&xs, 2 * i as u64)).unwrap();
