@@ -289,10 +289,11 @@ fn grad_weight_batched(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 /// How to spread `images` over the threads: `(images per task, GEMM threads)`. Whole images per
-/// thread when there are enough of them, else one image at a time with threaded GEMMs.
+/// thread when there are enough of them (one task of every image on one thread), else one image
+/// at a time with threaded GEMMs.
 fn split(images: usize) -> (usize, usize) {
     let threads = candle_core::utils::get_num_threads().max(1);
-    if images >= threads && threads > 1 {
+    if images >= threads {
         (images.div_ceil(threads), 1)
     } else {
         (1, threads)
