@@ -143,9 +143,8 @@ pub fn attention<O: Ops>(
     t: &TransformerSpec,
 ) -> R<O> {
     let dims = ops.dims(x);
-    let (batch, n, dim) = (dims[0], dims[1], dims[2]);
-    let heads = t.heads;
-    let head_dim = dim / heads;
+    let dim = dims[2];
+    let head_dim = dim / t.heads;
     let ctx = context.unwrap_or(x);
     let m = ops.dims(ctx)[1];
 
@@ -156,23 +155,14 @@ pub fn attention<O: Ops>(
     } else {
         scoped(ops, "to_v", |ops| linear(ops, ctx, dim, false))?
     };
-    let q = ops.reshape(&q, &[batch, n, heads, head_dim])?;
-    let q = ops.permute(&q, &[0, 2, 1, 3])?;
-    let k = ops.reshape(&k, &[batch, m, heads, head_dim])?;
-    let kt = ops.permute(&k, &[0, 2, 3, 1])?;
-    let v = ops.reshape(&v, &[batch, m, heads, head_dim])?;
-    let v = ops.permute(&v, &[0, 2, 1, 3])?;
-
     // The score scale is applied to Q (n·d elements) rather than to QKᵀ (n·m): for ReLU attention
     // relu(QKᵀ·s)/m = relu((Q·s/m)Kᵀ) since s/m > 0.
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let q = match t.kernel {
-        AttentionKernel::Softmax => ops.scale(&q, scale)?,
-        AttentionKernel::Relu => ops.scale(&q, scale / m as f64)?,
+    let scale = match t.kernel {
+        AttentionKernel::Softmax => scale,
+        AttentionKernel::Relu => scale / m as f64,
     };
-    let o = ops.attend(&q, &kt, &v, t.kernel)?;
-    let o = ops.permute(&o, &[0, 2, 1, 3])?;
-    let o = ops.reshape(&o, &[batch, n, dim])?;
+    let o = ops.attend_heads(&q, &k, &v, t.heads, scale, t.kernel)?;
     scoped(ops, "to_out.0", |ops| linear(ops, &o, dim, true))
 }
 

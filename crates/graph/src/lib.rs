@@ -10,6 +10,8 @@ pub mod ops;
 pub mod text;
 pub mod unet;
 
-pub use ops::{attend, gated, scoped, AttentionKernel, Conv2dParams, Init, Ops, Unary};
+pub use ops::{
+    attend, attend_heads, gated, scoped, AttentionKernel, Conv2dParams, Init, Ops, Unary,
+};
 pub use text::{text_encoder_forward, TextEncoderSpec};
 pub use unet::{unet_forward, MissingInput, UnetInputs};

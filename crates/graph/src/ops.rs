@@ -111,6 +111,20 @@ pub trait Ops {
     ) -> Result<Self::Tensor, Self::Error> {
         attend(self, q, kt, v, kernel)
     }
+    /// Multi-head attention on token-major tensors: q `[B, n, H·d]`, k and v `[B, m, H·d]` →
+    /// `[B, n, H·d]`, each of the `heads` heads `weights(scale · q_h · k_hᵀ) · v_h`. The default
+    /// is [`attend_heads`]; an interpreter may work on the packed layout directly.
+    fn attend_heads(
+        &mut self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        heads: usize,
+        scale: f64,
+        kernel: AttentionKernel,
+    ) -> Result<Self::Tensor, Self::Error> {
+        attend_heads(self, q, k, v, heads, scale, kernel)
+    }
     /// Elementwise activation.
     fn unary(&mut self, x: &Self::Tensor, op: Unary) -> Result<Self::Tensor, Self::Error>;
     /// The gated activation of a feed-forward (GEGLU, SwiGLU): with `x` `[.., 2n]`,
@@ -165,6 +179,33 @@ pub fn gated<O: Ops + ?Sized>(
     let gate = ops.narrow(x, last, inner, inner)?;
     let gate = ops.unary(&gate, act)?;
     ops.mul(&hidden, &gate)
+}
+
+/// [`Ops::attend_heads`] as diffusers computes it: the heads split off by reshape and permute,
+/// the scale applied to Q, [`Ops::attend`], and the heads merged back.
+pub fn attend_heads<O: Ops + ?Sized>(
+    ops: &mut O,
+    q: &O::Tensor,
+    k: &O::Tensor,
+    v: &O::Tensor,
+    heads: usize,
+    scale: f64,
+    kernel: AttentionKernel,
+) -> Result<O::Tensor, O::Error> {
+    let dims = ops.dims(q);
+    let (batch, n, dim) = (dims[0], dims[1], dims[2]);
+    let m = ops.dims(k)[1];
+    let head_dim = dim / heads;
+    let q = ops.reshape(q, &[batch, n, heads, head_dim])?;
+    let q = ops.permute(&q, &[0, 2, 1, 3])?;
+    let k = ops.reshape(k, &[batch, m, heads, head_dim])?;
+    let kt = ops.permute(&k, &[0, 2, 3, 1])?;
+    let v = ops.reshape(v, &[batch, m, heads, head_dim])?;
+    let v = ops.permute(&v, &[0, 2, 1, 3])?;
+    let q = ops.scale(&q, scale)?;
+    let o = ops.attend(&q, &kt, &v, kernel)?;
+    let o = ops.permute(&o, &[0, 2, 1, 3])?;
+    ops.reshape(&o, &[batch, n, dim])
 }
 
 /// `weights(q · kt) · v` as two matmuls around the weighting; the raw scores are freed as soon as

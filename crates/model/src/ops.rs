@@ -316,10 +316,6 @@ impl Ops for CandleOps<'_> {
         v: &Tensor,
         kernel: AttentionKernel,
     ) -> Result<Tensor, ModelError> {
-        if kernels::attention::supported(q, kt, v) {
-            let _span = profile::span("attention core", Pass::Forward);
-            return Ok(kernels::attention::attend(q, kt, v, kernel)?);
-        }
         // Inference computes blocks of queries so that each block's scores (at most
         // ATTENTION_BLOCK_BYTES) stay in cache and reuse one allocation, instead of materialising
         // the whole n x m map (512 MB per 64x64 self-attention of SD 1.5).
@@ -340,6 +336,24 @@ impl Ops for CandleOps<'_> {
             blocks.push(attend(self, &q_block, &kt, &v, kernel)?);
         }
         Ok(Tensor::cat(&blocks, row_dim)?)
+    }
+
+    fn attend_heads(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        scale: f64,
+        kernel: AttentionKernel,
+    ) -> Result<Tensor, ModelError> {
+        if kernels::attention::supported(q, k, v, heads) {
+            let _span = profile::span("attention core", Pass::Forward);
+            return Ok(kernels::attention::attend_heads(
+                q, k, v, heads, scale, kernel,
+            )?);
+        }
+        unetlab_graph::attend_heads(self, q, k, v, heads, scale, kernel)
     }
 
     fn unary(&mut self, x: &Tensor, op: Unary) -> Result<Tensor, ModelError> {

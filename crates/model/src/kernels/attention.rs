@@ -1,158 +1,206 @@
-//! The attention core `O = φ(Q·Kᵀ)·V` (φ: row softmax, or ReLU) on the CPU in f32, one
-//! (batch, head) pair per task and blocks of query rows within it, so the score matrix is never
-//! whole in memory; the backward recomputes each block's scores instead of keeping them
-//! (FlashAttention's trade). Through candle, attention allocates and keeps the full score and
-//! weight maps, and its backward adds transposed copies of each.
+//! Multi-head attention on token-major tensors, `O_h = φ(s·Q_h·K_hᵀ)·V_h` for every head `h` of
+//! q `[B, n, H·d]`, k and v `[B, m, H·d]` (φ: row softmax, or ReLU; `s` the score scale), on the
+//! CPU in f32. Each (image, head) pair is a task that reads its head's columns in place and
+//! writes its own columns of the output, so no reshape, permute or copy splits the heads (through
+//! candle each of those is a node whose gradient is a further copy); queries go in blocks of
+//! rows, so the score matrix is never whole in memory, and the backward recomputes each block's
+//! scores instead of keeping them (FlashAttention's trade).
 //!
-//! Per block, with `S = Q·Kᵀ` and `P = φ(S)`: `dV += Pᵀ·dO`, `dP = dO·Vᵀ`,
-//! `dS = P ⊙ (dP − rowsum(dP ⊙ P))` (softmax) or `dP ⊙ [S > 0]` (ReLU), `dQ = dS·K`,
-//! `dKᵀ += Qᵀ·dS`.
+//! Per block, with `S = Q·Kᵀ` and `P = φ(s·S)`: `dV += Pᵀ·dO`, `dP = dO·Vᵀ`,
+//! `dS = s·P ⊙ (dP − rowsum(dP ⊙ P))` (softmax) or `s·dP ⊙ [S > 0]` (ReLU, `P = s·relu(S)`),
+//! `dQ = dS·K`, `dK += dSᵀ·Q`.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use unetlab_graph::AttentionKernel;
 
 use super::gemm::{matmul, View};
-use super::{contiguous_f32, cpu_f32, rows, with_f32};
+use super::{contiguous_f32, cpu_f32, rows, with_f32, DisjointWrites};
 use crate::profile::{self, Pass};
 
 /// Query rows per block.
 const BLOCK: usize = 64;
 
-/// `(pairs, n, m, d)` from `q` `[..., n, d]`, `kt` `[..., d, m]`, `v` `[..., m, d]`.
-fn sizes(q: &[usize], kt: &[usize], v: &[usize]) -> Result<(usize, usize, usize, usize)> {
-    let r = q.len();
-    if r < 2
-        || kt.len() != r
-        || v.len() != r
-        || q[..r - 2] != kt[..r - 2]
-        || q[..r - 2] != v[..r - 2]
-    {
-        bail!("attention kernel: q {q:?}, kᵀ {kt:?}, v {v:?}")
-    }
-    let (n, d, m) = (q[r - 2], q[r - 1], kt[r - 1]);
-    if kt[r - 2] != d || v[r - 2] != m || v[r - 1] != d {
-        bail!("attention kernel: q {q:?}, kᵀ {kt:?}, v {v:?}")
-    }
-    Ok((q[..r - 2].iter().product(), n, m, d))
+/// The sizes of one call: `batch × heads` pairs, `n` queries, `m` keys, head width `d`.
+#[derive(Debug, Clone, Copy)]
+struct Heads {
+    batch: usize,
+    heads: usize,
+    n: usize,
+    m: usize,
+    d: usize,
 }
 
-/// Scores of one block of rows to weights, in place: softmax or ReLU per row of `m`.
-fn weights(kernel: AttentionKernel, s: &mut [f32], m: usize) {
-    vectorized!({
-        for row in s.chunks_mut(m) {
-            match kernel {
-                AttentionKernel::Softmax => rows::softmax_in_place(row),
-                AttentionKernel::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
-            }
+impl Heads {
+    fn new(q: &[usize], k: &[usize], v: &[usize], heads: usize) -> Result<Heads> {
+        let (&[batch, n, width], &[kb, m, kw]) = (q, k) else {
+            bail!("attention kernel: q {q:?}, k {k:?}: want [batch, tokens, width]")
+        };
+        if heads == 0 || width % heads != 0 || kb != batch || kw != width || v != k {
+            bail!("attention kernel: q {q:?}, k {k:?}, v {v:?}, {heads} heads")
+        }
+        Ok(Heads {
+            batch,
+            heads,
+            n,
+            m,
+            d: width / heads,
+        })
+    }
+
+    fn width(&self) -> usize {
+        self.heads * self.d
+    }
+
+    fn pairs(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// Where pair `p`'s head starts in a tensor of `tokens` rows.
+    fn offset(&self, p: usize, tokens: usize) -> usize {
+        (p / self.heads) * tokens * self.width() + (p % self.heads) * self.d
+    }
+
+    /// Pair `p`'s head of a tensor of `tokens` rows, as `tokens × d`.
+    fn head<'a>(&self, t: &'a [f32], p: usize, tokens: usize) -> View<'a> {
+        View::strided(&t[self.offset(p, tokens)..], tokens, self.d, self.width())
+    }
+
+    /// Writes `src` (`rows × d`) into pair `p`'s head of `dst` (a tensor of `tokens` rows) from
+    /// row `start` on.
+    ///
+    /// # Safety
+    /// Only pair `p`'s task writes pair `p`'s head.
+    unsafe fn scatter(
+        &self,
+        dst: &DisjointWrites,
+        p: usize,
+        tokens: usize,
+        start: usize,
+        src: &[f32],
+    ) {
+        let base = self.offset(p, tokens) + start * self.width();
+        for (r, row) in src.chunks(self.d).enumerate() {
+            dst.slice(base + r * self.width(), self.d)
+                .copy_from_slice(row);
+        }
+    }
+}
+
+/// Raw scores of one block of rows to weights, in place: softmax or ReLU of `scale·S` per row.
+fn weights(kernel: AttentionKernel, scale: f32, s: &mut [f32], m: usize) {
+    vectorized!(for row in s.chunks_mut(m) {
+        match kernel {
+            AttentionKernel::Softmax => rows::softmax_in_place(row, scale),
+            AttentionKernel::Relu => row.iter_mut().for_each(|v| *v = (scale * *v).max(0.0)),
         }
     })
 }
 
 fn forward(
+    h: Heads,
     kernel: AttentionKernel,
-    (n, m, d): (usize, usize, usize),
-    q: &[f32],
-    kt: &[f32],
-    v: &[f32],
+    scale: f32,
+    (q, k, v): (&[f32], &[f32], &[f32]),
 ) -> Vec<f32> {
     let mut o = vec![0f32; q.len()];
-    o.par_chunks_mut(n * d).enumerate().for_each(|(p, op)| {
-        let (qp, ktp, vp) = (
-            &q[p * n * d..][..n * d],
-            &kt[p * d * m..][..d * m],
-            &v[p * m * d..][..m * d],
-        );
-        let mut s = vec![0f32; BLOCK.min(n) * m];
-        for start in (0..n).step_by(BLOCK) {
-            let rows = BLOCK.min(n - start);
-            let s = &mut s[..rows * m];
-            let qb = View::rows(&qp[start * d..][..rows * d], rows, d);
-            matmul(s, qb, View::rows(ktp, d, m), false, 1);
-            weights(kernel, s, m);
-            matmul(
-                &mut op[start * d..][..rows * d],
-                View::rows(s, rows, m),
-                View::rows(vp, m, d),
-                false,
-                1,
-            );
+    let out = DisjointWrites::new(&mut o);
+    (0..h.pairs()).into_par_iter().for_each(|p| {
+        let (qp, kp, vp) = (h.head(q, p, h.n), h.head(k, p, h.m), h.head(v, p, h.m));
+        let block = BLOCK.min(h.n);
+        let (mut s, mut ob) = (vec![0f32; block * h.m], vec![0f32; block * h.d]);
+        for start in (0..h.n).step_by(BLOCK) {
+            let rows = BLOCK.min(h.n - start);
+            let (s, ob) = (&mut s[..rows * h.m], &mut ob[..rows * h.d]);
+            matmul(s, qp.row_block(start, rows), kp.t(), false, 1);
+            weights(kernel, scale, s, h.m);
+            matmul(ob, View::rows(s, rows, h.m), vp, false, 1);
+            // SAFETY: pair `p`'s head is written by this task alone.
+            unsafe { h.scatter(&out, p, h.n, start, ob) };
         }
     });
     o
 }
 
-/// `(dq, dkt, dv)`.
+/// `(dq, dk, dv)`.
 fn backward(
+    h: Heads,
     kernel: AttentionKernel,
-    (n, m, d): (usize, usize, usize),
-    (q, kt, v): (&[f32], &[f32], &[f32]),
+    scale: f32,
+    (q, k, v): (&[f32], &[f32], &[f32]),
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (mut dq, mut dkt, mut dv) = (
+    let (mut dq, mut dk, mut dv) = (
         vec![0f32; q.len()],
-        vec![0f32; kt.len()],
+        vec![0f32; k.len()],
         vec![0f32; v.len()],
     );
-    dq.par_chunks_mut(n * d)
-        .zip(dkt.par_chunks_mut(d * m))
-        .zip(dv.par_chunks_mut(m * d))
-        .enumerate()
-        .for_each(|(p, ((dqp, dktp), dvp))| {
-            let (qp, ktp, vp) = (
-                &q[p * n * d..][..n * d],
-                &kt[p * d * m..][..d * m],
-                &v[p * m * d..][..m * d],
+    let (dq_out, dk_out, dv_out) = (
+        DisjointWrites::new(&mut dq),
+        DisjointWrites::new(&mut dk),
+        DisjointWrites::new(&mut dv),
+    );
+    (0..h.pairs()).into_par_iter().for_each(|p| {
+        let (qp, kp, vp) = (h.head(q, p, h.n), h.head(k, p, h.m), h.head(v, p, h.m));
+        let dop = h.head(dout, p, h.n);
+        let block = BLOCK.min(h.n);
+        let (mut s, mut w, mut ds) = (
+            vec![0f32; block * h.m],
+            vec![0f32; block * h.m],
+            vec![0f32; block * h.m],
+        );
+        let mut dqb = vec![0f32; block * h.d];
+        let (mut dkp, mut dvp) = (vec![0f32; h.m * h.d], vec![0f32; h.m * h.d]);
+        for (b, start) in (0..h.n).step_by(BLOCK).enumerate() {
+            let rows = BLOCK.min(h.n - start);
+            let (s, w, ds) = (
+                &mut s[..rows * h.m],
+                &mut w[..rows * h.m],
+                &mut ds[..rows * h.m],
             );
-            let dop = &dout[p * n * d..][..n * d];
-            let block = BLOCK.min(n);
-            let (mut s, mut w, mut ds) = (
-                vec![0f32; block * m],
-                vec![0f32; block * m],
-                vec![0f32; block * m],
-            );
-            for (b, start) in (0..n).step_by(BLOCK).enumerate() {
-                let rows = BLOCK.min(n - start);
-                let (s, w, ds) = (&mut s[..rows * m], &mut w[..rows * m], &mut ds[..rows * m]);
-                let qb = View::rows(&qp[start * d..][..rows * d], rows, d);
-                let dob = View::rows(&dop[start * d..][..rows * d], rows, d);
-                matmul(s, qb, View::rows(ktp, d, m), false, 1);
-                w.copy_from_slice(s);
-                weights(kernel, w, m);
-                // dV += Pᵀ·dO
-                matmul(dvp, View::rows(w, rows, m).t(), dob, b > 0, 1);
-                // dP = dO·Vᵀ, then dS in place.
-                matmul(ds, dob, View::rows(vp, m, d).t(), false, 1);
-                vectorized!(match kernel {
-                    AttentionKernel::Softmax => {
-                        for (dsr, wr) in ds.chunks_mut(m).zip(w.chunks(m)) {
-                            rows::softmax_grad_in_place(dsr, wr);
-                        }
+            let (qb, dob) = (qp.row_block(start, rows), dop.row_block(start, rows));
+            matmul(s, qb, kp.t(), false, 1);
+            w.copy_from_slice(s);
+            weights(kernel, scale, w, h.m);
+            // dV += Pᵀ·dO
+            matmul(&mut dvp, View::rows(w, rows, h.m).t(), dob, b > 0, 1);
+            // dP = dO·Vᵀ, then dS in place.
+            matmul(ds, dob, vp.t(), false, 1);
+            vectorized!(match kernel {
+                AttentionKernel::Softmax => {
+                    for (dsr, wr) in ds.chunks_mut(h.m).zip(w.chunks(h.m)) {
+                        rows::softmax_grad_in_place(dsr, wr);
+                        dsr.iter_mut().for_each(|g| *g *= scale);
                     }
-                    AttentionKernel::Relu => {
-                        for (g, &sv) in ds.iter_mut().zip(s.iter()) {
-                            if sv <= 0.0 {
-                                *g = 0.0;
-                            }
-                        }
+                }
+                AttentionKernel::Relu => {
+                    for (g, &sv) in ds.iter_mut().zip(s.iter()) {
+                        *g = if sv > 0.0 { *g * scale } else { 0.0 };
                     }
-                });
-                let dsb = View::rows(ds, rows, m);
-                // dQ = dS·K (K = (Kᵀ)ᵀ), dKᵀ += Qᵀ·dS
-                matmul(
-                    &mut dqp[start * d..][..rows * d],
-                    dsb,
-                    View::rows(ktp, d, m).t(),
-                    false,
-                    1,
-                );
-                matmul(dktp, qb.t(), dsb, b > 0, 1);
-            }
-        });
-    (dq, dkt, dv)
+                }
+            });
+            let dsb = View::rows(ds, rows, h.m);
+            // dQ = dS·K, dK += dSᵀ·Q
+            let dqb = &mut dqb[..rows * h.d];
+            matmul(dqb, dsb, kp, false, 1);
+            // SAFETY: pair `p`'s head is written by this task alone.
+            unsafe { h.scatter(&dq_out, p, h.n, start, dqb) };
+            matmul(&mut dkp, dsb.t(), qb, b > 0, 1);
+        }
+        // SAFETY: as above.
+        unsafe {
+            h.scatter(&dk_out, p, h.m, 0, &dkp);
+            h.scatter(&dv_out, p, h.m, 0, &dvp);
+        }
+    });
+    (dq, dk, dv)
 }
 
-struct Attend(AttentionKernel);
+struct Attend {
+    heads: usize,
+    scale: f32,
+    kernel: AttentionKernel,
+}
 
 impl CustomOp3 for Attend {
     fn name(&self) -> &'static str {
@@ -168,105 +216,149 @@ impl CustomOp3 for Attend {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, n, m, d) = sizes(ql.dims(), kl.dims(), vl.dims())?;
-        let (q, kt, v) = (
+        let h = Heads::new(ql.dims(), kl.dims(), vl.dims(), self.heads)?;
+        let (q, k, v) = (
             contiguous_f32(qs, ql)?,
             contiguous_f32(ks, kl)?,
             contiguous_f32(vs, vl)?,
         );
-        Ok((
-            CpuStorage::F32(forward(self.0, (n, m, d), q, kt, v)),
-            ql.shape().clone(),
-        ))
+        let o = forward(h, self.kernel, self.scale, (q, k, v));
+        Ok((CpuStorage::F32(o), ql.shape().clone()))
     }
 
     fn bwd(
         &self,
         q: &Tensor,
-        kt: &Tensor,
+        k: &Tensor,
         v: &Tensor,
         _o: &Tensor,
         dout: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let _span = profile::span("attention core", Pass::Backward);
         let dout = dout.contiguous()?;
-        let (_, n, m, d) = sizes(q.dims(), kt.dims(), v.dims())?;
-        let (dq, dkt, dv) = with_f32(q, |qd| {
-            with_f32(kt, |ktd| {
+        let h = Heads::new(q.dims(), k.dims(), v.dims(), self.heads)?;
+        let (dq, dk, dv) = with_f32(q, |qd| {
+            with_f32(k, |kd| {
                 with_f32(v, |vd| {
-                    with_f32(&dout, |dod| backward(self.0, (n, m, d), (qd, ktd, vd), dod))
+                    with_f32(&dout, |dod| {
+                        backward(h, self.kernel, self.scale, (qd, kd, vd), dod)
+                    })
                 })
             })
         })????;
         let device = q.device();
         Ok((
             Some(Tensor::from_vec(dq, q.shape(), device)?),
-            Some(Tensor::from_vec(dkt, kt.shape(), device)?),
+            Some(Tensor::from_vec(dk, k.shape(), device)?),
             Some(Tensor::from_vec(dv, v.shape(), device)?),
         ))
     }
 }
 
-/// Whether [`attend`] takes these operands (f32 on the CPU).
-pub fn supported(q: &Tensor, kt: &Tensor, v: &Tensor) -> bool {
-    cpu_f32(&[q, kt, v]) && sizes(q.dims(), kt.dims(), v.dims()).is_ok()
+/// Whether [`attend_heads`] takes these operands (f32 on the CPU, `[B, tokens, width]` with
+/// `width` a multiple of `heads`, k and v alike).
+pub fn supported(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> bool {
+    cpu_f32(&[q, k, v]) && Heads::new(q.dims(), k.dims(), v.dims(), heads).is_ok()
 }
 
-/// `φ(q·kt)·v` over the last two dimensions (`q` `[..., n, d]`, `kt` `[..., d, m]`, `v`
-/// `[..., m, d]`), φ the row softmax or ReLU; differentiable in all three.
-pub fn attend(q: &Tensor, kt: &Tensor, v: &Tensor, kernel: AttentionKernel) -> Result<Tensor> {
+/// Multi-head attention, `φ(scale·q_h·k_hᵀ)·v_h` for each of `heads` heads of q `[B, n, H·d]`,
+/// k and v `[B, m, H·d]` → `[B, n, H·d]` (φ: softmax or ReLU, `scale > 0`); differentiable in
+/// all three.
+pub fn attend_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    kernel: AttentionKernel,
+) -> Result<Tensor> {
+    if scale <= 0.0 {
+        bail!("attention kernel: the score scale must be positive, got {scale}")
+    }
+    let op = Attend {
+        heads,
+        scale: scale as f32,
+        kernel,
+    };
     q.contiguous()?
-        .apply_op3(&kt.contiguous()?, &v.contiguous()?, Attend(kernel))
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::testing::{backward_both, random, rel_err};
-    use candle_core::Var;
+    use candle_core::{Var, D};
 
-    /// Forward and all three gradients against candle's matmuls and composite softmax / ReLU, on
-    /// more query rows than a block (a remainder block), one key, one head, one row; and with Q
-    /// and V views into permuted tensors, as the UNet passes them.
+    /// The heads split by reshape and permute, scaled scores, candle's matmuls and composite
+    /// softmax or ReLU: the path the kernel replaces.
+    fn composite(
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        heads: usize,
+        scale: f64,
+        kernel: AttentionKernel,
+    ) -> Tensor {
+        let split = |t: &Tensor| {
+            let (b, n, w) = t.dims3().unwrap();
+            t.reshape((b, n, heads, w / heads))
+                .unwrap()
+                .permute((0, 2, 1, 3))
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (qh, kh, vh) = (split(q), split(k), split(v));
+        let s = qh
+            .matmul(&kh.transpose(2, 3).unwrap().contiguous().unwrap())
+            .unwrap()
+            .affine(scale, 0.0)
+            .unwrap();
+        let w = match kernel {
+            AttentionKernel::Softmax => {
+                let e = s
+                    .broadcast_sub(&s.max_keepdim(D::Minus1).unwrap().detach())
+                    .unwrap()
+                    .exp()
+                    .unwrap();
+                e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+            }
+            AttentionKernel::Relu => s.relu().unwrap(),
+        };
+        let o = w.matmul(&vh).unwrap();
+        let (b, n, w) = q.dims3().unwrap();
+        o.permute((0, 2, 1, 3)).unwrap().reshape((b, n, w)).unwrap()
+    }
+
+    /// Forward and all three gradients against the composite, on more query rows than a block
+    /// (a remainder block), one key, one head, one query, odd head widths, and shared K/V (one
+    /// tensor as both k and v, as `shared_kv` passes it).
     #[test]
     fn matches_the_composite_attention() {
         for kernel in [AttentionKernel::Softmax, AttentionKernel::Relu] {
-            for (i, (pairs, n, m, d)) in [
-                (vec![2, 3], 70, 77, 8),
-                (vec![1, 1], 1, 1, 4),
-                (vec![3, 2], 130, 16, 5),
-                (vec![1, 4], 64, 64, 16),
+            for (i, &(batch, heads, n, m, d, shared)) in [
+                (2, 3, 70, 77, 8, false),
+                (1, 1, 1, 1, 4, false),
+                (3, 2, 130, 16, 5, false),
+                (1, 4, 64, 64, 16, true),
             ]
-            .into_iter()
+            .iter()
             .enumerate()
             {
-                let dims = |a: usize, b: usize| [pairs.clone(), vec![a, b]].concat();
-                // Q as a view of a [batch, n, heads, d] tensor, as the UNet passes it.
-                let q_src = random(&[pairs[0], n, pairs[1], d], i as u64);
-                let q_src = Var::from_tensor(&q_src.affine(2.0, 0.0).unwrap()).unwrap();
-                let kt = Var::from_tensor(&random(&dims(d, m), 10 + i as u64)).unwrap();
-                let v = Var::from_tensor(&random(&dims(m, d), 20 + i as u64)).unwrap();
-                let q = q_src.transpose(1, 2).unwrap();
-                assert!(!q.is_contiguous() || pairs[1] == 1 || n == 1);
-                let ours = attend(&q, &kt, &v, kernel).unwrap();
-                let s = q.contiguous().unwrap().matmul(&kt).unwrap();
-                let w = match kernel {
-                    AttentionKernel::Softmax => {
-                        let e = s
-                            .broadcast_sub(&s.max_keepdim(candle_core::D::Minus1).unwrap().detach())
-                            .unwrap()
-                            .exp()
-                            .unwrap();
-                        e.broadcast_div(&e.sum_keepdim(candle_core::D::Minus1).unwrap())
-                            .unwrap()
-                    }
-                    AttentionKernel::Relu => s.relu().unwrap(),
+                let seed = 10 * i as u64;
+                let q = Var::from_tensor(&random(&[batch, n, heads * d], seed)).unwrap();
+                let k = Var::from_tensor(&random(&[batch, m, heads * d], seed + 1)).unwrap();
+                let v = if shared {
+                    k.clone()
+                } else {
+                    Var::from_tensor(&random(&[batch, m, heads * d], seed + 2)).unwrap()
                 };
-                let reference = w.matmul(&v).unwrap();
+                let scale = 0.7 / (d as f64).sqrt();
+                let ours = attend_heads(&q, &k, &v, heads, scale, kernel).unwrap();
+                let reference = composite((&q, &k, &v), heads, scale, kernel);
                 let e = rel_err(&ours, &reference);
                 assert!(e <= 1e-5, "{kernel:?} case {i}: forward rel err {e}");
-                let (g1, g2) = backward_both(&ours, &reference, 30 + i as u64);
-                for (name, var) in [("q", &q_src), ("kᵀ", &kt), ("v", &v)] {
+                let (g1, g2) = backward_both(&ours, &reference, seed + 3);
+                for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
                     let e = rel_err(g1.get(var).unwrap(), g2.get(var).unwrap());
                     assert!(
                         e <= 1e-4,

@@ -349,7 +349,9 @@ fn grad_input(g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
         for (oc, taps) in w.chunks(k * k).enumerate() {
             let (oi, ci) = (oc / c, oc % c);
             let dst = &mut flipped[(ci * o + oi) * k * k..][..k * k];
-            dst.iter_mut().zip(taps.iter().rev()).for_each(|(d, &t)| *d = t);
+            dst.iter_mut()
+                .zip(taps.iter().rev())
+                .for_each(|(d, &t)| *d = t);
         }
         let transposed = Geometry::new(
             &[g.batch, o, g.out_height, g.out_width],

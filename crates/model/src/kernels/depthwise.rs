@@ -7,7 +7,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::Geometry;
-use super::{contiguous_f32, cpu_f32, rows, with_f32};
+use super::{contiguous_f32, cpu_f32, rows, with_f32, DisjointWrites};
 use crate::profile::{self, Pass};
 
 /// The geometry of one plane: `[1, 1, H, W]` by a `[1, 1, K, K]` filter.
@@ -53,26 +53,10 @@ fn per_channel(batch: usize, channels: usize, f: impl Fn(usize, usize) + Sync) {
         .for_each(|c| (0..batch).for_each(|b| f(c, b)));
 }
 
-/// A shared output buffer written at disjoint planes from several threads.
-struct Planes(*mut f32);
-// SAFETY: every thread writes only the planes of its own channels (see `per_channel`).
-unsafe impl Sync for Planes {}
-
-impl Planes {
-    /// The plane at `[offset, offset + len)`.
-    ///
-    /// # Safety
-    /// No two live slices may overlap, and the range must lie inside the buffer.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(offset), len)
-    }
-}
-
 fn forward(batch: usize, channels: usize, g: &Geometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (pin, pout, kk) = (g.in_pixels(), g.out_pixels(), g.kernel * g.kernel);
     let mut y = vec![0f32; batch * channels * pout];
-    let out = Planes(y.as_mut_ptr());
+    let out = DisjointWrites::new(&mut y);
     per_channel(batch, channels, |c, b| {
         let plane = b * channels + c;
         let xp = &x[plane * pin..(plane + 1) * pin];
@@ -93,7 +77,7 @@ fn forward(batch: usize, channels: usize, g: &Geometry, x: &[f32], w: &[f32]) ->
 fn grad_input(batch: usize, channels: usize, g: &Geometry, dy: &[f32], w: &[f32]) -> Vec<f32> {
     let (pin, pout, kk) = (g.in_pixels(), g.out_pixels(), g.kernel * g.kernel);
     let mut dx = vec![0f32; batch * channels * pin];
-    let out = Planes(dx.as_mut_ptr());
+    let out = DisjointWrites::new(&mut dx);
     per_channel(batch, channels, |c, b| {
         let plane = b * channels + c;
         let dyp = &dy[plane * pout..(plane + 1) * pout];

@@ -26,6 +26,32 @@ impl<'a> View<'a> {
         }
     }
 
+    /// A `rows × cols` matrix at `data[i·row_stride + j]` (one attention head of a token-major
+    /// tensor).
+    pub(super) fn strided(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> View<'a> {
+        View {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
+    }
+
+    /// Rows `start..start + rows` (no copy).
+    pub(super) fn row_block(self, start: usize, rows: usize) -> View<'a> {
+        View {
+            data: &self.data[(start * self.row_stride).min(self.data.len())..],
+            rows,
+            ..self
+        }
+    }
+
     /// The transpose (no copy).
     pub(super) fn t(self) -> View<'a> {
         View {

@@ -90,3 +90,33 @@ unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
 unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
+
+/// An output buffer that parallel tasks write at disjoint positions (planes of their own
+/// channels, rows of their own attention heads), which safe slices cannot express when the
+/// positions interleave.
+pub(super) struct DisjointWrites {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: callers of `slice` promise that no two live slices overlap (see there).
+unsafe impl Sync for DisjointWrites {}
+
+impl DisjointWrites {
+    pub(super) fn new(buffer: &mut [f32]) -> DisjointWrites {
+        DisjointWrites {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+        }
+    }
+
+    /// The elements `[offset, offset + len)`.
+    ///
+    /// # Safety
+    /// No two live slices may overlap, and the buffer must outlive them.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        assert!(offset + len <= self.len, "disjoint write out of bounds");
+        std::slice::from_raw_parts_mut(self.ptr.add(offset), len)
+    }
+}

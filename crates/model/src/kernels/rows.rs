@@ -65,11 +65,11 @@ pub(super) fn max(xs: &[f32]) -> f32 {
     xs.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// `row ← exp(row − max) / Σ exp(row − max)`, in place.
+/// The softmax of `scale·row` (`scale > 0`), in place: `exp(scale·(row − max)) / Σ …`.
 #[inline(always)]
-pub(super) fn softmax_in_place(row: &mut [f32]) {
+pub(super) fn softmax_in_place(row: &mut [f32], scale: f32) {
     let m = max(row);
-    row.iter_mut().for_each(|v| *v = fast_exp(*v - m));
+    row.iter_mut().for_each(|v| *v = fast_exp(scale * (*v - m)));
     let inv = 1.0 / sum(row);
     row.iter_mut().for_each(|v| *v *= inv);
 }
