@@ -83,6 +83,20 @@ pub fn group_norm<O: Ops>(ops: &mut O, x: &O::Tensor, groups: usize, eps: f64) -
     ops.group_norm(x, groups, eps, &w, &b)
 }
 
+/// [`group_norm`] followed by the activation `act`.
+pub fn group_norm_act<O: Ops>(
+    ops: &mut O,
+    x: &O::Tensor,
+    groups: usize,
+    eps: f64,
+    act: Unary,
+) -> R<O> {
+    let c = ops.dims(x)[1];
+    let w = ops.param("weight", &[c], Init::Ones)?;
+    let b = ops.param("bias", &[c], Init::Zeros)?;
+    ops.group_norm_act(x, groups, eps, (&w, &b), act)
+}
+
 /// LayerNorm over the last dimension with `weight` and `bias`.
 pub fn layer_norm<O: Ops>(ops: &mut O, x: &O::Tensor, eps: f64) -> R<O> {
     let dims = ops.dims(x);
@@ -115,16 +129,18 @@ pub struct ResnetParams {
 /// diffusers' `ResnetBlock2D` (default time-scale-shift, output scale 1).
 pub fn resnet<O: Ops>(ops: &mut O, x: &O::Tensor, temb: &O::Tensor, p: ResnetParams) -> R<O> {
     let cin = ops.dims(x)[1];
-    let h = scoped(ops, "norm1", |ops| group_norm(ops, x, p.groups, p.eps))?;
-    let h = ops.unary(&h, Unary::Silu)?;
+    let h = scoped(ops, "norm1", |ops| {
+        group_norm_act(ops, x, p.groups, p.eps, Unary::Silu)
+    })?;
     let h = scoped(ops, "conv1", |ops| conv3x3(ops, &h, p.out, p.conv))?;
     let t = ops.unary(temb, Unary::Silu)?;
     let t = scoped(ops, "time_emb_proj", |ops| linear(ops, &t, p.out, true))?;
     let batch = ops.dims(&t)[0];
     let t = ops.reshape(&t, &[batch, p.out, 1, 1])?;
     let h = ops.add(&h, &t)?;
-    let h = scoped(ops, "norm2", |ops| group_norm(ops, &h, p.groups, p.eps))?;
-    let h = ops.unary(&h, Unary::Silu)?;
+    let h = scoped(ops, "norm2", |ops| {
+        group_norm_act(ops, &h, p.groups, p.eps, Unary::Silu)
+    })?;
     let h = scoped(ops, "conv2", |ops| conv3x3(ops, &h, p.out, p.conv))?;
     if cin == p.out {
         ops.add(x, &h)

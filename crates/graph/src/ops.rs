@@ -89,6 +89,19 @@ pub trait Ops {
         weight: &Self::Tensor,
         bias: &Self::Tensor,
     ) -> Result<Self::Tensor, Self::Error>;
+    /// GroupNorm followed by an activation (a res block's `norm → SiLU`). The default is the
+    /// two ops; an interpreter may fuse them.
+    fn group_norm_act(
+        &mut self,
+        x: &Self::Tensor,
+        groups: usize,
+        eps: f64,
+        (weight, bias): (&Self::Tensor, &Self::Tensor),
+        act: Unary,
+    ) -> Result<Self::Tensor, Self::Error> {
+        let h = self.group_norm(x, groups, eps, weight, bias)?;
+        self.unary(&h, act)
+    }
     /// LayerNorm over the last dimension with scale and shift.
     fn layer_norm(
         &mut self,

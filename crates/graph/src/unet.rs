@@ -3,7 +3,7 @@
 use unetlab_spec::{MidSpec, StageSpec, UnetSpec};
 
 use crate::blocks::{
-    conv, downsample, embedding_mlp, group_norm, resnet, transformer_2d, upsample, ResnetParams,
+    conv, downsample, embedding_mlp, group_norm_act, resnet, transformer_2d, upsample, ResnetParams,
 };
 use crate::ops::{scoped, Ops, Unary};
 
@@ -148,9 +148,8 @@ where
     }
 
     let h = scoped(ops, "conv_norm_out", |ops| {
-        group_norm(ops, &x, groups, spec.norm.eps)
+        group_norm_act(ops, &x, groups, spec.norm.eps, Unary::Silu)
     })?;
-    let h = ops.unary(&h, Unary::Silu)?;
     scoped(ops, "conv_out", |ops| {
         conv(ops, &h, spec.out_channels, 3, 1)
     })

@@ -266,7 +266,7 @@ impl Ops for CandleOps<'_> {
     ) -> Result<Tensor, ModelError> {
         let _span = profile::span("group norm", Pass::Forward);
         if kernels::norm::supported(x) {
-            return Ok(kernels::norm::group_norm(x, groups, eps, w, b)?);
+            return Ok(kernels::norm::group_norm(x, groups, eps, (w, b), None)?);
         }
         let dims = x.dims().to_vec();
         let (batch, c) = (dims[0], dims[1]);
@@ -276,6 +276,28 @@ impl Ops for CandleOps<'_> {
             .to_dtype(x.dtype())?;
         Ok(affine_channels(&normed, 1, w, b)
             .map_err(|e| e.context(format!("group_norm over {c} channels")))?)
+    }
+
+    fn group_norm_act(
+        &mut self,
+        x: &Tensor,
+        groups: usize,
+        eps: f64,
+        (w, b): (&Tensor, &Tensor),
+        act: Unary,
+    ) -> Result<Tensor, ModelError> {
+        if kernels::norm::supported(x) {
+            let _span = profile::span("group norm + activation", Pass::Forward);
+            return Ok(kernels::norm::group_norm(
+                x,
+                groups,
+                eps,
+                (w, b),
+                Some(act),
+            )?);
+        }
+        let h = self.group_norm(x, groups, eps, w, b)?;
+        self.unary(&h, act)
     }
 
     fn layer_norm(

@@ -10,7 +10,9 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, cpu_f32, rows, with_f32};
+use unetlab_graph::Unary;
+
+use super::{activation, contiguous_f32, cpu_f32, rows, with_f32};
 use crate::profile::{self, Pass};
 
 /// How a tensor splits into normalised rows and which affine channel each element uses.
@@ -43,33 +45,43 @@ impl Rows {
     }
 }
 
-fn forward(rows: &Rows, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+/// One row of `norm(x)·w + b`, written to `yr`.
+#[inline(always)]
+fn normalize_row(rows: &Rows, r: usize, xr: &[f32], (w, b): (&[f32], &[f32]), yr: &mut [f32]) {
+    let (mean, rstd) = rows.stats(xr);
+    if rows.spatial == 1 {
+        // One element per channel (LayerNorm): the affine varies along the row.
+        let first = rows.channel(r, 0);
+        let (w, b) = (&w[first..][..rows.len], &b[first..][..rows.len]);
+        for ((yv, &xv), (&wv, &bv)) in yr.iter_mut().zip(xr).zip(w.iter().zip(b)) {
+            *yv = (xv - mean) * rstd * wv + bv;
+        }
+        return;
+    }
+    for (c, (ys, xs)) in yr
+        .chunks_mut(rows.spatial)
+        .zip(xr.chunks(rows.spatial))
+        .enumerate()
+    {
+        let ch = rows.channel(r, c * rows.spatial);
+        let (scale, shift) = (rstd * w[ch], b[ch] - mean * rstd * w[ch]);
+        for (yv, &xv) in ys.iter_mut().zip(xs) {
+            *yv = xv * scale + shift;
+        }
+    }
+}
+
+/// `act(norm(x)·w + b)` (no activation when `act` is `None`).
+fn forward(rows: &Rows, act: Option<Unary>, x: &[f32], (w, b): (&[f32], &[f32])) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
     y.par_chunks_mut(rows.len)
         .zip(x.par_chunks(rows.len))
         .enumerate()
         .for_each(|(r, (yr, xr))| {
             vectorized!({
-                let (mean, rstd) = rows.stats(xr);
-                if rows.spatial == 1 {
-                    // One element per channel (LayerNorm): the affine varies along the row.
-                    let first = rows.channel(r, 0);
-                    let (w, b) = (&w[first..][..rows.len], &b[first..][..rows.len]);
-                    for ((yv, &xv), (&wv, &bv)) in yr.iter_mut().zip(xr).zip(w.iter().zip(b)) {
-                        *yv = (xv - mean) * rstd * wv + bv;
-                    }
-                    return;
-                }
-                for (c, (ys, xs)) in yr
-                    .chunks_mut(rows.spatial)
-                    .zip(xr.chunks(rows.spatial))
-                    .enumerate()
-                {
-                    let ch = rows.channel(r, c * rows.spatial);
-                    let (scale, shift) = (rstd * w[ch], b[ch] - mean * rstd * w[ch]);
-                    for (yv, &xv) in ys.iter_mut().zip(xs) {
-                        *yv = xv * scale + shift;
-                    }
+                normalize_row(rows, r, xr, (w, b), yr);
+                if let Some(op) = act {
+                    activation::apply_in_place(op, yr);
                 }
             })
         });
@@ -139,8 +151,15 @@ fn backward_row(
     }
 }
 
-/// `(dx, dw, db)`.
-fn backward(rows: &Rows, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+/// `(dx, dw, db)`. With an activation, each row's pre-activation `z` is recomputed and the
+/// gradient taken through it first (`dz = dy·act'(z)`).
+fn backward(
+    rows: &Rows,
+    act: Option<Unary>,
+    x: &[f32],
+    (w, b): (&[f32], &[f32]),
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dx = vec![0f32; x.len()];
     let threads = candle_core::utils::get_num_threads().max(1);
     let n_rows = x.len() / rows.len.max(1);
@@ -151,16 +170,20 @@ fn backward(rows: &Rows, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32
         .enumerate()
         .map(|(t, dx_task)| {
             let (mut dw, mut db) = (vec![0f64; rows.channels], vec![0f64; rows.channels]);
+            let mut dz = vec![0f32; if act.is_some() { rows.len } else { 0 }];
             vectorized!(for (i, dxr) in dx_task.chunks_mut(rows.len).enumerate() {
                 let r = t * per_task + i;
                 let span = r * rows.len..(r + 1) * rows.len;
-                backward_row(
-                    rows,
-                    r,
-                    (&x[span.clone()], &dy[span], dxr),
-                    w,
-                    (&mut dw, &mut db),
-                );
+                let (xr, dyr) = (&x[span.clone()], &dy[span]);
+                let dyr = match act {
+                    Some(op) => {
+                        normalize_row(rows, r, xr, (w, b), &mut dz);
+                        activation::chain_in_place(op, &mut dz, dyr);
+                        &dz[..]
+                    }
+                    None => dyr,
+                };
+                backward_row(rows, r, (xr, dyr, dxr), w, (&mut dw, &mut db));
             });
             (dw, db)
         })
@@ -174,9 +197,14 @@ fn backward(rows: &Rows, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32
     (dx, to_f32(dw), to_f32(db))
 }
 
-/// `norm(x)·w + b` over [`Rows`]; differentiable in all three. The name is the profile's kind.
+/// `act(norm(x)·w + b)` over [`Rows`]; differentiable in all three.
 #[derive(Debug, Clone, Copy)]
-struct Normalize(Rows, &'static str);
+struct Normalize {
+    rows: Rows,
+    act: Option<Unary>,
+    /// The profile's kind.
+    kind: &'static str,
+}
 
 impl CustomOp3 for Normalize {
     fn name(&self) -> &'static str {
@@ -197,7 +225,7 @@ impl CustomOp3 for Normalize {
             contiguous_f32(ws, wl)?,
             contiguous_f32(bs, bl)?,
         );
-        let y = forward(&self.0, x, w, b);
+        let y = forward(&self.rows, self.act, x, (w, b));
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -205,15 +233,19 @@ impl CustomOp3 for Normalize {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let _span = profile::span(self.1, Pass::Backward);
+        let _span = profile::span(self.kind, Pass::Backward);
         let dy = dy.contiguous()?;
         let (dx, dw, db) = with_f32(x, |x| {
-            with_f32(w, |w| with_f32(&dy, |dy| backward(&self.0, x, w, dy)))
-        })???;
+            with_f32(w, |w| {
+                with_f32(b, |b| {
+                    with_f32(&dy, |dy| backward(&self.rows, self.act, x, (w, b), dy))
+                })
+            })
+        })????;
         let device = x.device();
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), device)?),
@@ -228,8 +260,15 @@ pub fn supported(x: &Tensor) -> bool {
     cpu_f32(&[x])
 }
 
-/// GroupNorm of `x` (`[B, C, ...]`) in `groups` groups with per-channel `w` and `b`.
-pub fn group_norm(x: &Tensor, groups: usize, eps: f64, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// GroupNorm of `x` (`[B, C, ...]`) in `groups` groups with per-channel `w` and `b`, followed
+/// by the activation `act` when there is one.
+pub fn group_norm(
+    x: &Tensor,
+    groups: usize,
+    eps: f64,
+    (w, b): (&Tensor, &Tensor),
+    act: Option<Unary>,
+) -> Result<Tensor> {
     let dims = x.dims();
     let (batch, channels) = (dims[0], dims[1]);
     if groups == 0 || channels % groups != 0 || w.elem_count() != channels {
@@ -246,7 +285,12 @@ pub fn group_norm(x: &Tensor, groups: usize, eps: f64, w: &Tensor, b: &Tensor) -
         channels,
         eps,
     };
-    apply(x, w, b, Normalize(rows, "group norm"))
+    let kind = if act.is_some() {
+        "group norm + activation"
+    } else {
+        "group norm"
+    };
+    apply(x, w, b, Normalize { rows, act, kind })
 }
 
 /// LayerNorm of `x` over its last dimension with per-element `w` and `b`.
@@ -262,7 +306,12 @@ pub fn layer_norm(x: &Tensor, eps: f64, w: &Tensor, b: &Tensor) -> Result<Tensor
         channels: d,
         eps,
     };
-    apply(x, w, b, Normalize(rows, "layer norm"))
+    let op = Normalize {
+        rows,
+        act: None,
+        kind: "layer norm",
+    };
+    apply(x, w, b, op)
 }
 
 fn apply(x: &Tensor, w: &Tensor, b: &Tensor, op: Normalize) -> Result<Tensor> {
@@ -336,15 +385,30 @@ mod tests {
             let x = Var::from_tensor(&random(&dims, i as u64).affine(3.0, 0.5).unwrap()).unwrap();
             let w = Var::from_tensor(&random(&[c], 10 + i as u64)).unwrap();
             let b = Var::from_tensor(&random(&[c], 20 + i as u64)).unwrap();
-            let ours = group_norm(&x, groups, 1e-5, &w, &b).unwrap();
             let rows = [dims[0], groups, x.elem_count() / (dims[0] * groups)];
             let reference = composite(&x, &rows, 1e-5, &w, &b, 1);
+            // Plain, and followed by each activation (the fused res-block norm).
+            let ours = group_norm(&x, groups, 1e-5, (&w, &b), None).unwrap();
             check(
                 &ours,
                 &reference,
                 [&x, &w, &b],
                 &format!("{dims:?}/{groups}"),
             );
+            for op in [Unary::Silu, Unary::GeluErf, Unary::Relu] {
+                let ours = group_norm(&x, groups, 1e-5, (&w, &b), Some(op)).unwrap();
+                let reference = match op {
+                    Unary::Silu => reference.silu().unwrap(),
+                    Unary::GeluErf => reference.gelu_erf().unwrap(),
+                    Unary::Relu => reference.relu().unwrap(),
+                };
+                check(
+                    &ours,
+                    &reference,
+                    [&x, &w, &b],
+                    &format!("{dims:?}/{groups} {op:?}"),
+                );
+            }
         }
     }
 
