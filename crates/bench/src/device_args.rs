@@ -3,7 +3,7 @@
 use candle_core::{DType, Device};
 use unetlab_model::{parse_device, parse_dtype};
 
-use crate::progress::set_threads;
+use crate::process::prepare_process;
 
 /// Where and how to run the model.
 #[derive(Debug, Clone, clap::Args)]
@@ -22,7 +22,7 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     /// Applies `--threads` and opens the device; call before any tensor work.
     pub fn open(&self) -> Result<(Device, DType), String> {
-        set_threads(self.threads)?;
+        prepare_process(self.threads)?;
         Ok((parse_device(&self.device)?, parse_dtype(&self.dtype)?))
     }
 }

@@ -8,6 +8,7 @@
 
 mod device_args;
 mod machine;
+mod process;
 mod progress;
 
 use std::time::{Duration, Instant};
@@ -22,7 +23,8 @@ use unetlab_spec::Config;
 
 pub use device_args::DeviceArgs;
 pub use machine::{peak_rss_bytes, Machine};
-pub use progress::{progress_bar, set_threads};
+pub use process::prepare_process;
+pub use progress::progress_bar;
 
 /// How to benchmark.
 #[derive(Debug, Clone)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
-use unetlab_bench::{bench, progress_bar, set_threads, BenchOptions, MIN_RUNS};
+use unetlab_bench::{bench, prepare_process, progress_bar, BenchOptions, MIN_RUNS};
 use unetlab_export::bundle::dtype_name;
 use unetlab_export::onnx::{candle_dtype, OPSETS};
 use unetlab_export::proto::ElemType;
@@ -73,7 +73,7 @@ pub struct ExportArgs {
 
 /// Runs `unetlab export`.
 pub fn run(args: &ExportArgs) -> Result<()> {
-    set_threads(args.threads).map_err(|e| anyhow!(e))?;
+    prepare_process(args.threads).map_err(|e| anyhow!(e))?;
     let dtype = match args.dtype.as_str() {
         "f32" => ElemType::F32,
         "f16" => ElemType::F16,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use polars::prelude::DataType;
-use unetlab_bench::set_threads;
+use unetlab_bench::prepare_process;
 use unetlab_report::{lines, read_csv, write_parquet};
 use unetlab_spec::Config;
 use unetlab_train::data::DataSource;
@@ -87,7 +87,7 @@ pub struct TrainArgs {
 
 /// Runs `unetlab train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    set_threads(args.threads).map_err(|e| anyhow!(e))?;
+    prepare_process(args.threads).map_err(|e| anyhow!(e))?;
     let config = Config::load(&args.config)?;
     let mut recipe = Recipe::for_budget(args.budget);
     recipe.seed = args.seed;
