@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use unetlab_graph::Unary;
 
-use super::{contiguous_f32, cpu_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, uninit_output, with_f32};
 use crate::profile::{self, Pass};
 
 /// Elements per parallel task.
@@ -104,7 +104,8 @@ pub(super) fn chain_in_place(op: Unary, z: &mut [f32], dy: &[f32]) {
 /// `out[i] = pick(f(x[i]))` over the threads, with the activation chosen once, outside the loop.
 fn map(op: Unary, x: &[f32], dy: Option<&[f32]>) -> Vec<f32> {
     fn run(x: &[f32], dy: Option<&[f32]>, f: impl Fn(f32) -> (f32, f32) + Sync) -> Vec<f32> {
-        let mut out = vec![0f32; x.len()];
+        // SAFETY: every chunk below writes each of its elements.
+        let mut out = unsafe { uninit_output(x.len()) };
         let chunk = |(i, o): (usize, &mut [f32])| {
             let xs = &x[i * CHUNK..][..o.len()];
             vectorized!(match dy {

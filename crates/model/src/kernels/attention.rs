@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use unetlab_graph::AttentionKernel;
 
 use super::gemm::{matmul, View};
-use super::{contiguous_f32, cpu_f32, rows, with_f32, DisjointWrites};
+use super::{contiguous_f32, cpu_f32, rows, uninit_output, with_f32, DisjointWrites};
 use crate::profile::{self, Pass};
 
 /// Query rows per block.
@@ -103,7 +103,8 @@ fn forward(
     scale: f32,
     (q, k, v): (&[f32], &[f32], &[f32]),
 ) -> Vec<f32> {
-    let mut o = vec![0f32; q.len()];
+    // SAFETY: every (image, head) task writes all rows of its head.
+    let mut o = unsafe { uninit_output(q.len()) };
     let out = DisjointWrites::new(&mut o);
     (0..h.pairs()).into_par_iter().for_each(|p| {
         let (qp, kp, vp) = (h.head(q, p, h.n), h.head(k, p, h.m), h.head(v, p, h.m));
@@ -130,11 +131,14 @@ fn backward(
     (q, k, v): (&[f32], &[f32], &[f32]),
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (mut dq, mut dk, mut dv) = (
-        vec![0f32; q.len()],
-        vec![0f32; k.len()],
-        vec![0f32; v.len()],
-    );
+    // SAFETY: every (image, head) task writes all rows of its head of each.
+    let (mut dq, mut dk, mut dv) = unsafe {
+        (
+            uninit_output(q.len()),
+            uninit_output(k.len()),
+            uninit_output(v.len()),
+        )
+    };
     let (dq_out, dk_out, dv_out) = (
         DisjointWrites::new(&mut dq),
         DisjointWrites::new(&mut dk),

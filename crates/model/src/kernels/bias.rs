@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, cpu_f32, rows, with_f32};
+use super::{contiguous_f32, cpu_f32, rows, uninit_output, with_f32};
 use crate::profile::{self, Pass};
 
 /// `b` written over every `outer × C × inner` block of `y`, to start a product that adds to it.
@@ -79,7 +79,8 @@ impl CustomOp2 for AddBias {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, b) = (contiguous_f32(xs, xl)?, contiguous_f32(bs, bl)?);
         let (c, inner) = self.split(xl.dims());
-        let mut y = vec![0f32; x.len()];
+        // SAFETY: every block below writes each of its elements.
+        let mut y = unsafe { uninit_output(x.len()) };
         let per_block = |(yb, xb): (&mut [f32], &[f32])| {
             for ((yr, xr), &bv) in yb.chunks_mut(inner).zip(xb.chunks(inner)).zip(b) {
                 yr.iter_mut().zip(xr).for_each(|(y, &x)| *y = x + bv);

@@ -15,7 +15,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use rayon::prelude::*;
 
 use super::gemm::{matmul, matmul_long_inner, View};
-use super::{bias, contiguous_f32, cpu_f32, with_f32};
+use super::{bias, contiguous_f32, cpu_f32, uninit_output, with_f32};
 use crate::profile::{self, Pass};
 
 /// Input, kernel and output sizes of one convolution.
@@ -213,7 +213,8 @@ fn swap_batch(
     pixels: usize,
     to_columns: bool,
 ) -> Vec<f32> {
-    let mut dst = vec![0f32; src.len()];
+    // SAFETY: the segments below tile `dst`.
+    let mut dst = unsafe { uninit_output(src.len()) };
     if to_columns {
         dst.par_chunks_mut(batch * pixels)
             .enumerate()
@@ -237,7 +238,8 @@ fn swap_batch(
 fn forward_batched(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
     let stride = g.batch * g.out_pixels();
     let cols = im2col_batch(g, x);
-    let mut y = vec![0f32; g.out_channels * stride];
+    // SAFETY: the bias fill or the product (not accumulating) writes every element.
+    let mut y = unsafe { uninit_output(g.out_channels * stride) };
     if let Some(b) = b {
         bias::fill(&mut y, b, stride);
     }
@@ -312,7 +314,8 @@ fn forward(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
 
 fn forward_per_image(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
     let (patch, pin, pout) = (g.patch(), g.in_pixels(), g.out_pixels());
-    let mut y = vec![0f32; g.batch * g.out_channels * pout];
+    // SAFETY: each image's bias fill or product (not accumulating) writes all of its output.
+    let mut y = unsafe { uninit_output(g.batch * g.out_channels * pout) };
     let weights = View::rows(w, g.out_channels, patch);
     let (per_task, threads) = split(g.batch);
     let images = x

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use unetlab_graph::Unary;
 
 use super::activation::{gelu_erf, relu, silu};
-use super::{contiguous_f32, cpu_f32, with_f32};
+use super::{contiguous_f32, cpu_f32, uninit_output, with_f32};
 use crate::profile::{self, Pass};
 
 /// Output elements per parallel task (about).
@@ -19,7 +19,8 @@ const CHUNK: usize = 1 << 14;
 fn run(x: &[f32], n: usize, dy: Option<&[f32]>, f: impl Fn(f32) -> (f32, f32) + Sync) -> Vec<f32> {
     let rows_per_task = (CHUNK / n.max(1)).max(1);
     let out_row = if dy.is_some() { 2 * n } else { n };
-    let mut out = vec![0f32; x.len() / 2 * out_row / n.max(1)];
+    // SAFETY: every row below writes each of its elements.
+    let mut out = unsafe { uninit_output(x.len() / 2 * out_row / n.max(1)) };
     out.par_chunks_mut(rows_per_task * out_row)
         .enumerate()
         .for_each(|(t, task)| {

@@ -4,6 +4,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::uninit_output;
+
 /// A matrix view: `data[i·row_stride + j·col_stride]` for `i < rows`, `j < cols`.
 #[derive(Clone, Copy)]
 pub(super) struct View<'a> {
@@ -140,7 +142,8 @@ pub(super) fn matmul_long_inner(dst: &mut [f32], a: View, b: View, threads: usiz
         .into_par_iter()
         .map(|p| {
             let range = p * per_part..((p + 1) * per_part).min(k);
-            let mut part = vec![0f32; dst.len()];
+            // SAFETY: a product that does not accumulate writes every element.
+            let mut part = unsafe { uninit_output(dst.len()) };
             matmul(
                 &mut part,
                 a.cols(range.clone()),

@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::gemm::{matmul, matmul_long_inner, View};
-use super::{bias, contiguous_f32, cpu_f32, with_f32};
+use super::{bias, contiguous_f32, cpu_f32, uninit_output, with_f32};
 use crate::profile::{self, Pass};
 
 /// Products of fewer multiply-adds run on one thread.
@@ -40,7 +40,8 @@ fn forward(
     b: Option<&[f32]>,
     (rows, cin, cout): (usize, usize, usize),
 ) -> Vec<f32> {
-    let mut y = vec![0f32; rows * cout];
+    // SAFETY: the bias fill or the product (not accumulating) writes every element.
+    let mut y = unsafe { uninit_output(rows * cout) };
     if let Some(b) = b {
         bias::fill(&mut y, b, 1);
     }
@@ -69,10 +70,12 @@ fn backward(
         with_f32(w, |w| {
             with_f32(&dy, |dy| {
                 let dy_view = View::rows(dy, rows, cout);
-                let mut dx = vec![0f32; rows * cin];
+                // SAFETY: products that do not accumulate write every element.
+                let mut dx = unsafe { uninit_output(rows * cin) };
                 let w_view = View::rows(w, cout, cin);
                 matmul(&mut dx, dy_view, w_view, false, threads(rows, cin, cout));
-                let mut dw = vec![0f32; cout * cin];
+                // SAFETY: as above.
+                let mut dw = unsafe { uninit_output(cout * cin) };
                 let x_view = View::rows(x, rows, cin);
                 matmul_long_inner(&mut dw, dy_view.t(), x_view, threads(cout, cin, rows));
                 let db = bias.then(|| bias::channel_sums(dy, cout, 1));

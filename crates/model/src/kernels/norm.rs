@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use unetlab_graph::Unary;
 
-use super::{activation, contiguous_f32, cpu_f32, rows, with_f32};
+use super::{activation, contiguous_f32, cpu_f32, rows, uninit_output, with_f32};
 use crate::profile::{self, Pass};
 
 /// How a tensor splits into normalised rows and which affine channel each element uses.
@@ -73,7 +73,8 @@ fn normalize_row(rows: &Rows, r: usize, xr: &[f32], (w, b): (&[f32], &[f32]), yr
 
 /// `act(norm(x)·w + b)` (no activation when `act` is `None`).
 fn forward(rows: &Rows, act: Option<Unary>, x: &[f32], (w, b): (&[f32], &[f32])) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    // SAFETY: every row below writes each of its elements.
+    let mut y = unsafe { uninit_output(x.len()) };
     y.par_chunks_mut(rows.len)
         .zip(x.par_chunks(rows.len))
         .enumerate()
@@ -160,7 +161,8 @@ fn backward(
     (w, b): (&[f32], &[f32]),
     dy: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0f32; x.len()];
+    // SAFETY: every row below writes each of its elements.
+    let mut dx = unsafe { uninit_output(x.len()) };
     let threads = candle_core::utils::get_num_threads().max(1);
     let n_rows = x.len() / rows.len.max(1);
     let per_task = n_rows.div_ceil(threads).max(1);
