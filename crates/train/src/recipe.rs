@@ -14,9 +14,10 @@ use crate::schedule::Prediction;
 pub enum Budget {
     /// A handful of steps on a tiny batch: exercises every code path.
     Smoke,
-    /// 200 steps of 8 images: every config of `configs/` within 45 minutes on a 2-core CPU, two
-    /// runs at a time (an early-training comparison, not a converged one; at equal time, more
-    /// steps of smaller batches reached a lower validation loss).
+    /// 600 steps of 8 images: every config of `configs/` within 45 minutes on a 2-core CPU, two
+    /// runs at a time (about 20 minutes of it training, at the step rates of `unetlab bench
+    /// --train` after the CPU kernels; an early-training comparison, not a converged one; at
+    /// equal time, more steps of smaller batches reached a lower validation loss).
     Quick,
     /// Thousands of steps.
     Full,
@@ -95,7 +96,7 @@ impl Recipe {
     /// The recipe of a budget.
     pub fn for_budget(budget: Budget) -> Recipe {
         let base = Recipe {
-            steps: 200,
+            steps: 600,
             batch: 8,
             optimizer: AdamWConfig {
                 lr: 2e-3,
@@ -111,7 +112,7 @@ impl Recipe {
             seed: 0,
             val_examples: 64,
             val_every: 100,
-            checkpoint_every: 50,
+            checkpoint_every: 100,
             proxy: ProxyShape::default(),
             text_layers: 2,
             text_heads: 4,
