@@ -678,27 +678,31 @@ mod tests {
         y.reshape((b, o, ho, wo)).unwrap()
     }
 
+    /// Awkward geometries `(input, weight, stride, padding)`: odd sizes, batch 1 and 3, one
+    /// channel, stride 2 with and without a remainder, non-square inputs, 1×1 with and without
+    /// padding and stride, kernels that overhang the input, outputs below 4×4.
+    const AWKWARD: &[([usize; 4], [usize; 4], usize, usize)] = &[
+        ([2, 3, 7, 5], [4, 3, 3, 3], 1, 1),
+        ([1, 1, 9, 9], [1, 1, 3, 3], 1, 1),
+        ([3, 5, 8, 11], [6, 5, 3, 3], 2, 1),
+        ([3, 5, 7, 7], [2, 5, 3, 3], 2, 1),
+        ([2, 4, 6, 3], [5, 4, 1, 1], 1, 0),
+        ([1, 6, 5, 5], [3, 6, 1, 1], 2, 0),
+        ([2, 3, 4, 4], [2, 3, 1, 1], 1, 1),
+        ([1, 2, 5, 6], [3, 2, 3, 3], 1, 0),
+        ([2, 2, 2, 2], [3, 2, 3, 3], 1, 1),
+        ([4, 3, 16, 16], [8, 3, 3, 3], 1, 1),
+        // Narrowing stride-1 convs: the input gradient as a transposed convolution.
+        ([2, 6, 5, 7], [4, 6, 3, 3], 1, 1),
+        ([1, 5, 6, 6], [2, 5, 3, 3], 1, 0),
+        ([3, 8, 2, 2], [4, 8, 3, 3], 1, 1),
+    ];
+
     /// Forward against candle's conv2d, and forward and both gradients against the composite
-    /// conv, on awkward shapes: odd sizes, batch 1 and 3, one channel, stride 2 with and without
-    /// a remainder, non-square inputs, 1×1 with and without padding and stride, kernels that
-    /// overhang the input.
+    /// conv, on [`AWKWARD`] geometries, every other one with a bias.
     #[test]
     fn matches_candle_forward_and_backward() {
-        let cases: &[([usize; 4], [usize; 4], usize, usize)] = &[
-            ([2, 3, 7, 5], [4, 3, 3, 3], 1, 1),
-            ([1, 1, 9, 9], [1, 1, 3, 3], 1, 1),
-            ([3, 5, 8, 11], [6, 5, 3, 3], 2, 1),
-            ([3, 5, 7, 7], [2, 5, 3, 3], 2, 1),
-            ([2, 4, 6, 3], [5, 4, 1, 1], 1, 0),
-            ([1, 6, 5, 5], [3, 6, 1, 1], 2, 0),
-            ([2, 3, 4, 4], [2, 3, 1, 1], 1, 1),
-            ([1, 2, 5, 6], [3, 2, 3, 3], 1, 0),
-            ([2, 2, 2, 2], [3, 2, 3, 3], 1, 1),
-            ([4, 3, 16, 16], [8, 3, 3, 3], 1, 1),
-            // Narrowing stride-1 convs: the input gradient as a transposed convolution.
-            ([2, 6, 5, 7], [4, 6, 3, 3], 1, 1),
-            ([1, 5, 6, 6], [2, 5, 3, 3], 1, 0),
-        ];
+        let cases = AWKWARD;
         for (i, &(xs, ws, stride, padding)) in cases.iter().enumerate() {
             let x = Var::from_tensor(&random(&xs, 2 * i as u64)).unwrap();
             let w = Var::from_tensor(&random(&ws, 2 * i as u64 + 1)).unwrap();
@@ -733,17 +737,10 @@ mod tests {
     }
 
     /// The two layouts of the products (one per image; the batch's images side by side) agree,
-    /// forward and both gradients, with and without a bias, on the shapes above and a batch of 1.
+    /// forward and both gradients, with and without a bias.
     #[test]
     fn per_image_and_batched_products_agree() {
-        let cases: &[([usize; 4], [usize; 4], usize, usize)] = &[
-            ([2, 3, 7, 5], [4, 3, 3, 3], 1, 1),
-            ([3, 5, 8, 11], [6, 5, 3, 3], 2, 1),
-            ([2, 4, 6, 3], [5, 4, 1, 1], 1, 0),
-            ([1, 6, 5, 5], [3, 6, 1, 1], 2, 0),
-            ([1, 2, 5, 6], [3, 2, 3, 3], 1, 0),
-            ([3, 8, 2, 2], [4, 8, 3, 3], 1, 1),
-        ];
+        let cases = AWKWARD;
         let values = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let close = |a: &[f32], b: &[f32]| {
             let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
