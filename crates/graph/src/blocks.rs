@@ -75,34 +75,34 @@ pub fn linear<O: Ops>(ops: &mut O, x: &O::Tensor, out: usize, bias: bool) -> R<O
     ops.linear(x, &w, b.as_ref())
 }
 
-/// GroupNorm with `weight` and `bias` of the channel dimension.
-pub fn group_norm<O: Ops>(ops: &mut O, x: &O::Tensor, groups: usize, eps: f64) -> R<O> {
-    let c = ops.dims(x)[1];
+/// A norm's affine `weight` (ones) and `bias` (zeros) over `c` channels.
+fn norm_affine<O: Ops>(ops: &mut O, c: usize) -> Result<(O::Tensor, O::Tensor), O::Error> {
     let w = ops.param("weight", &[c], Init::Ones)?;
     let b = ops.param("bias", &[c], Init::Zeros)?;
-    ops.group_norm(x, groups, eps, &w, &b)
+    Ok((w, b))
 }
 
-/// [`group_norm`] followed by the activation `act`.
-pub fn group_norm_act<O: Ops>(
+/// GroupNorm with `weight` and `bias` of the channel dimension, followed by the activation `act`
+/// when there is one (a res block's `norm → SiLU`).
+pub fn group_norm<O: Ops>(
     ops: &mut O,
     x: &O::Tensor,
     groups: usize,
     eps: f64,
-    act: Unary,
+    act: Option<Unary>,
 ) -> R<O> {
     let c = ops.dims(x)[1];
-    let w = ops.param("weight", &[c], Init::Ones)?;
-    let b = ops.param("bias", &[c], Init::Zeros)?;
-    ops.group_norm_act(x, groups, eps, (&w, &b), act)
+    let (w, b) = norm_affine(ops, c)?;
+    match act {
+        Some(act) => ops.group_norm_act(x, groups, eps, (&w, &b), act),
+        None => ops.group_norm(x, groups, eps, &w, &b),
+    }
 }
 
 /// LayerNorm over the last dimension with `weight` and `bias`.
 pub fn layer_norm<O: Ops>(ops: &mut O, x: &O::Tensor, eps: f64) -> R<O> {
     let dims = ops.dims(x);
-    let c = dims[dims.len() - 1];
-    let w = ops.param("weight", &[c], Init::Ones)?;
-    let b = ops.param("bias", &[c], Init::Zeros)?;
+    let (w, b) = norm_affine(ops, dims[dims.len() - 1])?;
     ops.layer_norm(x, eps, &w, &b)
 }
 
@@ -130,7 +130,7 @@ pub struct ResnetParams {
 pub fn resnet<O: Ops>(ops: &mut O, x: &O::Tensor, temb: &O::Tensor, p: ResnetParams) -> R<O> {
     let cin = ops.dims(x)[1];
     let h = scoped(ops, "norm1", |ops| {
-        group_norm_act(ops, x, p.groups, p.eps, Unary::Silu)
+        group_norm(ops, x, p.groups, p.eps, Some(Unary::Silu))
     })?;
     let h = scoped(ops, "conv1", |ops| conv3x3(ops, &h, p.out, p.conv))?;
     let t = ops.unary(temb, Unary::Silu)?;
@@ -139,7 +139,7 @@ pub fn resnet<O: Ops>(ops: &mut O, x: &O::Tensor, temb: &O::Tensor, p: ResnetPar
     let t = ops.reshape(&t, &[batch, p.out, 1, 1])?;
     let h = ops.add(&h, &t)?;
     let h = scoped(ops, "norm2", |ops| {
-        group_norm_act(ops, &h, p.groups, p.eps, Unary::Silu)
+        group_norm(ops, &h, p.groups, p.eps, Some(Unary::Silu))
     })?;
     let h = scoped(ops, "conv2", |ops| conv3x3(ops, &h, p.out, p.conv))?;
     if cin == p.out {
@@ -234,7 +234,7 @@ pub fn transformer_2d<O: Ops>(
     let dims = ops.dims(x);
     let (batch, c, hgt, wid) = (dims[0], dims[1], dims[2], dims[3]);
     let h = scoped(ops, "norm", |ops| {
-        group_norm(ops, x, groups, TRANSFORMER_GROUP_NORM_EPS)
+        group_norm(ops, x, groups, TRANSFORMER_GROUP_NORM_EPS, None)
     })?;
     let to_tokens = |ops: &mut O, h: &O::Tensor| -> R<O> {
         let h = ops.permute(h, &[0, 2, 3, 1])?;

@@ -89,8 +89,8 @@ pub trait Ops {
         weight: &Self::Tensor,
         bias: &Self::Tensor,
     ) -> Result<Self::Tensor, Self::Error>;
-    /// GroupNorm followed by an activation (a res block's `norm → SiLU`). The default is the
-    /// two ops; an interpreter may fuse them.
+    /// GroupNorm followed by an activation (a res block's `norm → SiLU`). The default is
+    /// [`group_norm_act`]; an interpreter may fuse them.
     fn group_norm_act(
         &mut self,
         x: &Self::Tensor,
@@ -99,8 +99,7 @@ pub trait Ops {
         (weight, bias): (&Self::Tensor, &Self::Tensor),
         act: Unary,
     ) -> Result<Self::Tensor, Self::Error> {
-        let h = self.group_norm(x, groups, eps, weight, bias)?;
-        self.unary(&h, act)
+        group_norm_act(self, x, groups, eps, (weight, bias), act)
     }
     /// LayerNorm over the last dimension with scale and shift.
     fn layer_norm(
@@ -177,6 +176,19 @@ pub trait Ops {
         flip_sin_to_cos: bool,
         freq_shift: f64,
     ) -> Result<Self::Tensor, Self::Error>;
+}
+
+/// [`Ops::group_norm_act`] as the two ops.
+pub fn group_norm_act<O: Ops + ?Sized>(
+    ops: &mut O,
+    x: &O::Tensor,
+    groups: usize,
+    eps: f64,
+    (weight, bias): (&O::Tensor, &O::Tensor),
+    act: Unary,
+) -> Result<O::Tensor, O::Error> {
+    let h = ops.group_norm(x, groups, eps, weight, bias)?;
+    ops.unary(&h, act)
 }
 
 /// [`Ops::gated`] as two narrows, the activation and a product.

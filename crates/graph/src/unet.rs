@@ -3,7 +3,7 @@
 use unetlab_spec::{MidSpec, StageSpec, UnetSpec};
 
 use crate::blocks::{
-    conv, downsample, embedding_mlp, group_norm_act, resnet, transformer_2d, upsample, ResnetParams,
+    conv, downsample, embedding_mlp, group_norm, resnet, transformer_2d, upsample, ResnetParams,
 };
 use crate::ops::{scoped, Ops, Unary};
 
@@ -148,7 +148,7 @@ where
     }
 
     let h = scoped(ops, "conv_norm_out", |ops| {
-        group_norm_act(ops, &x, groups, spec.norm.eps, Unary::Silu)
+        group_norm(ops, &x, groups, spec.norm.eps, Some(Unary::Silu))
     })?;
     scoped(ops, "conv_out", |ops| {
         conv(ops, &h, spec.out_channels, 3, 1)

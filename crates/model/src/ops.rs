@@ -296,8 +296,7 @@ impl Ops for CandleOps<'_> {
                 Some(act),
             )?);
         }
-        let h = self.group_norm(x, groups, eps, w, b)?;
-        self.unary(&h, act)
+        unetlab_graph::group_norm_act(self, x, groups, eps, (w, b), act)
     }
 
     fn layer_norm(

@@ -10,8 +10,17 @@ use rayon::prelude::*;
 use super::{contiguous_f32, cpu_f32, rows, uninit_output, with_f32};
 use crate::profile::{self, Pass};
 
+/// Whether `b` can be a fused bias of a product with weight `w` (`[out, ...]`): none, or an f32
+/// CPU vector of `out` elements.
+pub(super) fn fits(b: Option<&Tensor>, w: &Tensor) -> bool {
+    b.is_none_or(|b| cpu_f32(&[b]) && b.rank() == 1 && w.dim(0).ok() == Some(b.elem_count()))
+}
+
 /// `b` written over every `outer × C × inner` block of `y`, to start a product that adds to it.
 pub(super) fn fill(y: &mut [f32], b: &[f32], inner: usize) {
+    if b.is_empty() || inner == 0 {
+        return;
+    }
     if inner == 1 {
         y.chunks_mut(b.len()).for_each(|row| row.copy_from_slice(b));
         return;

@@ -607,7 +607,7 @@ pub fn supported(x: &Tensor, w: &Tensor, b: Option<&Tensor>, groups: usize) -> b
         && x.rank() == 4
         && w.rank() == 4
         && w.dim(2).ok() == w.dim(3).ok()
-        && b.is_none_or(|b| cpu_f32(&[b]) && b.rank() == 1 && w.dim(0).ok() == Some(b.elem_count()))
+        && bias::fits(b, w)
 }
 
 /// `conv2d(x, w) (+ b)` with one group, square kernel, equal padding on every side;

@@ -174,10 +174,7 @@ impl CustomOp3 for Linear {
 /// Whether [`linear`] takes these operands (f32 on the CPU, a 2-D weight, a 1-D bias as long as
 /// the weight's rows).
 pub fn supported(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> bool {
-    cpu_f32(&[x, w])
-        && w.rank() == 2
-        && x.rank() >= 1
-        && b.is_none_or(|b| cpu_f32(&[b]) && b.rank() == 1 && w.dim(0).ok() == Some(b.elem_count()))
+    cpu_f32(&[x, w]) && w.rank() == 2 && x.rank() >= 1 && bias::fits(b, w)
 }
 
 /// `x·wᵀ (+ b)` over the last dimension of `x` (`w` is `[out, in]`, `b` is `[out]`);
