@@ -76,29 +76,13 @@ pub(super) fn relu(x: f32) -> (f32, f32) {
 /// `row ← op(row)`, in place.
 #[inline(always)]
 pub(super) fn apply_in_place(op: Unary, row: &mut [f32]) {
-    #[inline(always)]
-    fn run(row: &mut [f32], f: impl Fn(f32) -> (f32, f32)) {
-        row.iter_mut().for_each(|v| *v = f(*v).0);
-    }
-    match op {
-        Unary::Silu => run(row, silu),
-        Unary::GeluErf => run(row, gelu_erf),
-        Unary::Relu => run(row, relu),
-    }
+    with_activation!(op, f => row.iter_mut().for_each(|v| *v = f(*v).0))
 }
 
 /// `z ← dy · op'(z)`, in place: the gradient through the activation at its inputs `z`.
 #[inline(always)]
 pub(super) fn chain_in_place(op: Unary, z: &mut [f32], dy: &[f32]) {
-    #[inline(always)]
-    fn run(z: &mut [f32], dy: &[f32], f: impl Fn(f32) -> (f32, f32)) {
-        z.iter_mut().zip(dy).for_each(|(v, &g)| *v = g * f(*v).1);
-    }
-    match op {
-        Unary::Silu => run(z, dy, silu),
-        Unary::GeluErf => run(z, dy, gelu_erf),
-        Unary::Relu => run(z, dy, relu),
-    }
+    with_activation!(op, f => z.iter_mut().zip(dy).for_each(|(v, &g)| *v = g * f(*v).1))
 }
 
 /// `out[i] = pick(f(x[i]))` over the threads, with the activation chosen once, outside the loop.
@@ -125,11 +109,7 @@ fn map(op: Unary, x: &[f32], dy: Option<&[f32]>) -> Vec<f32> {
         }
         out
     }
-    match op {
-        Unary::Silu => run(x, dy, silu),
-        Unary::GeluErf => run(x, dy, gelu_erf),
-        Unary::Relu => run(x, dy, relu),
-    }
+    with_activation!(op, f => run(x, dy, f))
 }
 
 struct Activation(Unary);

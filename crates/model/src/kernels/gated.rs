@@ -7,7 +7,6 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use unetlab_graph::Unary;
 
-use super::activation::{gelu_erf, relu, silu};
 use super::{contiguous_f32, cpu_f32, uninit_output, with_f32};
 use crate::profile::{self, Pass};
 
@@ -52,11 +51,7 @@ fn run(x: &[f32], n: usize, dy: Option<&[f32]>, f: impl Fn(f32) -> (f32, f32) + 
 }
 
 fn map(op: Unary, x: &[f32], n: usize, dy: Option<&[f32]>) -> Vec<f32> {
-    match op {
-        Unary::Silu => run(x, n, dy, silu),
-        Unary::GeluErf => run(x, n, dy, gelu_erf),
-        Unary::Relu => run(x, n, dy, relu),
-    }
+    with_activation!(op, f => run(x, n, dy, f))
 }
 
 struct Gated(Unary);

@@ -16,6 +16,28 @@ macro_rules! vectorized {
     };
 }
 
+/// Evaluates `$body` with `$f` bound to the `(value, derivative)` function of the activation
+/// `$op`: one copy of the body per activation, so that the choice is made once, outside the
+/// loops, and each copy's loops call a known function.
+macro_rules! with_activation {
+    ($op:expr, $f:ident => $body:expr) => {
+        match $op {
+            unetlab_graph::Unary::Silu => {
+                let $f = $crate::kernels::activation::silu;
+                $body
+            }
+            unetlab_graph::Unary::GeluErf => {
+                let $f = $crate::kernels::activation::gelu_erf;
+                $body
+            }
+            unetlab_graph::Unary::Relu => {
+                let $f = $crate::kernels::activation::relu;
+                $body
+            }
+        }
+    };
+}
+
 pub mod activation;
 pub mod attention;
 pub mod bias;
