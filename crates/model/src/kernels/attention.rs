@@ -36,7 +36,15 @@ impl Heads {
         let (&[batch, n, width], &[kb, m, kw]) = (q, k) else {
             bail!("attention kernel: q {q:?}, k {k:?}: want [batch, tokens, width]")
         };
-        if heads == 0 || width % heads != 0 || kb != batch || kw != width || v != k {
+        // No keys or an empty head has no attention to compute (and no rows to split).
+        if heads == 0
+            || width % heads != 0
+            || width == 0
+            || m == 0
+            || kb != batch
+            || kw != width
+            || v != k
+        {
             bail!("attention kernel: q {q:?}, k {k:?}, v {v:?}, {heads} heads")
         }
         Ok(Heads {
