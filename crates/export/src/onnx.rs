@@ -694,7 +694,7 @@ impl Ops for OnnxOps<'_> {
 
 /// Whether a dimension of the walk is derived from the batch (a positive multiple of [`BATCH`]).
 fn is_batch(d: usize) -> bool {
-    d != 0 && d % BATCH == 0
+    d != 0 && d.is_multiple_of(BATCH)
 }
 
 /// NumPy broadcasting of two shapes.

@@ -202,7 +202,7 @@ impl UnetSpec {
 pub fn check_latent_size(levels: usize, size: usize) -> Result<(), String> {
     let halvings = levels.saturating_sub(1).min(63) as u32;
     let factor = 1usize.checked_shl(halvings).unwrap_or(usize::MAX);
-    if size == 0 || size % factor != 0 {
+    if size == 0 || !size.is_multiple_of(factor) {
         Err(format!(
             "{size} is not a positive multiple of 2^{halvings} = {factor} (one halving per level after the first)"
         ))
@@ -391,7 +391,7 @@ impl Errors {
     }
 
     fn even(&mut self, path: &str, value: usize) {
-        if value == 0 || value % 2 != 0 {
+        if value == 0 || !value.is_multiple_of(2) {
             self.push(
                 path,
                 format!("{value} must be a positive even number (sin and cos halves)"),
@@ -402,7 +402,7 @@ impl Errors {
     fn channels(&mut self, path: &str, channels: usize, groups: usize) {
         if channels == 0 {
             self.push(format!("{path}.channels"), "must be positive");
-        } else if groups > 0 && channels % groups != 0 {
+        } else if groups > 0 && !channels.is_multiple_of(groups) {
             self.push(
                 format!("{path}.channels"),
                 format!("{channels} is not divisible by norm.groups {groups}"),
@@ -484,7 +484,7 @@ impl Errors {
                 0
             }
             (Some(h), None) => {
-                if h == 0 || channels % h != 0 {
+                if h == 0 || !channels.is_multiple_of(h) {
                     self.push(
                         format!("{path}.attention.heads"),
                         format!("{h} does not divide {level_path} channels {channels}"),
@@ -493,7 +493,7 @@ impl Errors {
                 h
             }
             (None, Some(d)) => {
-                if d == 0 || channels % d != 0 {
+                if d == 0 || !channels.is_multiple_of(d) {
                     self.push(
                         format!("{path}.attention.head_dim"),
                         format!("{d} does not divide {level_path} channels {channels}"),
