@@ -4,7 +4,8 @@
 //! writes its own columns of the output, so no reshape, permute or copy splits the heads (through
 //! candle each of those is a node whose gradient is a further copy); queries go in blocks of
 //! rows, so the score matrix is never whole in memory, and the backward recomputes each block's
-//! scores instead of keeping them (FlashAttention's trade).
+//! scores instead of keeping them (FlashAttention's trade). On CPUs with AVX-512, heads of at
+//! most 16 go through `narrow`'s direct loops instead of matrix products.
 //!
 //! Per block, with `S = Q·Kᵀ` and `P = φ(s·S)`: `dV += Pᵀ·dO`, `dP = dO·Vᵀ`,
 //! `dS = s·P ⊙ (dP − rowsum(dP ⊙ P))` (softmax) or `s·dP ⊙ [S > 0]` (ReLU, `P = s·relu(S)`),
@@ -17,6 +18,9 @@ use unetlab_graph::AttentionKernel;
 use super::gemm::{matmul, View};
 use super::{contiguous_f32, cpu_f32, rows, uninit_output, with_f32, DisjointWrites};
 use crate::profile::{self, Pass};
+
+#[cfg(target_arch = "x86_64")]
+mod narrow;
 
 /// Query rows per block.
 const BLOCK: usize = 64;
@@ -109,6 +113,37 @@ fn forward(
     h: Heads,
     kernel: AttentionKernel,
     scale: f32,
+    qkv: (&[f32], &[f32], &[f32]),
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if h.d <= narrow::MAX_WIDTH && narrow::available() {
+        // SAFETY: the CPU has what the narrow path needs (checked just above).
+        return unsafe { narrow::forward(h, kernel, scale, qkv) };
+    }
+    blocked_forward(h, kernel, scale, qkv)
+}
+
+/// `(dq, dk, dv)`.
+fn backward(
+    h: Heads,
+    kernel: AttentionKernel,
+    scale: f32,
+    qkv: (&[f32], &[f32], &[f32]),
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if h.d <= narrow::MAX_WIDTH && narrow::available() {
+        // SAFETY: the CPU has what the narrow path needs (checked just above).
+        return unsafe { narrow::backward(h, kernel, scale, qkv, dout) };
+    }
+    blocked_backward(h, kernel, scale, qkv, dout)
+}
+
+/// The forward in blocks of queries through matrix products.
+fn blocked_forward(
+    h: Heads,
+    kernel: AttentionKernel,
+    scale: f32,
     (q, k, v): (&[f32], &[f32], &[f32]),
 ) -> Vec<f32> {
     // SAFETY: every (image, head) task writes all rows of its head.
@@ -131,8 +166,8 @@ fn forward(
     o
 }
 
-/// `(dq, dk, dv)`.
-fn backward(
+/// The backward in blocks of queries through matrix products.
+fn blocked_backward(
     h: Heads,
     kernel: AttentionKernel,
     scale: f32,
@@ -342,8 +377,9 @@ mod tests {
     }
 
     /// Forward and all three gradients against the composite, on more query rows than a block
-    /// (a remainder block), one key, one head, one query, odd head widths, and shared K/V (one
-    /// tensor as both k and v, as `shared_kv` passes it).
+    /// (a remainder block), one key, one head, one query, odd head widths, key counts that are
+    /// not a multiple of the narrow path's vectors, heads for both paths (narrow and blocked),
+    /// and shared K/V (one tensor as both k and v, as `shared_kv` passes it).
     #[test]
     fn matches_the_composite_attention() {
         for kernel in [AttentionKernel::Softmax, AttentionKernel::Relu] {
@@ -352,6 +388,9 @@ mod tests {
                 (1, 1, 1, 1, 4, false),
                 (3, 2, 130, 16, 5, false),
                 (1, 4, 64, 64, 16, true),
+                (2, 2, 70, 33, 24, false),
+                (1, 1, 3, 5, 17, true),
+                (1, 3, 1, 1, 32, false),
             ]
             .iter()
             .enumerate()

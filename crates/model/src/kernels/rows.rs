@@ -7,7 +7,7 @@
 use super::activation::fast_exp;
 
 /// Independent partial results per reduction (one AVX-512 register of f32).
-const LANES: usize = 8;
+const LANES: usize = 16;
 
 /// Combines `xs` (and `ys`, as long) lane-wise with `f`, starting from `init`, then the lanes
 /// with `combine`.
@@ -58,19 +58,43 @@ pub(super) fn sum_sq_dev(xs: &[f32], c: f32) -> f32 {
     reduce2(xs, xs, 0.0, |a, x, _| a + (x - c) * (x - c), |a, b| a + b)
 }
 
-/// `max xᵢ` (−∞ for an empty row). A `maxnum` fold, which the compiler vectorises as it is (and
-/// a lane-wise version of it keeps the loop after it from vectorising).
+/// `max xᵢ` (−∞ for an empty row; NaNs are skipped unless first).
 #[inline(always)]
 pub(super) fn max(xs: &[f32]) -> f32 {
-    xs.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    // A compare-and-select is one `max` instruction; `f32::max` also orders NaNs, which costs a
+    // compare and a blend per vector.
+    let bigger = |a: f32, b: f32| if b > a { b } else { a };
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for x in chunks {
+        for l in 0..LANES {
+            acc[l] = bigger(acc[l], x[l]);
+        }
+    }
+    rest.iter()
+        .chain(&acc)
+        .fold(f32::NEG_INFINITY, |a, &b| bigger(a, b))
 }
 
-/// The softmax of `scale·row` (`scale > 0`), in place: `exp(scale·(row − max)) / Σ …`.
+/// The softmax of `scale·row` (`scale > 0`), in place: `exp(scale·(row − max)) / Σ …`, the
+/// exponentials and their sum in one pass.
 #[inline(always)]
 pub(super) fn softmax_in_place(row: &mut [f32], scale: f32) {
-    let m = max(row);
-    row.iter_mut().for_each(|v| *v = fast_exp(scale * (*v - m)));
-    let inv = 1.0 / sum(row);
+    let shift = -scale * max(row);
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for x in &mut chunks {
+        for l in 0..LANES {
+            x[l] = fast_exp(scale.mul_add(x[l], shift));
+            acc[l] += x[l];
+        }
+    }
+    let rest = chunks.into_remainder();
+    for x in rest.iter_mut() {
+        *x = fast_exp(scale.mul_add(*x, shift));
+    }
+    let inv = 1.0 / (sum(rest) + acc.iter().sum::<f32>());
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
