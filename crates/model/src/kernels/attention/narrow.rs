@@ -36,16 +36,40 @@ pub(super) fn available() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
 }
 
-/// Rows of pair `p`'s head of `src` (a tensor of `tokens` rows), zero-padded to width `D`.
-fn head_rows<const D: usize>(h: &Heads, src: &[f32], p: usize, tokens: usize) -> Vec<[f32; D]> {
+/// Rows of pair `p`'s head of `src` (a tensor of `tokens` rows), zero-padded to width `D`, into
+/// `out`.
+fn head_rows<const D: usize>(
+    h: &Heads,
+    src: &[f32],
+    p: usize,
+    tokens: usize,
+    out: &mut Vec<[f32; D]>,
+) {
     let base = h.offset(p, tokens);
-    (0..tokens)
-        .map(|j| {
-            let mut row = [0f32; D];
-            row[..h.d].copy_from_slice(&src[base + j * h.width()..][..h.d]);
-            row
-        })
-        .collect()
+    out.clear();
+    out.extend((0..tokens).map(|j| {
+        let mut row = [0f32; D];
+        row[..h.d].copy_from_slice(&src[base + j * h.width()..][..h.d]);
+        row
+    }));
+}
+
+/// A task's buffers, reused from one (image, head) pair to the next: the head's rows of q, k, v
+/// and dO, the transposed gradients of k and v, and a block's weights and score gradients.
+struct Scratch<const D: usize> {
+    rows: [Vec<[f32; D]>; 4],
+    grads: [Vec<f32>; 2],
+    lanes: [Vec<Lanes>; 2],
+}
+
+impl<const D: usize> Scratch<D> {
+    fn new() -> Self {
+        Scratch {
+            rows: Default::default(),
+            grads: Default::default(),
+            lanes: Default::default(),
+        }
+    }
 }
 
 /// Rows `start..start + LANES` of `rows` (zero past its end), and the same transposed.
@@ -339,21 +363,23 @@ fn forward_padded<const D: usize>(
     // SAFETY: every (image, head) task writes all rows of its head.
     let mut o = unsafe { uninit_output(q.len()) };
     let out = DisjointWrites::new(&mut o);
-    (0..h.pairs()).into_par_iter().for_each(|p| {
-        let (qr, kr, vr) = (
-            head_rows::<D>(&h, q, p, h.n),
-            head_rows::<D>(&h, k, p, h.m),
-            head_rows::<D>(&h, v, p, h.m),
-        );
-        let mut w = vec![[0f32; LANES]; h.m];
-        for start in (0..h.n).step_by(LANES) {
-            let (_, qt) = block(&qr, start);
-            // SAFETY: the caller checked `available`.
-            let ot = unsafe { forward_pair(kernel, scale, &qt, (&kr, &vr), &mut w) };
-            // SAFETY: pair `p`'s head is written by this task alone.
-            unsafe { write_block(&h, &out, p, h.n, start, &ot) };
-        }
-    });
+    (0..h.pairs())
+        .into_par_iter()
+        .for_each_init(Scratch::<D>::new, |scratch, p| {
+            let [qr, kr, vr, _] = &mut scratch.rows;
+            head_rows(&h, q, p, h.n, qr);
+            head_rows(&h, k, p, h.m, kr);
+            head_rows(&h, v, p, h.m, vr);
+            let w = &mut scratch.lanes[0];
+            w.resize(h.m, [0f32; LANES]);
+            for start in (0..h.n).step_by(LANES) {
+                let (_, qt) = block(qr, start);
+                // SAFETY: the caller checked `available`.
+                let ot = unsafe { forward_pair(kernel, scale, &qt, (kr, vr), w) };
+                // SAFETY: pair `p`'s head is written by this task alone.
+                unsafe { write_block(&h, &out, p, h.n, start, &ot) };
+            }
+        });
     o
 }
 
@@ -402,38 +428,45 @@ fn backward_padded<const D: usize>(
         DisjointWrites::new(&mut dk),
         DisjointWrites::new(&mut dv),
     );
-    (0..h.pairs()).into_par_iter().for_each(|p| {
-        let (qr, kr, vr, dor) = (
-            head_rows::<D>(&h, q, p, h.n),
-            head_rows::<D>(&h, k, p, h.m),
-            head_rows::<D>(&h, v, p, h.m),
-            head_rows::<D>(&h, dout, p, h.n),
-        );
-        let (mut dkt, mut dvt) = (vec![0f32; D * h.m], vec![0f32; D * h.m]);
-        let (mut w, mut ds) = (vec![[0f32; LANES]; h.m], vec![[0f32; LANES]; h.m]);
-        for start in (0..h.n).step_by(LANES) {
-            let ((qb, qt), (dob, dot)) = (block(&qr, start), block(&dor, start));
-            // SAFETY: the caller checked `available`.
-            let dqt = unsafe {
-                backward_block(
-                    kernel,
-                    scale,
-                    (&qb, &qt),
-                    (&dob, &dot),
-                    (&kr, &vr),
-                    (&mut dkt, &mut dvt),
-                    (&mut w, &mut ds),
-                )
-            };
-            // SAFETY: pair `p`'s head is written by this task alone.
-            unsafe { write_block(&h, &dq_out, p, h.n, start, &dqt) };
-        }
-        // SAFETY: as above.
-        unsafe {
-            write_transposed(&h, &dk_out, p, h.m, &dkt);
-            write_transposed(&h, &dv_out, p, h.m, &dvt);
-        }
-    });
+    (0..h.pairs())
+        .into_par_iter()
+        .for_each_init(Scratch::<D>::new, |scratch, p| {
+            let [qr, kr, vr, dor] = &mut scratch.rows;
+            head_rows(&h, q, p, h.n, qr);
+            head_rows(&h, k, p, h.m, kr);
+            head_rows(&h, v, p, h.m, vr);
+            head_rows(&h, dout, p, h.n, dor);
+            let [dkt, dvt] = &mut scratch.grads;
+            for g in [&mut *dkt, &mut *dvt] {
+                g.clear();
+                g.resize(D * h.m, 0.0);
+            }
+            let [w, ds] = &mut scratch.lanes;
+            w.resize(h.m, [0f32; LANES]);
+            ds.resize(h.m, [0f32; LANES]);
+            for start in (0..h.n).step_by(LANES) {
+                let ((qb, qt), (dob, dot)) = (block(qr, start), block(dor, start));
+                // SAFETY: the caller checked `available`.
+                let dqt = unsafe {
+                    backward_block(
+                        kernel,
+                        scale,
+                        (&qb, &qt),
+                        (&dob, &dot),
+                        (kr, vr),
+                        (dkt, dvt),
+                        (w, ds),
+                    )
+                };
+                // SAFETY: pair `p`'s head is written by this task alone.
+                unsafe { write_block(&h, &dq_out, p, h.n, start, &dqt) };
+            }
+            // SAFETY: as above.
+            unsafe {
+                write_transposed(&h, &dk_out, p, h.m, dkt);
+                write_transposed(&h, &dv_out, p, h.m, dvt);
+            }
+        });
     (dq, dk, dv)
 }
 
