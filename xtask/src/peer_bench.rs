@@ -6,7 +6,9 @@
 //! `scripts/peer_proxy.py check` rebuilds the network in PyTorch from it and checks parameter
 //! names, shapes and counts and the UNet and text-encoder outputs against unetlab's; then, for
 //! every batch and thread count, `unetlab bench --train` and `peer_proxy.py bench` time the same
-//! training step back to back.
+//! training step in alternating rounds (unetlab, PyTorch, unetlab, …), so that a machine whose
+//! speed drifts over minutes (a shared VM) slows both sides alike: each round's ratio compares
+//! measurements seconds apart, and the reported ratio is the median of the rounds'.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,9 +38,13 @@ pub struct PeerBenchArgs {
     /// Thread counts.
     #[arg(long, num_args = 1.., default_values_t = [1usize, 2])]
     threads: Vec<usize>,
-    /// Timed steps per measurement (after 3 warm-up steps); batches above 16 take a third.
+    /// Timed steps per setting and side, over all rounds (after 3 warm-up steps per round);
+    /// batches above 16 take a third.
     #[arg(long, default_value_t = 24)]
     steps: usize,
+    /// Alternating rounds per setting (unetlab then PyTorch, repeated).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Output folder (default: results/peers in the workspace).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -46,8 +52,11 @@ pub struct PeerBenchArgs {
 
 /// Runs `cargo xtask peer-bench`.
 pub fn run(args: &PeerBenchArgs) -> Result<()> {
-    if args.steps < 3 || args.configs.is_empty() || args.batches.contains(&0) {
-        bail!("--steps must be at least 3, and --configs and --batches non-empty and positive");
+    if args.steps < 3 || args.rounds == 0 || args.configs.is_empty() || args.batches.contains(&0) {
+        bail!(
+            "--steps must be at least 3, --rounds positive, and --configs and --batches \
+             non-empty and positive"
+        );
     }
     let root = workspace();
     let target = target_dir(&root);
@@ -96,39 +105,56 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
                 } else {
                     args.steps
                 };
+                let per_round = steps.div_ceil(args.rounds).max(3);
                 let setting = format!("{config}, batch {batch}, {threads} thread(s)");
-                println!("peer-bench: {setting}: unetlab");
-                let ours = unetlab_bench(&unetlab, config, batch, threads, steps)?;
-                println!("peer-bench: {setting}: PyTorch");
-                let peer_json = run.join(format!("peer-bench-b{batch}-t{threads}.json"));
-                run_ok(
-                    Command::new(&python)
-                        .arg(&script)
-                        .args(["bench", "--run"])
-                        .arg(&run)
-                        .args(["--batch", &batch.to_string()])
-                        .args(["--threads", &threads.to_string()])
-                        .args(["--steps", &steps.to_string(), "--warmup", "3"])
-                        .arg("--json")
-                        .arg(&peer_json),
-                )
-                .with_context(|| format!("PyTorch bench of {setting}"))?;
-                let peer = read_json(&peer_json)?;
-                // Both rates from median step times, as in the table.
-                let rate = |v: &Value| 1.0 / v["median_s"].as_f64().unwrap_or(f64::NAN);
-                let ratio = rate(&ours) / rate(&peer);
+                let (mut ours, mut peers) = (Vec::new(), Vec::new());
+                for round in 1..=args.rounds {
+                    let step = format!("{setting}: round {round}/{}", args.rounds);
+                    println!("peer-bench: {step}: unetlab");
+                    ours.push(unetlab_bench(&unetlab, config, batch, threads, per_round)?);
+                    println!("peer-bench: {step}: PyTorch");
+                    let peer_json =
+                        run.join(format!("peer-bench-b{batch}-t{threads}-r{round}.json"));
+                    run_ok(
+                        Command::new(&python)
+                            .arg(&script)
+                            .args(["bench", "--run"])
+                            .arg(&run)
+                            .args(["--batch", &batch.to_string()])
+                            .args(["--threads", &threads.to_string()])
+                            .args(["--steps", &per_round.to_string(), "--warmup", "3"])
+                            .arg("--json")
+                            .arg(&peer_json),
+                    )
+                    .with_context(|| format!("PyTorch bench of {step}"))?;
+                    peers.push(read_json(&peer_json)?);
+                }
+                let median_s = |v: &Value| v["median_s"].as_f64().unwrap_or(f64::NAN);
+                let round_ratios: Vec<f64> = ours
+                    .iter()
+                    .zip(&peers)
+                    .map(|(u, p)| median_s(p) / median_s(u))
+                    .collect();
+                let ratio = percentile(&round_ratios, 50.0);
+                let (ours_all, peers_all) = (pooled(&ours), pooled(&peers));
                 println!(
-                    "peer-bench: {setting}: unetlab {:.2} steps/s, PyTorch {:.2} steps/s ({ratio:.2}x)",
-                    rate(&ours),
-                    rate(&peer),
+                    "peer-bench: {setting}: unetlab {:.2} steps/s, PyTorch {:.2} steps/s \
+                     ({ratio:.2}x, rounds {round_ratios:.2?})",
+                    1.0 / median_s(&ours_all),
+                    1.0 / median_s(&peers_all),
                 );
+                let flops = ours[0]["flops_per_step"].as_f64().unwrap_or(f64::NAN);
                 rows.push(json!({
                     "config": config,
                     "batch": batch,
                     "threads": threads,
-                    "unetlab": ours,
-                    "pytorch": peer,
+                    "unetlab": ours_all,
+                    "pytorch": peers_all,
+                    "unetlab_gflops_per_s": flops / median_s(&ours_all) / 1e9,
+                    "round_ratios": round_ratios,
                     "ratio": ratio,
+                    "unetlab_rounds": ours,
+                    "pytorch_rounds": peers,
                 }));
             }
         }
@@ -139,6 +165,7 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
         "started_utc": started,
         "build": Build::current(),
         "training_code": Code::Training.identity(),
+        "rounds": args.rounds,
         "machine": Machine::current(),
         "checks": checks,
         "training": rows,
@@ -181,6 +208,33 @@ fn unetlab_bench(
         .context("unetlab bench --train printed no result")
 }
 
+/// The `q`-th percentile of `xs` (linear between order statistics, as numpy's default).
+fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let at = q / 100.0 * (v.len() - 1) as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
+}
+
+/// Every round's step times (`times_s`) together, with their median, p10 and p90.
+fn pooled(rounds: &[Value]) -> Value {
+    let times: Vec<f64> = rounds
+        .iter()
+        .flat_map(|r| r["times_s"].as_array().into_iter().flatten())
+        .filter_map(Value::as_f64)
+        .collect();
+    json!({
+        "median_s": percentile(&times, 50.0),
+        "p10_s": percentile(&times, 10.0),
+        "p90_s": percentile(&times, 90.0),
+        "times_s": times,
+    })
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -207,32 +261,44 @@ fn readme(r: &Value) -> String {
          edited by hand. Both sides time the same training step of the same proxy network (the \
          PyTorch one is built from unetlab's run directory and checked against it, below; same \
          recipe: v-prediction DDPM loss on SD's schedule, backward, gradient clipping, AdamW, EMA), \
-         fp32 on the CPU, measured back to back in this one run: \
-         `unetlab bench --train` and `scripts/peer_proxy.py bench` (PyTorch {}, eager, \
-         `torch.set_num_threads`). Medians after 3 warm-up steps. unetlab's step also renders its \
-         batch of `shapes` images and tokenizes captions; the peer draws random tensors.\n",
+         fp32 on the CPU, measured in this one run in {} alternating rounds per setting \
+         (`unetlab bench --train`, then `scripts/peer_proxy.py bench`, PyTorch {}, eager, \
+         `torch.set_num_threads`; each round a fresh process with 3 warm-up steps). This machine's \
+         speed drifts by tens of percent over minutes, so the ratio is the median of the rounds' \
+         ratios (each from two measurements seconds apart; their range is shown), and steps/s \
+         come from the median of all rounds' step times. unetlab's step also renders its batch \
+         of `shapes` images and tokenizes captions; the peer draws random tensors.\n",
         m["cpu_model"].as_str().unwrap_or("?"),
         m["cpus"],
         r["started_utc"].as_str().unwrap_or("?"),
+        r["rounds"],
         r["checks"][0]["torch"].as_str().unwrap_or("?"),
     );
     let _ = writeln!(
         s,
-        "| proxy | batch | threads | unetlab steps/s | PyTorch steps/s | unetlab / PyTorch | unetlab GFLOP/s | unetlab p10–p90 (s) | PyTorch p10–p90 (s) |\n|---|---|---|---|---|---|---|---|---|"
+        "| proxy | batch | threads | unetlab steps/s | PyTorch steps/s | unetlab / PyTorch | rounds' ratios | unetlab GFLOP/s | unetlab p10–p90 (s) | PyTorch p10–p90 (s) |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for row in r["training"].as_array().into_iter().flatten() {
         let (u, p) = (&row["unetlab"], &row["pytorch"]);
         let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let round_ratios: Vec<f64> = row["round_ratios"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(f)
+            .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.2} | {:.2} | {:.2}× | {:.1} | {:.3}–{:.3} | {:.3}–{:.3} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2}× | {:.2}–{:.2} | {:.1} | {:.3}–{:.3} | {:.3}–{:.3} |",
             row["config"].as_str().unwrap_or("?"),
             row["batch"],
             row["threads"],
             1.0 / f(&u["median_s"]),
             1.0 / f(&p["median_s"]),
             f(&row["ratio"]),
-            f(&u["achieved_gflops_per_s"]),
+            percentile(&round_ratios, 0.0),
+            percentile(&round_ratios, 100.0),
+            f(&row["unetlab_gflops_per_s"]),
             f(&u["p10_s"]),
             f(&u["p90_s"]),
             f(&p["p10_s"]),
@@ -241,7 +307,7 @@ fn readme(r: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\nsteps/s are 1 / median step time; GFLOP/s counts 3 × the proxy UNet's forward FLOPs per \
+        "\nsteps/s are 1 / median step time over all rounds; GFLOP/s counts 3 × the proxy UNet's forward FLOPs per \
          image (text encoder not counted).\n\n## The networks are the same\n\n\
          `peer_proxy.py check` rebuilds each proxy in PyTorch from unetlab's run directory and \
          compares every parameter name and shape, the counts, the UNet's output against `unetlab \
