@@ -40,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10, requires = "train")]
     steps: usize,
     /// Also report the time per kind of op (conv 3x3, conv 1x1, depthwise, norms, attention
-    /// matmuls, softmax, linear, activations, elementwise, copies), forward and backward, with
+    /// core, linear, feed-forward in, activations, elementwise, copies), forward and backward, with
     /// the optimizer and what no kind accounts for (with --train).
     #[arg(long, requires = "train")]
     profile: bool,

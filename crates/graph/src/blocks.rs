@@ -64,6 +64,19 @@ pub fn conv3x3<O: Ops>(ops: &mut O, x: &O::Tensor, out: usize, kind: ConvKind) -
 
 /// A linear layer `weight [out, in]` (+ `bias [out]`) in the current scope.
 pub fn linear<O: Ops>(ops: &mut O, x: &O::Tensor, out: usize, bias: bool) -> R<O> {
+    let (w, b) = linear_params(ops, x, out, bias)?;
+    ops.linear(x, &w, b.as_ref())
+}
+
+/// A linear layer's `weight` `[out, in]` (for `x` `[.., in]`) and, when `bias`, its `bias`.
+type LinearParams<T> = (T, Option<T>);
+
+fn linear_params<O: Ops>(
+    ops: &mut O,
+    x: &O::Tensor,
+    out: usize,
+    bias: bool,
+) -> Result<LinearParams<O::Tensor>, O::Error> {
     let dims = ops.dims(x);
     let cin = dims[dims.len() - 1];
     let w = ops.param("weight", &[out, cin], Init::FanIn(cin))?;
@@ -72,7 +85,7 @@ pub fn linear<O: Ops>(ops: &mut O, x: &O::Tensor, out: usize, bias: bool) -> R<O
     } else {
         None
     };
-    ops.linear(x, &w, b.as_ref())
+    Ok((w, b))
 }
 
 /// A norm's affine `weight` (ones) and `bias` (zeros) over `c` channels.
@@ -187,12 +200,17 @@ pub fn feed_forward<O: Ops>(ops: &mut O, x: &O::Tensor, t: &TransformerSpec) -> 
     let dims = ops.dims(x);
     let dim = dims[dims.len() - 1];
     let inner = t.ff_inner(dim);
-    let h = scoped(ops, "net.0.proj", |ops| linear(ops, x, 2 * inner, true))?;
     let act = match t.ff_activation {
         FeedForwardActivation::Gelu => Unary::GeluErf,
         FeedForwardActivation::Swish => Unary::Silu,
     };
-    let h = ops.gated(&h, act)?;
+    // The projection and its gate as one op (inside the projection's scope), which an
+    // interpreter may fuse.
+    let h = scoped(ops, "net.0.proj", |ops| {
+        let (w, b) = linear_params(ops, x, 2 * inner, true)?;
+        let b = b.expect("the projection has a bias");
+        ops.feed_forward_in(x, (&w, &b), act)
+    })?;
     scoped(ops, "net.2", |ops| linear(ops, &h, dim, true))
 }
 

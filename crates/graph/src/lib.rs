@@ -11,8 +11,8 @@ pub mod text;
 pub mod unet;
 
 pub use ops::{
-    attend, attend_heads, gated, group_norm_act, scoped, AttentionKernel, Conv2dParams, Init, Ops,
-    Unary,
+    attend, attend_heads, feed_forward_in, gated, group_norm_act, scoped, AttentionKernel,
+    Conv2dParams, Init, Ops, Unary,
 };
 pub use text::{text_encoder_forward, TextEncoderSpec};
 pub use unet::{unet_forward, MissingInput, UnetInputs};

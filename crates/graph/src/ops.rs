@@ -145,6 +145,16 @@ pub trait Ops {
     fn gated(&mut self, x: &Self::Tensor, act: Unary) -> Result<Self::Tensor, Self::Error> {
         gated(self, x, act)
     }
+    /// A feed-forward's input projection and gate, `gated(x·wᵀ + b, act)` (`w` `[2n, in]`, `b`
+    /// `[2n]`). The default is [`feed_forward_in`]; an interpreter may fuse it.
+    fn feed_forward_in(
+        &mut self,
+        x: &Self::Tensor,
+        (w, b): (&Self::Tensor, &Self::Tensor),
+        act: Unary,
+    ) -> Result<Self::Tensor, Self::Error> {
+        feed_forward_in(self, x, (w, b), act)
+    }
     /// `x · scale`.
     fn scale(&mut self, x: &Self::Tensor, scale: f64) -> Result<Self::Tensor, Self::Error>;
     /// Broadcasting sum.
@@ -204,6 +214,17 @@ pub fn gated<O: Ops + ?Sized>(
     let gate = ops.narrow(x, last, inner, inner)?;
     let gate = ops.unary(&gate, act)?;
     ops.mul(&hidden, &gate)
+}
+
+/// [`Ops::feed_forward_in`] as [`Ops::linear`] then [`Ops::gated`].
+pub fn feed_forward_in<O: Ops + ?Sized>(
+    ops: &mut O,
+    x: &O::Tensor,
+    (w, b): (&O::Tensor, &O::Tensor),
+    act: Unary,
+) -> Result<O::Tensor, O::Error> {
+    let h = ops.linear(x, w, Some(b))?;
+    ops.gated(&h, act)
 }
 
 /// [`Ops::attend_heads`] as diffusers computes it: the heads split off by reshape and permute,

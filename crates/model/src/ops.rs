@@ -389,6 +389,19 @@ impl Ops for CandleOps<'_> {
         })
     }
 
+    fn feed_forward_in(
+        &mut self,
+        x: &Tensor,
+        (w, b): (&Tensor, &Tensor),
+        act: Unary,
+    ) -> Result<Tensor, ModelError> {
+        if kernels::feed_forward::supported(x, w, b) {
+            let _span = profile::span("feed-forward in", Pass::Forward);
+            return Ok(kernels::feed_forward::feed_forward_in(x, w, b, act)?);
+        }
+        unetlab_graph::feed_forward_in(self, x, (w, b), act)
+    }
+
     fn gated(&mut self, x: &Tensor, act: Unary) -> Result<Tensor, ModelError> {
         if kernels::gated::supported(x) {
             let _span = profile::span("activation", Pass::Forward);

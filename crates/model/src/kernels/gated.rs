@@ -13,6 +13,27 @@ use crate::profile::{self, Pass};
 /// Output elements per parallel task (about).
 const CHUNK: usize = 1 << 14;
 
+/// `out = x[:n]·f(x[n:])` for one row `x` of `2n`.
+#[inline(always)]
+pub(super) fn gate_row(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> (f32, f32)) {
+    let (hidden, gate) = x.split_at(out.len());
+    for ((o, &h), &g) in out.iter_mut().zip(hidden).zip(gate) {
+        *o = h * f(g).0;
+    }
+}
+
+/// The gradient `dx` (a row of `2n`) of [`gate_row`] at `x` for the output gradient `dy`.
+#[inline(always)]
+pub(super) fn gate_row_grad(x: &[f32], dy: &[f32], dx: &mut [f32], f: impl Fn(f32) -> (f32, f32)) {
+    let (hidden, gate) = x.split_at(dy.len());
+    let (dh, dg) = dx.split_at_mut(dy.len());
+    for (((dh, dg), (&h, &g)), &d) in dh.iter_mut().zip(dg).zip(hidden.iter().zip(gate)).zip(dy) {
+        let (a, da) = f(g);
+        *dh = d * a;
+        *dg = d * h * da;
+    }
+}
+
 /// `y` from `x` (rows of `2n`), or with `dy` the input gradient `dx`, for the activation `f`
 /// (value and derivative).
 fn run(x: &[f32], n: usize, dy: Option<&[f32]>, f: impl Fn(f32) -> (f32, f32) + Sync) -> Vec<f32> {
@@ -26,24 +47,9 @@ fn run(x: &[f32], n: usize, dy: Option<&[f32]>, f: impl Fn(f32) -> (f32, f32) + 
             let first = t * rows_per_task;
             vectorized!(for (i, o) in task.chunks_mut(out_row).enumerate() {
                 let row = &x[(first + i) * 2 * n..][..2 * n];
-                let (hidden, gate) = row.split_at(n);
                 match dy {
-                    None => {
-                        for ((o, &h), &g) in o.iter_mut().zip(hidden).zip(gate) {
-                            *o = h * f(g).0;
-                        }
-                    }
-                    Some(dy) => {
-                        let d = &dy[(first + i) * n..][..n];
-                        let (dh, dg) = o.split_at_mut(n);
-                        for (((dh, dg), (&h, &g)), &d) in
-                            dh.iter_mut().zip(dg).zip(hidden.iter().zip(gate)).zip(d)
-                        {
-                            let (a, da) = f(g);
-                            *dh = d * a;
-                            *dg = d * h * da;
-                        }
-                    }
+                    None => gate_row(row, o, &f),
+                    Some(dy) => gate_row_grad(row, &dy[(first + i) * n..][..n], o, &f),
                 }
             })
         });

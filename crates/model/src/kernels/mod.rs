@@ -43,6 +43,7 @@ pub mod attention;
 pub mod bias;
 pub mod conv;
 pub mod depthwise;
+pub mod feed_forward;
 pub mod gated;
 mod gemm;
 pub mod inplace;
