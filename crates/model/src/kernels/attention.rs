@@ -115,12 +115,24 @@ fn forward(
     scale: f32,
     qkv: (&[f32], &[f32], &[f32]),
 ) -> Vec<f32> {
+    // SAFETY: both paths write every row of every head (each (image, head) task its own).
+    let mut o = unsafe { uninit_output(qkv.0.len()) };
+    let out = DisjointWrites::new(&mut o);
     #[cfg(target_arch = "x86_64")]
     if h.d <= narrow::MAX_WIDTH && narrow::available() {
         // SAFETY: the CPU has what the narrow path needs (checked just above).
-        return unsafe { narrow::forward(h, kernel, scale, qkv) };
+        unsafe { narrow::forward(h, kernel, scale, qkv, &out) };
+        return o;
     }
-    blocked_forward(h, kernel, scale, qkv)
+    blocked_forward(h, kernel, scale, qkv, &out);
+    o
+}
+
+/// The gradients of q, k and v as parallel tasks write them.
+struct Grads {
+    dq: DisjointWrites,
+    dk: DisjointWrites,
+    dv: DisjointWrites,
 }
 
 /// `(dq, dk, dv)`.
@@ -131,12 +143,29 @@ fn backward(
     qkv: (&[f32], &[f32], &[f32]),
     dout: &[f32],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (q, k, v) = qkv;
+    // SAFETY: both paths write every row of every head of each (each (image, head) task its
+    // own).
+    let (mut dq, mut dk, mut dv) = unsafe {
+        (
+            uninit_output(q.len()),
+            uninit_output(k.len()),
+            uninit_output(v.len()),
+        )
+    };
+    let grads = Grads {
+        dq: DisjointWrites::new(&mut dq),
+        dk: DisjointWrites::new(&mut dk),
+        dv: DisjointWrites::new(&mut dv),
+    };
     #[cfg(target_arch = "x86_64")]
     if h.d <= narrow::MAX_WIDTH && narrow::available() {
         // SAFETY: the CPU has what the narrow path needs (checked just above).
-        return unsafe { narrow::backward(h, kernel, scale, qkv, dout) };
+        unsafe { narrow::backward(h, kernel, scale, qkv, dout, &grads) };
+        return (dq, dk, dv);
     }
-    blocked_backward(h, kernel, scale, qkv, dout)
+    blocked_backward(h, kernel, scale, qkv, dout, &grads);
+    (dq, dk, dv)
 }
 
 /// The forward in blocks of queries through matrix products.
@@ -145,10 +174,8 @@ fn blocked_forward(
     kernel: AttentionKernel,
     scale: f32,
     (q, k, v): (&[f32], &[f32], &[f32]),
-) -> Vec<f32> {
-    // SAFETY: every (image, head) task writes all rows of its head.
-    let mut o = unsafe { uninit_output(q.len()) };
-    let out = DisjointWrites::new(&mut o);
+    out: &DisjointWrites,
+) {
     (0..h.pairs()).into_par_iter().for_each(|p| {
         let (qp, kp, vp) = (h.head(q, p, h.n), h.head(k, p, h.m), h.head(v, p, h.m));
         let block = BLOCK.min(h.n);
@@ -160,10 +187,9 @@ fn blocked_forward(
             weights(kernel, scale, s, h.m);
             matmul(ob, View::rows(s, rows, h.m), vp, false, 1);
             // SAFETY: pair `p`'s head is written by this task alone.
-            unsafe { h.scatter(&out, p, h.n, start, ob) };
+            unsafe { h.scatter(out, p, h.n, start, ob) };
         }
     });
-    o
 }
 
 /// The backward in blocks of queries through matrix products.
@@ -173,20 +199,8 @@ fn blocked_backward(
     scale: f32,
     (q, k, v): (&[f32], &[f32], &[f32]),
     dout: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    // SAFETY: every (image, head) task writes all rows of its head of each.
-    let (mut dq, mut dk, mut dv) = unsafe {
-        (
-            uninit_output(q.len()),
-            uninit_output(k.len()),
-            uninit_output(v.len()),
-        )
-    };
-    let (dq_out, dk_out, dv_out) = (
-        DisjointWrites::new(&mut dq),
-        DisjointWrites::new(&mut dk),
-        DisjointWrites::new(&mut dv),
-    );
+    grads: &Grads,
+) {
     (0..h.pairs()).into_par_iter().for_each(|p| {
         let (qp, kp, vp) = (h.head(q, p, h.n), h.head(k, p, h.m), h.head(v, p, h.m));
         let dop = h.head(dout, p, h.n);
@@ -231,16 +245,15 @@ fn blocked_backward(
             let dqb = &mut dqb[..rows * h.d];
             matmul(dqb, dsb, kp, false, 1);
             // SAFETY: pair `p`'s head is written by this task alone.
-            unsafe { h.scatter(&dq_out, p, h.n, start, dqb) };
+            unsafe { h.scatter(&grads.dq, p, h.n, start, dqb) };
             matmul(&mut dkp, dsb.t(), qb, b > 0, 1);
         }
         // SAFETY: as above.
         unsafe {
-            h.scatter(&dk_out, p, h.m, 0, &dkp);
-            h.scatter(&dv_out, p, h.m, 0, &dvp);
+            h.scatter(&grads.dk, p, h.m, 0, &dkp);
+            h.scatter(&grads.dv, p, h.m, 0, &dvp);
         }
     });
-    (dq, dk, dv)
 }
 
 struct Attend {

@@ -18,9 +18,9 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 use unetlab_graph::AttentionKernel;
 
-use super::Heads;
+use super::{Grads, Heads};
 use crate::kernels::activation::fast_exp;
-use crate::kernels::{uninit_output, DisjointWrites};
+use crate::kernels::DisjointWrites;
 
 /// The widest head this path takes.
 pub(super) const MAX_WIDTH: usize = 16;
@@ -306,7 +306,7 @@ unsafe fn write_transposed(h: &Heads, dst: &DisjointWrites, p: usize, tokens: us
     }
 }
 
-/// The forward, as [`super::forward`].
+/// The forward, as [`super::forward`], into `out`.
 ///
 /// # Safety
 /// [`available`] must hold.
@@ -315,15 +315,16 @@ pub(super) unsafe fn forward(
     kernel: AttentionKernel,
     scale: f32,
     qkv: (&[f32], &[f32], &[f32]),
-) -> Vec<f32> {
+    out: &DisjointWrites,
+) {
     if h.d <= 8 {
-        forward_padded::<8>(h, kernel, scale, qkv)
+        forward_padded::<8>(h, kernel, scale, qkv, out)
     } else {
-        forward_padded::<16>(h, kernel, scale, qkv)
+        forward_padded::<16>(h, kernel, scale, qkv, out)
     }
 }
 
-/// The backward, as [`super::backward`].
+/// The backward, as [`super::backward`], into `grads`.
 ///
 /// # Safety
 /// [`available`] must hold.
@@ -333,11 +334,12 @@ pub(super) unsafe fn backward(
     scale: f32,
     qkv: (&[f32], &[f32], &[f32]),
     dout: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    grads: &Grads,
+) {
     if h.d <= 8 {
-        backward_padded::<8>(h, kernel, scale, qkv, dout)
+        backward_padded::<8>(h, kernel, scale, qkv, dout, grads)
     } else {
-        backward_padded::<16>(h, kernel, scale, qkv, dout)
+        backward_padded::<16>(h, kernel, scale, qkv, dout, grads)
     }
 }
 
@@ -359,10 +361,8 @@ fn forward_padded<const D: usize>(
     kernel: AttentionKernel,
     scale: f32,
     (q, k, v): (&[f32], &[f32], &[f32]),
-) -> Vec<f32> {
-    // SAFETY: every (image, head) task writes all rows of its head.
-    let mut o = unsafe { uninit_output(q.len()) };
-    let out = DisjointWrites::new(&mut o);
+    out: &DisjointWrites,
+) {
     (0..h.pairs())
         .into_par_iter()
         .for_each_init(Scratch::<D>::new, |scratch, p| {
@@ -377,10 +377,9 @@ fn forward_padded<const D: usize>(
                 // SAFETY: the caller checked `available`.
                 let ot = unsafe { forward_pair(kernel, scale, &qt, (kr, vr), w) };
                 // SAFETY: pair `p`'s head is written by this task alone.
-                unsafe { write_block(&h, &out, p, h.n, start, &ot) };
+                unsafe { write_block(&h, out, p, h.n, start, &ot) };
             }
         });
-    o
 }
 
 /// One block's backward: `dQ` of the block (transposed), with its shares of `dKᵀ` and `dVᵀ`
@@ -414,20 +413,8 @@ fn backward_padded<const D: usize>(
     scale: f32,
     (q, k, v): (&[f32], &[f32], &[f32]),
     dout: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    // SAFETY: every (image, head) task writes all rows of its head of each.
-    let (mut dq, mut dk, mut dv) = unsafe {
-        (
-            uninit_output(q.len()),
-            uninit_output(k.len()),
-            uninit_output(v.len()),
-        )
-    };
-    let (dq_out, dk_out, dv_out) = (
-        DisjointWrites::new(&mut dq),
-        DisjointWrites::new(&mut dk),
-        DisjointWrites::new(&mut dv),
-    );
+    grads: &Grads,
+) {
     (0..h.pairs())
         .into_par_iter()
         .for_each_init(Scratch::<D>::new, |scratch, p| {
@@ -459,15 +446,14 @@ fn backward_padded<const D: usize>(
                     )
                 };
                 // SAFETY: pair `p`'s head is written by this task alone.
-                unsafe { write_block(&h, &dq_out, p, h.n, start, &dqt) };
+                unsafe { write_block(&h, &grads.dq, p, h.n, start, &dqt) };
             }
             // SAFETY: as above.
             unsafe {
-                write_transposed(&h, &dk_out, p, h.m, dkt);
-                write_transposed(&h, &dv_out, p, h.m, dvt);
+                write_transposed(&h, &grads.dk, p, h.m, dkt);
+                write_transposed(&h, &grads.dv, p, h.m, dvt);
             }
         });
-    (dq, dk, dv)
 }
 
 #[cfg(test)]
