@@ -85,10 +85,21 @@ pub fn write_parquet(df: &mut DataFrame, path: &Path) -> Result<(), ReportError>
     })
 }
 
+/// Columns of the tables that hold identifiers (the build, a config's hash): read as text even
+/// when an identifier happens to be all digits, as a commit like `6025281` is, which type
+/// inference would make a number.
+const IDENTIFIER_COLUMNS: &[&str] = &["build", "hash"];
+
 /// Reads a CSV written by [`write_tables`].
 pub fn read_csv(path: &Path) -> Result<DataFrame, ReportError> {
+    let identifiers = Schema::from_iter(
+        IDENTIFIER_COLUMNS
+            .iter()
+            .map(|&c| Field::new(c.into(), DataType::String)),
+    );
     Ok(CsvReadOptions::default()
         .with_has_header(true)
+        .with_schema_overwrite(Some(Arc::new(identifiers)))
         .try_into_reader_with_file_path(Some(path.to_path_buf()))?
         .finish()?)
 }
@@ -155,27 +166,29 @@ fn float(f: f64) -> String {
 mod tests {
     use super::*;
 
+    /// Two rows whose identifiers are all digits (a commit can be, and a leading zero must
+    /// survive), so the round trip would turn them into numbers if it inferred their type.
     fn rows() -> Vec<Measurement> {
         vec![
             Measurement {
                 config: "a".into(),
-                hash: "h1".into(),
+                hash: "0123456".into(),
                 measurement: "params".into(),
                 value: 859_520_964.0,
                 unit: "count".into(),
                 conditions: "batch 1".into(),
-                build: "5b3bc3b".into(),
+                build: "6025281".into(),
                 measured_utc: "2026-11-30T10:00:00Z".into(),
                 source: "computed".into(),
             },
             Measurement {
                 config: "b|c".into(),
-                hash: "h2".into(),
+                hash: "7654321".into(),
                 measurement: "latency_median".into(),
                 value: 0.0123,
                 unit: "s".into(),
                 conditions: "latent 64".into(),
-                build: "c577106+dirty".into(),
+                build: "0415926".into(),
                 measured_utc: "2026-11-26T03:11:51Z".into(),
                 source: "cache".into(),
             },
@@ -202,7 +215,11 @@ mod tests {
             );
             assert_eq!(
                 back.column("build").unwrap().get(1).unwrap(),
-                AnyValue::String("c577106+dirty")
+                AnyValue::String("0415926")
+            );
+            assert_eq!(
+                back.column("hash").unwrap().get(0).unwrap(),
+                AnyValue::String("0123456")
             );
             assert_eq!(
                 back.column("source").unwrap().get(1).unwrap(),
@@ -212,7 +229,7 @@ mod tests {
         let md = std::fs::read_to_string(dir.path().join("m.md")).unwrap();
         assert_eq!(md.lines().count(), 4);
         assert!(
-            md.contains("| b\\|c | h2 | latency_median | 0.012 | s | latent 64 |"),
+            md.contains("| b\\|c | 7654321 | latency_median | 0.012 | s | latent 64 |"),
             "{md}"
         );
         assert!(md.contains("| 859520964.0 |"), "{md}");
