@@ -19,6 +19,10 @@ use crate::profile::{self, Pass};
 
 /// Elements of a block's projection (rows × `2n`): 128 KiB, a share of L2.
 const BLOCK_ELEMENTS: usize = 1 << 15;
+/// The largest weight (elements) fused: each block's product packs the whole weight again, which
+/// pays for a proxy's (at most 65 K elements) but not for a full-size model's (640 × 5,120 in
+/// MobileDiffusion, 2.2× slower in its forward), whose separate ops thread their products well.
+const MAX_WEIGHT: usize = 1 << 18;
 
 /// The sizes of one call: `rows` of `cin` in, `n` out (the projection is `2n` wide).
 #[derive(Debug, Clone, Copy)]
@@ -186,10 +190,13 @@ impl CustomOp3 for FeedForwardIn {
     }
 }
 
-/// Whether [`feed_forward_in`] takes these operands (f32 on the CPU; `w` `[2n, in]` and `b`
-/// `[2n]` for `x` `[.., in]`, with rows).
+/// Whether [`feed_forward_in`] takes these operands (f32 on the CPU; `w` `[2n, in]` of at most
+/// [`MAX_WEIGHT`] elements and `b` `[2n]` for `x` `[.., in]`, with rows).
 pub fn supported(x: &Tensor, w: &Tensor, b: &Tensor) -> bool {
-    cpu_f32(&[x, w, b]) && x.elem_count() > 0 && Sizes::new(x.dims(), w.dims(), b.dims()).is_ok()
+    cpu_f32(&[x, w, b])
+        && x.elem_count() > 0
+        && w.elem_count() <= MAX_WEIGHT
+        && Sizes::new(x.dims(), w.dims(), b.dims()).is_ok()
 }
 
 /// `gated(x·wᵀ + b, op)`: `h[.., :n]·op(h[.., n:])` for the projection `h` `[.., 2n]` of `x`;
