@@ -47,11 +47,17 @@ fn head_rows<const D: usize>(
 ) {
     let base = h.offset(p, tokens);
     out.clear();
-    out.extend((0..tokens).map(|j| {
-        let mut row = [0f32; D];
-        row[..h.d].copy_from_slice(&src[base + j * h.width()..][..h.d]);
-        row
-    }));
+    let row = |j: usize| &src[base + j * h.width()..][..h.d];
+    if h.d == D {
+        // A copy of known length compiles to vector moves, not a call to memcpy per row.
+        out.extend((0..tokens).map(|j| <[f32; D]>::try_from(row(j)).expect("a row of D values")));
+    } else {
+        out.extend((0..tokens).map(|j| {
+            let mut padded = [0f32; D];
+            padded[..h.d].copy_from_slice(row(j));
+            padded
+        }));
+    }
 }
 
 /// A task's buffers, reused from one (image, head) pair to the next: the head's rows of q, k, v
