@@ -1,15 +1,13 @@
 //! AdamW with inspectable state (candle's keeps its moments private, so it cannot be resumed),
 //! global-norm gradient clipping, the warm-up + cosine learning rate, and EMA weights.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use unetlab_model::kernels::inplace::{
-    adam_step, lerp_into, lerp_square_into, sum_squares, AdamStep,
-};
+use unetlab_model::kernels::inplace::{adam_update, lerp_into, sum_squares, AdamStep};
 
 /// Optimizer hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -26,17 +24,27 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// AdamW over named variables; `m` and `v` are saved and restored with checkpoints.
+/// One variable's AdamW moments, kept outside candle so that one pass can update them and the
+/// weight together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moments {
+    /// The variable's shape.
+    pub shape: Vec<usize>,
+    /// First moment.
+    pub m: Vec<f32>,
+    /// Second moment.
+    pub v: Vec<f32>,
+}
+
+/// AdamW over named variables; the moments are saved and restored with checkpoints.
 #[derive(Debug)]
 pub struct AdamW {
     /// Hyper-parameters.
     pub config: AdamWConfig,
     /// Updates applied so far.
     pub step: u64,
-    /// First moments by variable name.
-    pub m: BTreeMap<String, Tensor>,
-    /// Second moments by variable name.
-    pub v: BTreeMap<String, Tensor>,
+    /// Moments by variable name.
+    pub moments: BTreeMap<String, Moments>,
 }
 
 impl AdamW {
@@ -45,23 +53,76 @@ impl AdamW {
         config: AdamWConfig,
         vars: impl Iterator<Item = (&'a str, &'a Var)>,
     ) -> Result<Self> {
-        let mut m = BTreeMap::new();
-        let mut v = BTreeMap::new();
-        for (name, var) in vars {
-            m.insert(name.to_string(), var.as_tensor().zeros_like()?);
-            v.insert(name.to_string(), var.as_tensor().zeros_like()?);
-        }
+        let moments = vars
+            .map(|(name, var)| {
+                let n = var.elem_count();
+                let shape = var.dims().to_vec();
+                let zeros = Moments {
+                    shape,
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                };
+                (name.to_string(), zeros)
+            })
+            .collect();
         Ok(AdamW {
             config,
             step: 0,
-            m,
-            v,
+            moments,
         })
     }
 
+    /// The state saved by a checkpoint: `step` updates done, moments `m` and `v` by name (the
+    /// same names in both).
+    pub fn from_tensors(
+        config: AdamWConfig,
+        step: u64,
+        m: BTreeMap<String, Tensor>,
+        v: BTreeMap<String, Tensor>,
+    ) -> Result<Self> {
+        let mut v = v;
+        let moments = m
+            .into_iter()
+            .map(|(name, m)| {
+                let Some(v) = v.remove(&name) else {
+                    candle_core::bail!("AdamW state: `{name}` has a first moment but no second")
+                };
+                if v.dims() != m.dims() {
+                    candle_core::bail!("AdamW state: `{name}`'s moments differ in shape")
+                }
+                let flat = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+                let moments = Moments {
+                    shape: m.dims().to_vec(),
+                    m: flat(&m)?,
+                    v: flat(&v)?,
+                };
+                Ok((name, moments))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        if let Some(name) = v.keys().next() {
+            candle_core::bail!("AdamW state: `{name}` has a second moment but no first")
+        }
+        Ok(AdamW {
+            config,
+            step,
+            moments,
+        })
+    }
+
+    /// The moments as tensors `(m, v)` by name, for a checkpoint.
+    pub fn moment_tensors(&self) -> Result<(Vec<(String, Tensor)>, Vec<(String, Tensor)>)> {
+        let tensor = |x: &[f32], shape: &[usize]| Tensor::from_slice(x, shape, &Device::Cpu);
+        let mut out = (Vec::new(), Vec::new());
+        for (name, mo) in &self.moments {
+            out.0.push((name.clone(), tensor(&mo.m, &mo.shape)?));
+            out.1.push((name.clone(), tensor(&mo.v, &mo.shape)?));
+        }
+        Ok(out)
+    }
+
     /// One update at learning rate `lr` with the gradients `grads` times `grad_scale` (the
-    /// clipping factor, see [`clip_scale`]), in place: moments and weights are updated in one
-    /// pass each, without allocating. Variables without a gradient are left alone.
+    /// clipping factor, see [`clip_scale`]), in place: weight and moments in one pass, without
+    /// allocating. Variables without a gradient are left alone.
     pub fn update<'a>(
         &mut self,
         vars: impl Iterator<Item = (&'a str, &'a Var)>,
@@ -69,27 +130,28 @@ impl AdamW {
         lr: f64,
         grad_scale: f64,
     ) -> Result<()> {
+        let vars: HashMap<&str, &Var> = vars.collect();
+        if let Some(name) = grads.keys().find(|n| !self.moments.contains_key(*n)) {
+            candle_core::bail!("AdamW: no state for `{name}`")
+        }
         self.step += 1;
         let c = self.config;
         let step = AdamStep {
             lr,
             weight_decay: c.weight_decay,
+            beta1: c.beta1,
+            beta2: c.beta2,
             bias1: 1.0 - c.beta1.powi(self.step as i32),
             bias2: 1.0 - c.beta2.powi(self.step as i32),
             eps: c.eps,
+            grad_scale,
         };
         // Parameters are independent: several at a time (most are too small to split).
-        let vars: Vec<(&str, &Var)> = vars.collect();
-        vars.par_iter().try_for_each(|&(name, var)| {
-            let Some(g) = grads.get(name) else {
+        self.moments.par_iter_mut().try_for_each(|(name, mo)| {
+            let (Some(var), Some(g)) = (vars.get(name.as_str()), grads.get(name)) else {
                 return Ok(());
             };
-            let (Some(m), Some(v)) = (self.m.get(name), self.v.get(name)) else {
-                candle_core::bail!("AdamW: no state for `{name}`")
-            };
-            lerp_into(m, g, c.beta1, grad_scale)?;
-            lerp_square_into(v, g, c.beta2, grad_scale)?;
-            adam_step(var.as_tensor(), m, v, step)
+            adam_update(var.as_tensor(), g, (&mut mo.m, &mut mo.v), step)
         })
     }
 }
@@ -155,7 +217,7 @@ pub fn ema_update<'a>(
         ema.insert(name.to_string(), var.as_tensor().copy()?.detach());
     }
     seen.par_iter()
-        .try_for_each(|&(name, var)| lerp_into(&ema[name], var.as_tensor(), decay, 1.0))
+        .try_for_each(|&(name, var)| lerp_into(&ema[name], var.as_tensor(), decay))
 }
 
 #[cfg(test)]
@@ -211,7 +273,6 @@ mod tests {
         assert!(!grads["w"].track_op());
         let mut adam = AdamW::new(test_config(), vars.iter().copied()).unwrap();
         adam.update(vars.iter().copied(), &grads, 0.1, 1.0).unwrap();
-        assert!(!adam.m["w"].track_op() && !adam.v["w"].track_op());
         let mut ema = BTreeMap::new();
         ema_update(&mut ema, vars.iter().copied(), 0.9).unwrap();
         ema_update(&mut ema, vars.iter().copied(), 0.9).unwrap();
@@ -235,7 +296,7 @@ mod tests {
         let grads = BTreeMap::from([("w".to_string(), g)]);
         opt.update([("w", &w)].into_iter(), &grads, 0.1, clip_scale(5.0, 1.0))
             .unwrap();
-        let m = opt.m["w"].to_vec1::<f32>().unwrap();
+        let m = &opt.moments["w"].m;
         assert!(
             (m[0] - 0.1 * 0.6).abs() < 1e-6 && (m[1] - 0.1 * 0.8).abs() < 1e-6,
             "{m:?}"

@@ -223,12 +223,7 @@ pub fn train(
             });
         }
         let model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ck.weights)?;
-        let adam = AdamW {
-            config: recipe.optimizer,
-            step: ck.adam_step,
-            m: ck.adam_m,
-            v: ck.adam_v,
-        };
+        let adam = AdamW::from_tensors(recipe.optimizer, ck.adam_step, ck.adam_m, ck.adam_v)?;
         (model, ck.ema, adam, ck.info.step)
     } else {
         let model = ProxyModel::init(proxy.clone(), text_spec, recipe.seed)?;

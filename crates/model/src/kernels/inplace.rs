@@ -3,7 +3,9 @@
 //! of a small training step's optimizer time). Every tensor must be f32, contiguous and on the
 //! CPU; the one updated must not share its storage with a tensor that still needs old values.
 
-use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
 
 use super::{contiguous_f32, rows, with_f32};
@@ -26,44 +28,37 @@ fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [
 fn zip_update(
     dst: &mut CpuStorage,
     dst_l: &Layout,
-    srcs: &[(&CpuStorage, &Layout)],
-    f: impl Fn(&mut f32, &[f32; 2]) + Sync,
+    (src, src_l): (&CpuStorage, &Layout),
+    f: impl Fn(&mut f32, f32) + Sync,
 ) -> Result<()> {
     let target = contiguous_f32_mut(dst, dst_l)?;
-    let a = contiguous_f32(srcs[0].0, srcs[0].1)?;
-    let b = match srcs.get(1) {
-        Some((s, l)) => contiguous_f32(s, l)?,
-        None => a,
-    };
-    if a.len() != target.len() || b.len() != target.len() {
+    let source = contiguous_f32(src, src_l)?;
+    if source.len() != target.len() {
         bail!(
-            "in-place update: {} elements against {} and {}",
+            "in-place update: {} elements against {}",
             target.len(),
-            a.len(),
-            b.len()
+            source.len()
         );
     }
-    let chunk = |(t, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
-        vectorized!(for ((t, &a), &b) in t.iter_mut().zip(a).zip(b) {
-            f(t, &[a, b]);
+    let chunk = |(t, s): (&mut [f32], &[f32])| {
+        vectorized!(for (t, &s) in t.iter_mut().zip(s) {
+            f(t, s);
         })
     };
     if target.len() <= CHUNK {
-        chunk((target, (a, b)));
+        chunk((target, source));
     } else {
         target
             .par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .zip(source.par_chunks(CHUNK))
             .for_each(chunk);
     }
     Ok(())
 }
 
-/// `target ← d·target + (1 − d)·s·source`, or with `square`, `… + (1 − d)·(s·source)²`.
+/// `target ← d·target + (1 − d)·source`.
 struct Lerp {
     decay: f32,
-    scale: f32,
-    square: bool,
 }
 
 impl InplaceOp2 for Lerp {
@@ -78,82 +73,120 @@ impl InplaceOp2 for Lerp {
         src: &CpuStorage,
         src_l: &Layout,
     ) -> Result<()> {
-        let (d, s) = (self.decay, self.scale);
-        let srcs = [(src, src_l)];
-        if self.square {
-            zip_update(dst, dst_l, &srcs, |t, [x, _]| {
-                *t = d * *t + (1.0 - d) * (s * x) * (s * x)
-            })
-        } else {
-            zip_update(dst, dst_l, &srcs, |t, [x, _]| {
-                *t = d * *t + (1.0 - d) * (s * x)
-            })
-        }
+        let d = self.decay;
+        zip_update(dst, dst_l, (src, src_l), |t, x| *t = d * *t + (1.0 - d) * x)
     }
 }
 
-/// `target ← decay·target + (1 − decay)·scale·source`, in place (EMA weights, Adam's first
-/// moment).
-pub fn lerp_into(target: &Tensor, source: &Tensor, decay: f64, scale: f64) -> Result<()> {
-    lerp(target, source, decay, scale, false)
+/// `target ← decay·target + (1 − decay)·source`, in place (EMA weights).
+pub fn lerp_into(target: &Tensor, source: &Tensor, decay: f64) -> Result<()> {
+    target.inplace_op2(
+        source,
+        &Lerp {
+            decay: decay as f32,
+        },
+    )
 }
 
-/// `target ← decay·target + (1 − decay)·(scale·source)²`, in place (Adam's second moment).
-pub fn lerp_square_into(target: &Tensor, source: &Tensor, decay: f64, scale: f64) -> Result<()> {
-    lerp(target, source, decay, scale, true)
-}
-
-fn lerp(target: &Tensor, source: &Tensor, decay: f64, scale: f64, square: bool) -> Result<()> {
-    let op = Lerp {
-        decay: decay as f32,
-        scale: scale as f32,
-        square,
-    };
-    target.inplace_op2(source, &op)
-}
-
-/// One AdamW step on a weight from its moments.
+/// One AdamW step's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamStep {
     /// Learning rate.
     pub lr: f64,
     /// Decoupled weight decay.
     pub weight_decay: f64,
+    /// First-moment decay β₁.
+    pub beta1: f64,
+    /// Second-moment decay β₂.
+    pub beta2: f64,
     /// `1 − β₁ᵗ`.
     pub bias1: f64,
     /// `1 − β₂ᵗ`.
     pub bias2: f64,
     /// Denominator epsilon.
     pub eps: f64,
+    /// Factor on the gradient (the clipping factor).
+    pub grad_scale: f64,
 }
 
-impl InplaceOp3 for AdamStep {
+/// [`adam_update`] as a candle op on the weight, the moments held beside it.
+struct AdamUpdate<'a> {
+    step: AdamStep,
+    moments: Mutex<(&'a mut [f32], &'a mut [f32])>,
+}
+
+impl InplaceOp2 for AdamUpdate<'_> {
     fn name(&self) -> &'static str {
-        "unetlab-adam-step"
+        "unetlab-adam-update"
     }
 
     fn cpu_fwd(
         &self,
         dst: &mut CpuStorage,
         dst_l: &Layout,
-        m: &CpuStorage,
-        m_l: &Layout,
-        v: &CpuStorage,
-        v_l: &Layout,
+        src: &CpuStorage,
+        src_l: &Layout,
     ) -> Result<()> {
-        let srcs = [(m, m_l), (v, v_l)];
-        let keep = (1.0 - self.lr * self.weight_decay) as f32;
-        let (lr, eps) = (self.lr as f32, self.eps as f32);
-        let (b1, b2) = (self.bias1 as f32, self.bias2 as f32);
-        zip_update(dst, dst_l, &srcs, |w, [m, v]| {
-            *w = *w * keep - lr * (m / b1) / ((v / b2).sqrt() + eps)
-        })
+        let w = contiguous_f32_mut(dst, dst_l)?;
+        let g = contiguous_f32(src, src_l)?;
+        let mut moments = self
+            .moments
+            .lock()
+            .expect("not poisoned: nothing panics under it");
+        let (m, v) = &mut *moments;
+        if [g.len(), m.len(), v.len()].iter().any(|&n| n != w.len()) {
+            bail!(
+                "AdamW update: {} weights against {} gradients and moments of {} and {}",
+                w.len(),
+                g.len(),
+                m.len(),
+                v.len()
+            );
+        }
+        let c = self.step;
+        let f = |x: f64| x as f32;
+        let (keep, lr, eps, scale) = (
+            f(1.0 - c.lr * c.weight_decay),
+            f(c.lr),
+            f(c.eps),
+            f(c.grad_scale),
+        );
+        let (b1, b2, bias1, bias2) = (f(c.beta1), f(c.beta2), f(c.bias1), f(c.bias2));
+        let chunk = |(((w, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+            vectorized!(for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
+                let g = scale * g;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                *w = *w * keep - lr * (*m / bias1) / ((*v / bias2).sqrt() + eps);
+            })
+        };
+        if w.len() <= CHUNK {
+            chunk((((w, g), &mut **m), &mut **v));
+        } else {
+            w.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .for_each(chunk);
+        }
+        Ok(())
     }
 }
 
-/// `w ← w·(1 − lr·wd) − lr·m̂ / (√v̂ + eps)` with `m̂ = m / bias1`, `v̂ = v / bias2`, in place.
-pub fn adam_step(w: &Tensor, m: &Tensor, v: &Tensor, step: AdamStep) -> Result<()> {
-    w.inplace_op3(m, v, &step)
+/// One AdamW step of weight `w` with gradient `g` and moments `m`, `v`, in one pass over the
+/// four: `g' = s·g`, `m ← β₁m + (1 − β₁)g'`, `v ← β₂v + (1 − β₂)g'²`, then
+/// `w ← w·(1 − lr·wd) − lr·m̂ / (√v̂ + eps)` with `m̂ = m / bias1`, `v̂ = v / bias2`.
+pub fn adam_update(
+    w: &Tensor,
+    g: &Tensor,
+    (m, v): (&mut [f32], &mut [f32]),
+    step: AdamStep,
+) -> Result<()> {
+    let op = AdamUpdate {
+        step,
+        moments: Mutex::new((m, v)),
+    };
+    w.inplace_op2(g, &op)
 }
 
 /// `Σ x²`: lane-wise in f32 within chunks of [`CHUNK`], in f64 across them.
@@ -182,30 +215,48 @@ mod tests {
         let n = 3 * CHUNK + 17;
         let (t, s) = (random(&[n], 1), random(&[n], 2));
         let (t0, s0) = (values(&t), values(&s));
-        lerp_into(&t, &s, 0.9, 0.5).unwrap();
+        lerp_into(&t, &s, 0.9).unwrap();
         for ((a, x), y) in values(&t).iter().zip(&t0).zip(&s0) {
-            assert!((a - (0.9 * x + 0.1 * 0.5 * y)).abs() < 1e-6);
+            assert!((a - (0.9 * x + 0.1 * y)).abs() < 1e-6);
         }
-        let v = random(&[n], 3).abs().unwrap();
-        let v0 = values(&v);
-        lerp_square_into(&v, &s, 0.99, 2.0).unwrap();
-        for ((a, x), y) in values(&v).iter().zip(&v0).zip(&s0) {
-            assert!((a - (0.99 * x + 0.01 * (2.0 * y) * (2.0 * y))).abs() < 1e-6);
-        }
-        let (w, w0, m0) = (random(&[n], 4), values(&random(&[n], 4)), values(&t));
-        let v1 = values(&v);
-        let step = AdamStep {
-            lr: 0.01,
-            weight_decay: 0.1,
-            bias1: 0.1,
-            bias2: 0.01,
-            eps: 1e-8,
-        };
-        adam_step(&w, &t, &v, step).unwrap();
-        for (i, a) in values(&w).iter().enumerate() {
-            let want = w0[i] as f64 * (1.0 - 0.001)
-                - 0.01 * (m0[i] as f64 / 0.1) / ((v1[i] as f64 / 0.01).sqrt() + 1e-8);
-            assert!((*a as f64 - want).abs() < 1e-5, "{i}: {a} vs {want}");
+        // Two AdamW steps (state carried between them), at sizes on both sides of a chunk.
+        for n in [5, 3 * CHUNK + 17] {
+            let w = random(&[n], 4);
+            let (mut w0, mut m0, mut v0) = (values(&w), values(&random(&[n], 5)), vec![0f32; n]);
+            v0.iter_mut()
+                .zip(values(&random(&[n], 6)))
+                .for_each(|(v, x)| *v = x * x);
+            let (mut m, mut v) = (m0.clone(), v0.clone());
+            for t in 1..=2 {
+                let g = random(&[n], 6 + t);
+                let step = AdamStep {
+                    lr: 0.01,
+                    weight_decay: 0.1,
+                    beta1: 0.9,
+                    beta2: 0.99,
+                    bias1: 1.0 - 0.9f64.powi(t as i32),
+                    bias2: 1.0 - 0.99f64.powi(t as i32),
+                    eps: 1e-8,
+                    grad_scale: 0.5,
+                };
+                adam_update(&w, &g, (&mut m, &mut v), step).unwrap();
+                let got = values(&w);
+                for (i, g) in values(&g).iter().enumerate() {
+                    let g = 0.5 * *g as f64;
+                    let mi = 0.9 * m0[i] as f64 + 0.1 * g;
+                    let vi = 0.99 * v0[i] as f64 + 0.01 * g * g;
+                    let want = w0[i] as f64 * (1.0 - 0.001)
+                        - 0.01 * (mi / step.bias1) / ((vi / step.bias2).sqrt() + 1e-8);
+                    assert!((m[i] as f64 - mi).abs() < 1e-6, "{i}: m {} vs {mi}", m[i]);
+                    assert!((v[i] as f64 - vi).abs() < 1e-6, "{i}: v {} vs {vi}", v[i]);
+                    assert!(
+                        (got[i] as f64 - want).abs() < 1e-5,
+                        "{i}: {} vs {want}",
+                        got[i]
+                    );
+                }
+                (w0, m0, v0) = (got, m.clone(), v.clone());
+            }
         }
         let want: f64 = s0.iter().map(|&x| x as f64 * x as f64).sum();
         // f32 lanes within a chunk: about 1e-7 relative.
@@ -215,7 +266,19 @@ mod tests {
     #[test]
     fn mismatched_or_strided_tensors_are_errors() {
         let t = random(&[4, 3], 1);
-        assert!(lerp_into(&t, &random(&[5], 2), 0.5, 1.0).is_err());
-        assert!(lerp_into(&t.t().unwrap(), &random(&[3, 4], 2), 0.5, 1.0).is_err());
+        assert!(lerp_into(&t, &random(&[5], 2), 0.5).is_err());
+        assert!(lerp_into(&t.t().unwrap(), &random(&[3, 4], 2), 0.5).is_err());
+        let step = AdamStep {
+            lr: 0.1,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.99,
+            bias1: 0.1,
+            bias2: 0.01,
+            eps: 1e-8,
+            grad_scale: 1.0,
+        };
+        let (mut m, mut v) = (vec![0f32; 12], vec![0f32; 11]);
+        assert!(adam_update(&t, &random(&[4, 3], 2), (&mut m, &mut v), step).is_err());
     }
 }
