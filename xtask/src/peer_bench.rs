@@ -8,7 +8,9 @@
 //! every batch and thread count, `unetlab bench --train` and `peer_proxy.py bench` time the same
 //! training step in alternating rounds (unetlab, PyTorch, unetlab, …), so that a machine whose
 //! speed drifts over minutes (a shared VM) slows both sides alike: each round's ratio compares
-//! measurements seconds apart, and the reported ratio is the median of the rounds'.
+//! measurements seconds apart, and the reported ratio is the median of the rounds'. Last,
+//! `unetlab bench --train --profile` at the largest batch and thread count shows where unetlab's
+//! step goes, so that the README names the bottleneck that remains.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,8 @@ const COMMAND: &str = "cargo xtask peer-bench";
 
 /// Time proxy training in unetlab and in PyTorch eager (pinned torch in target/peer-venv) on the
 /// identical network, for each config, batch and thread count; check first that both networks
-/// have the same parameters and outputs. Writes results/peers/ (README.md, training.json).
+/// have the same parameters and outputs; profile unetlab's step at the largest batch and thread
+/// count. Writes results/peers/ (README.md, training.json).
 #[derive(clap::Args)]
 pub struct PeerBenchArgs {
     /// Configs whose proxies are compared.
@@ -73,6 +76,7 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
 
     let mut checks = Vec::new();
     let mut rows = Vec::new();
+    let mut profiles = Vec::new();
     for config in &args.configs {
         let run = work.join(format!("run-{}", config.replace(['/', '.'], "_")));
         println!("peer-bench: {config}: making the proxy's run directory");
@@ -111,7 +115,9 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
                 for round in 1..=args.rounds {
                     let step = format!("{setting}: round {round}/{}", args.rounds);
                     println!("peer-bench: {step}: unetlab");
-                    ours.push(unetlab_bench(&unetlab, config, batch, threads, per_round)?);
+                    ours.push(unetlab_bench(
+                        &unetlab, config, batch, threads, per_round, false,
+                    )?);
                     println!("peer-bench: {step}: PyTorch");
                     let peer_json =
                         run.join(format!("peer-bench-b{batch}-t{threads}-r{round}.json"));
@@ -158,6 +164,21 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
                 }));
             }
         }
+        // Where the step goes, at the largest batch and thread count (timers on).
+        let (batch, threads) = (
+            args.batches.iter().copied().max().unwrap_or(8),
+            args.threads.iter().copied().max().unwrap_or(1),
+        );
+        println!("peer-bench: {config}, batch {batch}, {threads} thread(s): profile");
+        let steps = (args.steps / 3).max(3);
+        let profiled = unetlab_bench(&unetlab, config, batch, threads, steps, true)?;
+        profiles.push(json!({
+            "config": config,
+            "batch": batch,
+            "threads": threads,
+            "median_s": profiled["median_s"],
+            "profile": profiled["profile"],
+        }));
     }
 
     let record = json!({
@@ -169,6 +190,7 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
         "machine": Machine::current(),
         "checks": checks,
         "training": rows,
+        "profiles": profiles,
     });
     std::fs::create_dir_all(&out)?;
     write_file(
@@ -180,16 +202,19 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `unetlab bench --train --json` for one setting: its one result object.
+/// `unetlab bench --train --json` (with `--profile` when `profile`) for one setting: its one
+/// result object.
 fn unetlab_bench(
     unetlab: &Path,
     config: &str,
     batch: usize,
     threads: usize,
     steps: usize,
+    profile: bool,
 ) -> Result<Value> {
     let output = Command::new(unetlab)
         .args(["bench", "--train", config, "--json", "--warmup", "3"])
+        .args(profile.then_some("--profile"))
         .args(["--batch", &batch.to_string()])
         .args(["--threads", &threads.to_string()])
         .args(["--steps", &steps.to_string()])
@@ -325,6 +350,39 @@ fn readme(r: &Value) -> String {
             c["unet_forward_max_abs_diff"].as_f64().unwrap_or(f64::NAN),
             c["text_hidden_max_abs_diff"].as_f64().unwrap_or(f64::NAN),
         );
+    }
+    for p in r["profiles"].as_array().into_iter().flatten() {
+        let median = p["median_s"].as_f64().unwrap_or(f64::NAN);
+        let _ = writeln!(
+            s,
+            "\n## Where unetlab's step goes: {}, batch {}, {} thread(s)\n\n\
+             `unetlab bench --train --profile`: mean time per step by kind of op, largest first \
+             (median step {:.1} ms with the timers on). The first row is the bottleneck that \
+             remains.\n\n| kind | forward (ms) | backward (ms) | other (ms) | share |\n|---|---|---|---|---|",
+            p["config"].as_str().unwrap_or("?"),
+            p["batch"],
+            p["threads"],
+            1e3 * median,
+        );
+        for row in p["profile"].as_array().into_iter().flatten() {
+            let ms = |v: &Value| {
+                v.as_f64()
+                    .map_or(String::new(), |x| format!("{:.1}", 1e3 * x))
+            };
+            let total: f64 = ["forward_s", "backward_s", "other_s"]
+                .iter()
+                .filter_map(|k| row[*k].as_f64())
+                .sum();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1} % |",
+                row["kind"].as_str().unwrap_or("?"),
+                ms(&row["forward_s"]),
+                ms(&row["backward_s"]),
+                ms(&row["other_s"]),
+                100.0 * total / median,
+            );
+        }
     }
     let _ = writeln!(
         s,
