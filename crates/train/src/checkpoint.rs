@@ -50,9 +50,9 @@ pub fn save(
     let mut named: Vec<(String, &Tensor)> = Vec::new();
     named.extend(weights.iter().map(|(k, v)| (format!("model.{k}"), v)));
     named.extend(ema.iter().map(|(k, v)| (format!("ema.{k}"), v)));
-    let (m, v) = adam.moment_tensors()?;
-    named.extend(m.iter().map(|(k, t)| (format!("adam_m.{k}"), t)));
-    named.extend(v.iter().map(|(k, t)| (format!("adam_v.{k}"), t)));
+    let moments = adam.moment_tensors()?;
+    named.extend(moments.iter().map(|(k, m, _)| (format!("adam_m.{k}"), m)));
+    named.extend(moments.iter().map(|(k, _, v)| (format!("adam_v.{k}"), v)));
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     let meta = serde_json::json!({"info": info, "adam_step": adam.step});
     let metadata = HashMap::from([(META_KEY.to_string(), meta.to_string())]);

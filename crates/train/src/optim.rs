@@ -109,15 +109,19 @@ impl AdamW {
         })
     }
 
-    /// The moments as tensors `(m, v)` by name, for a checkpoint.
-    pub fn moment_tensors(&self) -> Result<(Vec<(String, Tensor)>, Vec<(String, Tensor)>)> {
+    /// The moments as tensors `(name, m, v)`, for a checkpoint.
+    pub fn moment_tensors(&self) -> Result<Vec<(String, Tensor, Tensor)>> {
         let tensor = |x: &[f32], shape: &[usize]| Tensor::from_slice(x, shape, &Device::Cpu);
-        let mut out = (Vec::new(), Vec::new());
-        for (name, mo) in &self.moments {
-            out.0.push((name.clone(), tensor(&mo.m, &mo.shape)?));
-            out.1.push((name.clone(), tensor(&mo.v, &mo.shape)?));
-        }
-        Ok(out)
+        self.moments
+            .iter()
+            .map(|(name, mo)| {
+                Ok((
+                    name.clone(),
+                    tensor(&mo.m, &mo.shape)?,
+                    tensor(&mo.v, &mo.shape)?,
+                ))
+            })
+            .collect()
     }
 
     /// One update at learning rate `lr` with the gradients `grads` times `grad_scale` (the

@@ -152,7 +152,7 @@ impl InplaceOp2 for AdamUpdate<'_> {
             f(c.grad_scale),
         );
         let (b1, b2, bias1, bias2) = (f(c.beta1), f(c.beta2), f(c.bias1), f(c.bias2));
-        let chunk = |(((w, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+        let chunk = |w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
             vectorized!(for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
                 let g = scale * g;
                 *m = b1 * *m + (1.0 - b1) * g;
@@ -161,13 +161,13 @@ impl InplaceOp2 for AdamUpdate<'_> {
             })
         };
         if w.len() <= CHUNK {
-            chunk((((w, g), &mut **m), &mut **v));
+            chunk(w, g, m, v);
         } else {
             w.par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK))
                 .zip(m.par_chunks_mut(CHUNK))
                 .zip(v.par_chunks_mut(CHUNK))
-                .for_each(chunk);
+                .for_each(|(((w, g), m), v)| chunk(w, g, m, v));
         }
         Ok(())
     }
