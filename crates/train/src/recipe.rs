@@ -14,10 +14,11 @@ use crate::schedule::Prediction;
 pub enum Budget {
     /// A handful of steps on a tiny batch: exercises every code path.
     Smoke,
-    /// 600 steps of 8 images: every config of `configs/` within 45 minutes on a 2-core CPU, two
+    /// 800 steps of 8 images: every config of `configs/` within 45 minutes on a 2-core CPU, two
     /// runs at a time (about 20 minutes of it training, at the step rates of `unetlab bench
-    /// --train` after the CPU kernels; an early-training comparison, not a converged one; at
-    /// equal time, more steps of smaller batches reached a lower validation loss).
+    /// --train` once training matched PyTorch eager; an early-training comparison, not a
+    /// converged one; at equal time, more steps of smaller batches reached a lower validation
+    /// loss).
     Quick,
     /// Thousands of steps.
     Full,
@@ -96,7 +97,7 @@ impl Recipe {
     /// The recipe of a budget.
     pub fn for_budget(budget: Budget) -> Recipe {
         let base = Recipe {
-            steps: 600,
+            steps: 800,
             batch: 8,
             optimizer: AdamWConfig {
                 lr: 2e-3,
