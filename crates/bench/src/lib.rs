@@ -17,6 +17,7 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use unetlab_cost::{count, Conditions};
 use unetlab_graph::unet_forward;
+use unetlab_model::profile::{self, Pass};
 use unetlab_model::{example_inputs, CandleOps, ModelError, UnetModel};
 use unetlab_provenance::{Code, Provenance};
 use unetlab_spec::Config;
@@ -43,6 +44,8 @@ pub struct BenchOptions {
     pub max_seconds: f64,
     /// Also time each top-level block.
     pub per_block: bool,
+    /// Also time each kind of op over as many forwards as were timed ([`BenchResult::profile`]).
+    pub profile: bool,
     /// Weights and activations dtype.
     pub dtype: DType,
     /// Where to run.
@@ -63,6 +66,26 @@ pub struct BlockTime {
     pub block: String,
     /// Median seconds over the per-block runs.
     pub median_s: f64,
+}
+
+/// One kind of op's share of a forward (`unetlab bench --profile`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindTime {
+    /// The kind (conv 3x3, linear, attention core, ...).
+    pub kind: String,
+    /// Mean seconds per forward.
+    pub seconds: f64,
+    /// Calls per forward.
+    pub calls: f64,
+    /// FLOPs per forward (0 for kinds without matrix products).
+    pub flops: u64,
+}
+
+impl KindTime {
+    /// The kind's rate, GFLOP/s (`None` without FLOPs).
+    pub fn gflops_per_s(&self) -> Option<f64> {
+        (self.flops > 0 && self.seconds > 0.0).then(|| self.flops as f64 / self.seconds / 1e9)
+    }
 }
 
 /// One benchmark.
@@ -100,6 +123,12 @@ pub struct BenchResult {
     pub peak_rss_bytes: Option<u64>,
     /// Per-block medians (empty unless asked for).
     pub per_block: Vec<BlockTime>,
+    /// Mean time per forward by kind of op, largest first (with `profile`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<KindTime>,
+    /// This machine's f32 GEMM rate (with `profile`): the roofline of the kinds' rates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gemm_peak_gflops_per_s: Option<f64>,
     /// The machine.
     pub machine: Machine,
     /// The build that measured it, and when.
@@ -117,6 +146,8 @@ pub enum Progress {
     Run(usize, usize, f64),
     /// Per-block forward `i` of `n` done.
     Block(usize, usize),
+    /// Profiled forward `i` of `n` done.
+    Profile(usize, usize),
 }
 
 /// Why a benchmark failed.
@@ -220,6 +251,12 @@ pub fn bench(
     } else {
         Vec::new()
     };
+    let (profile, gemm_peak_gflops_per_s) = if opts.profile {
+        let kinds = time_kinds(times.len(), progress, || forward().map(drop))?;
+        (kinds, Some(unetlab_model::kernels::peak_gflops_per_s()))
+    } else {
+        (Vec::new(), None)
+    };
 
     Ok(BenchResult {
         config: config.name.clone(),
@@ -238,12 +275,45 @@ pub fn bench(
         achieved_gflops_per_s: flops as f64 / median / 1e9,
         peak_rss_bytes: peak_rss_bytes(),
         per_block,
+        profile,
+        gemm_peak_gflops_per_s,
         machine: Machine::current(),
         provenance: Provenance::now(Code::Latency),
     })
 }
 
 /// `runs` forwards with block timing; each block's median, plus the time outside every block.
+/// Runs `forward` `runs` times with the profile on: the mean time, calls and FLOPs per forward
+/// of each kind of op, largest first.
+fn time_kinds(
+    runs: usize,
+    progress: &mut dyn FnMut(Progress),
+    mut forward: impl FnMut() -> Result<(), BenchError>,
+) -> Result<Vec<KindTime>, BenchError> {
+    profile::enable(true);
+    let ran: Result<(), BenchError> = (0..runs).try_for_each(|i| {
+        forward()?;
+        progress(Progress::Profile(i + 1, runs));
+        Ok(())
+    });
+    let totals = profile::take();
+    profile::enable(false);
+    ran?;
+    let per_run = runs.max(1) as f64;
+    let mut kinds: Vec<KindTime> = totals
+        .into_iter()
+        .filter(|((_, pass), _)| *pass == Pass::Forward)
+        .map(|((kind, _), t)| KindTime {
+            kind: kind.to_string(),
+            seconds: t.seconds / per_run,
+            calls: t.calls as f64 / per_run,
+            flops: (t.flops as f64 / per_run).round() as u64,
+        })
+        .collect();
+    kinds.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    Ok(kinds)
+}
+
 fn time_blocks(
     model: &UnetModel,
     inputs: &unetlab_graph::UnetInputs<candle_core::Tensor>,
@@ -289,7 +359,48 @@ fn time_blocks(
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use std::path::Path;
+
+    use super::*;
+
+    /// A profiled forward's FLOPs add up to the cost interpreter's: every product is timed under
+    /// one kind and counted once, on configs with every design choice (tiny-md: ReLU attention,
+    /// shared K/V, SwiGLU, separable convs; every-choice), SD's and SDXL's.
+    #[test]
+    fn profiled_flops_add_up_to_the_cost_interpreters() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for path in [
+            "../shared/reference/fixtures/tiny-md/config.yaml",
+            "configs/fixtures/every-choice.yaml",
+            "configs/fixtures/tiny-sd.yaml",
+            "configs/fixtures/tiny-sdxl.yaml",
+        ] {
+            let config = Config::load(root.join(path).to_str().unwrap()).unwrap();
+            let opts = BenchOptions {
+                batch: 2,
+                latent_size: config.spec.latent_size,
+                tokens: config.spec.text_tokens,
+                warmup: 0,
+                runs: MIN_RUNS,
+                max_seconds: 60.0,
+                per_block: false,
+                profile: true,
+                dtype: DType::F32,
+                device: Device::Cpu,
+                device_name: "cpu".into(),
+                seed: 0,
+            };
+            let r = bench(&config, &opts, &mut |_| {}).unwrap();
+            let profiled: u64 = r.profile.iter().map(|k| k.flops).sum();
+            assert_eq!(profiled, r.flops, "{path}: {:?}", r.profile);
+            assert!(r
+                .profile
+                .iter()
+                .any(|k| k.kind == "conv 3x3" && k.flops > 0));
+            assert!(r.profile.windows(2).all(|w| w[0].seconds >= w[1].seconds));
+            assert!(r.gemm_peak_gflops_per_s.is_some_and(|g| g > 0.0));
+        }
+    }
 
     #[test]
     fn percentiles_interpolate_like_numpy() {

@@ -23,6 +23,7 @@ pub fn progress_bar(label: &str) -> (ProgressBar, impl FnMut(Progress)) {
             b.set_message(format!("last {t:.3} s"));
         }
         Progress::Block(i, n) => b.set_message(format!("per-block {i}/{n}")),
+        Progress::Profile(i, n) => b.set_message(format!("profile {i}/{n}")),
     };
     (bar, update)
 }

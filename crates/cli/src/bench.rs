@@ -40,9 +40,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10, requires = "train")]
     steps: usize,
     /// Also report the time per kind of op (conv 3x3, conv 1x1, depthwise, norms, attention
-    /// core, linear, feed-forward in, activations, elementwise, copies), forward and backward, with
-    /// the optimizer and what no kind accounts for (with --train).
-    #[arg(long, requires = "train")]
+    /// core, linear, feed-forward in, activations, elementwise, copies). For a forward: over as
+    /// many extra forwards as were timed, with each kind's GFLOP/s against this machine's GEMM
+    /// peak (measured in the same run). With --train: forward and backward, with the optimizer and
+    /// what no kind accounts for.
+    #[arg(long)]
     profile: bool,
     /// Training recipe whose batch, data and optimizer are used (with --train).
     #[arg(long, value_enum, default_value_t = Budget::Quick, requires = "train")]
@@ -96,6 +98,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             runs: args.runs,
             max_seconds: args.max_seconds,
             per_block: args.per_block,
+            profile: args.profile,
             dtype,
             device: device.clone(),
             device_name: args.run_on.device.clone(),
@@ -153,6 +156,9 @@ fn render(results: &[BenchResult]) -> String {
             m.cpu_model, m.cpus, m.threads, m.candle_version, r.warmup, r.tokens
         ));
     }
+    for r in results.iter().filter(|r| !r.profile.is_empty()) {
+        out.push_str(&render_profile(r));
+    }
     for r in results.iter().filter(|r| !r.per_block.is_empty()) {
         let mut b = Table::new(["block", "median (s)", "share"]);
         let inside: f64 = r.per_block.iter().map(|x| x.median_s).sum();
@@ -172,6 +178,47 @@ fn render(results: &[BenchResult]) -> String {
         ));
     }
     out
+}
+
+/// A forward's time by kind of op, each kind's GFLOP/s against the GEMM peak.
+fn render_profile(r: &BenchResult) -> String {
+    let peak = r.gemm_peak_gflops_per_s.unwrap_or(f64::NAN);
+    let mut t = Table::new([
+        "kind",
+        "ms per forward",
+        "share",
+        "calls",
+        "GFLOP",
+        "GFLOP/s",
+        "of GEMM peak",
+    ]);
+    let inside: f64 = r.profile.iter().map(|k| k.seconds).sum();
+    for k in &r.profile {
+        let rate = k.gflops_per_s();
+        t.row(vec![
+            k.kind.clone(),
+            format!("{:.1}", 1e3 * k.seconds),
+            format!("{:.1} %", 100.0 * k.seconds / inside),
+            format!("{:.0}", k.calls),
+            if k.flops > 0 {
+                format!("{:.2}", k.flops as f64 / 1e9)
+            } else {
+                String::new()
+            },
+            rate.map_or(String::new(), |g| format!("{g:.1}")),
+            rate.map_or(String::new(), |g| format!("{:.0} %", 100.0 * g / peak)),
+        ]);
+    }
+    format!(
+        "\n{}: mean time per forward by kind of op (kinds sum to {:.3} s against a whole-forward \
+         median of {:.3} s; GEMM peak {:.1} GFLOP/s: the fastest 1024³ f32 product through the \
+         gemm crate on these threads, measured in this run)\n{}",
+        r.config,
+        inside,
+        r.median_s,
+        peak,
+        t.render()
+    )
 }
 
 /// One training benchmark (`unetlab bench --train --json` prints a list of these).

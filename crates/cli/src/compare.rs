@@ -65,6 +65,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
                 runs: args.runs,
                 max_seconds: 120.0,
                 per_block: false,
+                profile: false,
                 dtype,
                 device: device.clone(),
                 device_name: args.run_on.device.clone(),

@@ -174,6 +174,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             runs: args.bench_runs,
             max_seconds: 600.0,
             per_block: false,
+            profile: false,
             dtype: candle,
             device: device.clone(),
             device_name: "cpu".into(),

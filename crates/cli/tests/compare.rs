@@ -55,6 +55,7 @@ fn bench_reports_percentiles_blocks_and_machine_as_json() {
         "--warmup",
         "1",
         "--per-block",
+        "--profile",
         "--json",
         "--threads",
         "1",
@@ -98,6 +99,12 @@ fn bench_reports_percentiles_blocks_and_machine_as_json() {
             "(between blocks)"
         ]
     );
+    // --profile: the kinds' FLOPs add up to the forward's, with the GEMM peak beside them.
+    let kinds = r["profile"].as_array().unwrap();
+    let profiled: u64 = kinds.iter().map(|k| k["flops"].as_u64().unwrap()).sum();
+    assert_eq!(profiled as f64, flops);
+    assert!(kinds.iter().any(|k| k["kind"] == "conv 3x3"));
+    assert!(r["gemm_peak_gflops_per_s"].as_f64().unwrap() > 0.0);
 
     let bad = unetlab(&["bench", "sd15", "--runs", "2"]);
     assert_eq!(bad.status.code(), Some(1));

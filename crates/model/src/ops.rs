@@ -160,6 +160,20 @@ fn conv_kind(w: &Tensor, p: Conv2dParams) -> &'static str {
     }
 }
 
+/// FLOPs of a conv (2 × outputs × the kernel's taps per output), as the cost interpreter counts.
+fn conv_flops(x: &Tensor, w: &Tensor, p: Conv2dParams) -> u64 {
+    let (&[n, _, h, wi], &[o, c, kh, kw]) = (x.dims(), w.dims()) else {
+        return 0;
+    };
+    let out = |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride + 1;
+    2 * (n * o * out(h, kh) * out(wi, kw) * c * kh * kw) as u64
+}
+
+/// FLOPs of `x · wᵀ` (2 × rows × inputs × outputs), as the cost interpreter counts.
+fn linear_flops(x: &Tensor, w: &Tensor) -> u64 {
+    2 * (x.elem_count() * w.dim(0).unwrap_or(0)) as u64
+}
+
 impl Ops for CandleOps<'_> {
     type Tensor = Tensor;
     type Error = ModelError;
@@ -208,7 +222,7 @@ impl Ops for CandleOps<'_> {
         b: Option<&Tensor>,
         p: Conv2dParams,
     ) -> Result<Tensor, ModelError> {
-        let _span = profile::span(conv_kind(w, p), Pass::Forward);
+        let _span = profile::span_with_flops(conv_kind(w, p), Pass::Forward, conv_flops(x, w, p));
         let channels = x.dim(1)?;
         let y = if p.groups > 1 && p.groups == channels && w.dim(1)? == 1 && p.stride == 1 {
             if kernels::depthwise::supported(x, w, p.stride) {
@@ -231,7 +245,7 @@ impl Ops for CandleOps<'_> {
     }
 
     fn linear(&mut self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, ModelError> {
-        let _span = profile::span("linear", Pass::Forward);
+        let _span = profile::span_with_flops("linear", Pass::Forward, linear_flops(x, w));
         if kernels::linear::supported(x, w, b) {
             return Ok(kernels::linear::linear(x, w, b)?);
         }
@@ -251,7 +265,11 @@ impl Ops for CandleOps<'_> {
     }
 
     fn matmul(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, ModelError> {
-        let _span = profile::span("attention matmuls", Pass::Forward);
+        let (ad, bd) = (a.dims(), b.dims());
+        let flops = 2
+            * (a.elem_count() / ad[ad.len() - 1] * bd[bd.len() - 1]) as u64
+            * ad[ad.len() - 1] as u64;
+        let _span = profile::span_with_flops("attention matmuls", Pass::Forward, flops);
         let ([a, b], dtype) = matmul_operands([a, b])?;
         Ok(a.contiguous()?.matmul(&b.contiguous()?)?.to_dtype(dtype)?)
     }
@@ -369,7 +387,10 @@ impl Ops for CandleOps<'_> {
         kernel: AttentionKernel,
     ) -> Result<Tensor, ModelError> {
         if kernels::attention::supported(q, k, v, heads) {
-            let _span = profile::span("attention core", Pass::Forward);
+            // QKᵀ and the weighted sum of V: 2 × 2·n·m·d per (image, head).
+            let (n, m) = (q.dim(1)?, k.dim(1)?);
+            let flops = 4 * (q.dim(0)? * n * m * q.dim(2)?) as u64;
+            let _span = profile::span_with_flops("attention core", Pass::Forward, flops);
             return Ok(kernels::attention::attend_heads(
                 q, k, v, heads, scale, kernel,
             )?);
@@ -396,7 +417,8 @@ impl Ops for CandleOps<'_> {
         act: Unary,
     ) -> Result<Tensor, ModelError> {
         if kernels::feed_forward::supported(x, w, b) {
-            let _span = profile::span("feed-forward in", Pass::Forward);
+            let flops = linear_flops(x, w);
+            let _span = profile::span_with_flops("feed-forward in", Pass::Forward, flops);
             return Ok(kernels::feed_forward::feed_forward_in(x, w, b, act)?);
         }
         unetlab_graph::feed_forward_in(self, x, (w, b), act)

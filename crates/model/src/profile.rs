@@ -1,4 +1,5 @@
-//! Where a forward's and a backward's time goes, by kind of op (`unetlab bench --profile`).
+//! Where a forward's and a backward's time goes, by kind of op (`unetlab bench --profile`), with
+//! the FLOPs of the kinds that multiply matrices.
 //!
 //! Off by default: a disabled [`span`] costs one atomic load. When on, each op of [`CandleOps`]
 //! and each backward of unetlab's kernels adds its wall time to its kind (the CPU runs ops
@@ -24,13 +25,15 @@ pub enum Pass {
     Backward,
 }
 
-/// Time and calls of one kind of op in one pass.
+/// Time, calls and arithmetic of one kind of op in one pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Total {
     /// Seconds.
     pub seconds: f64,
     /// Calls.
     pub calls: u64,
+    /// FLOPs (2 × multiply-adds of the products; 0 for kinds without products).
+    pub flops: u64,
 }
 
 /// Starts (or stops) recording, clearing what was recorded.
@@ -44,10 +47,11 @@ pub fn take() -> BTreeMap<(&'static str, Pass), Total> {
     std::mem::take(&mut *TOTALS.lock().expect("profile"))
 }
 
-/// A timed op: its time is added to `kind` when it is dropped.
+/// A timed op: its time (and FLOPs) are added to `kind` when it is dropped.
 pub struct Span {
     key: (&'static str, Pass),
     start: Instant,
+    flops: u64,
 }
 
 impl Drop for Span {
@@ -57,14 +61,22 @@ impl Drop for Span {
         let t = totals.entry(self.key).or_default();
         t.seconds += seconds;
         t.calls += 1;
+        t.flops += self.flops;
     }
 }
 
 /// Times the rest of the enclosing scope as `kind` in `pass`, when recording.
 pub fn span(kind: &'static str, pass: Pass) -> Option<Span> {
+    span_with_flops(kind, pass, 0)
+}
+
+/// As [`span`], for an op of `flops` FLOPs (so that a report can set its rate against the
+/// machine's GEMM peak).
+pub fn span_with_flops(kind: &'static str, pass: Pass, flops: u64) -> Option<Span> {
     ENABLED.load(Ordering::Relaxed).then(|| Span {
         key: (kind, pass),
         start: Instant::now(),
+        flops,
     })
 }
 
@@ -82,12 +94,14 @@ mod tests {
             let _s = span(KIND, Pass::Forward);
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        drop(span(KIND, Pass::Backward));
+        drop(span_with_flops(KIND, Pass::Backward, 7));
+        drop(span_with_flops(KIND, Pass::Backward, 5));
         let totals = take();
         let fwd = totals[&(KIND, Pass::Forward)];
-        assert_eq!(fwd.calls, 3);
+        assert_eq!((fwd.calls, fwd.flops), (3, 0));
         assert!(fwd.seconds >= 0.006, "{fwd:?}");
-        assert_eq!(totals[&(KIND, Pass::Backward)].calls, 1);
+        let bwd = totals[&(KIND, Pass::Backward)];
+        assert_eq!((bwd.calls, bwd.flops), (2, 12));
         assert!(!take().contains_key(&(KIND, Pass::Forward)));
         enable(false);
         drop(span(KIND, Pass::Forward));

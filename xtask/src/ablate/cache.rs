@@ -144,6 +144,8 @@ mod tests {
             achieved_gflops_per_s: 0.002,
             peak_rss_bytes: None,
             per_block: Vec::new(),
+            profile: Vec::new(),
+            gemm_peak_gflops_per_s: None,
             machine: unetlab_bench::Machine::current(),
             provenance: Provenance::now(Code::Latency),
         }

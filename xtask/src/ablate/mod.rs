@@ -200,6 +200,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
                     runs,
                     max_seconds,
                     per_block: true,
+                    profile: false,
                     dtype,
                     device: device.clone(),
                     device_name: args.run_on.device.clone(),

@@ -127,6 +127,30 @@ pub(super) fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool, thread
     }
 }
 
+/// This machine's f32 GEMM rate, GFLOP/s: the fastest of five `n × n × n` products (`n` = 1024)
+/// through the `gemm` crate on candle's threads, called as the conv and linear kernels call it.
+/// The roofline that `unetlab bench --profile` sets each kind of op against.
+pub fn peak_gflops_per_s() -> f64 {
+    const N: usize = 1024;
+    let (a, b) = (vec![1.0f32; N * N], vec![0.5f32; N * N]);
+    let mut c = vec![0f32; N * N];
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let fastest = (0..5)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            matmul(
+                &mut c,
+                View::rows(&a, N, N),
+                View::rows(&b, N, N),
+                false,
+                threads,
+            );
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (N * N * N) as f64 / fastest / 1e9
+}
+
 /// `dst = a · b`; when the inner dimension is longer than the result's sides (a weight gradient
 /// summed over many rows), it is split over the threads, each part a one-thread product
 /// into its own buffer, and the parts are added. The `gemm` crate spreads a product over the

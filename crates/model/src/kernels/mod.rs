@@ -51,6 +51,9 @@ pub mod linear;
 pub mod norm;
 mod rows;
 pub mod softmax;
+
+pub use gemm::peak_gflops_per_s;
+
 #[cfg(test)]
 mod testing;
 
