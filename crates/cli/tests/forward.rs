@@ -166,3 +166,60 @@ fn convert_writes_yaml_of_the_same_network() {
     assert_eq!(run.status.code(), Some(1));
     assert!(stderr.contains("class_embed_type"), "{stderr}");
 }
+
+/// `--to-diffusers` writes a config.json that imports back to the same network (diffusers
+/// configs do not store the token count), `--explicit` YAML that loads to the same spec, and a
+/// network diffusers cannot build is refused with the reason.
+#[test]
+fn convert_writes_diffusers_json_and_explicit_yaml_of_the_same_network() {
+    let dir = tempfile::tempdir().unwrap();
+    for preset in ["sd15", "sdxl"] {
+        let json = dir.path().join(format!("{preset}.json"));
+        let run = unetlab(&[
+            "convert",
+            "--to-diffusers",
+            preset,
+            "--out",
+            json.to_str().unwrap(),
+        ]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let (back, _) = Config::from_diffusers_file(&json).unwrap();
+        let mut want = Config::load(preset).unwrap().spec;
+        want.text_tokens = back.spec.text_tokens;
+        assert_eq!(back.spec, want, "{preset}");
+    }
+    // (what the binary is given, from the workspace root; the same config from this test)
+    for (preset, here) in [
+        ("md-lite", "md-lite"),
+        (
+            "configs/chain-08-separable-conv.yaml",
+            "../../configs/chain-08-separable-conv.yaml",
+        ),
+    ] {
+        let run = unetlab(&["convert", "--explicit", preset]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let yaml = dir.path().join("explicit.yaml");
+        std::fs::write(&yaml, &run.stdout).unwrap();
+        let text = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            !text.lines().any(|l| l.trim_start().starts_with("extends:")),
+            "{text}"
+        );
+        let loaded = Config::load(yaml.to_str().unwrap()).unwrap();
+        assert_eq!(loaded.spec, Config::load(here).unwrap().spec, "{preset}");
+    }
+    let run = unetlab(&["convert", "--to-diffusers", "mobilediffusion"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr.contains("diffusers cannot build"), "{stderr}");
+    let run = unetlab(&["convert", "--explicit", "sd15", "--to-diffusers", "sd15"]);
+    assert_eq!(run.status.code(), Some(2), "one form at a time");
+}
