@@ -1,76 +1,38 @@
-//! `cargo xtask peer-bench`: unetlab's proxy training beside PyTorch eager on the identical
-//! network, measured in one run, written to results/peers/. A benchmark, not a test: CI never
-//! runs it.
+//! The training part of `cargo xtask peer-bench`: unetlab's proxy training beside PyTorch eager
+//! on the identical network.
 //!
 //! For each config, `unetlab train` makes a run directory (proxy config, weights, recipe);
 //! `scripts/peer_proxy.py check` rebuilds the network in PyTorch from it and checks parameter
 //! names, shapes and counts and the UNet and text-encoder outputs against unetlab's; then, for
 //! every batch and thread count, `unetlab bench --train` and `peer_proxy.py bench` time the same
-//! training step in alternating rounds (unetlab, PyTorch, unetlab, …), so that a machine whose
-//! speed drifts over minutes (a shared VM) slows both sides alike: each round's ratio compares
-//! measurements seconds apart, and the reported ratio is the median of the rounds'. Last,
-//! `unetlab bench --train --profile` at the largest batch and thread count shows where unetlab's
-//! step goes, so that the README names the bottleneck that remains.
+//! training step in alternating rounds. Last, `unetlab bench --train --profile` at the largest
+//! batch and thread count shows where unetlab's step goes, so that the README names the
+//! bottleneck that remains.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use unetlab_bench::Machine;
 use unetlab_provenance::{now_utc, Build, Code};
 
-use crate::docs::workspace;
-use crate::tools::{build_unetlab, python_venv, run_ok, target_dir};
+use super::{
+    build_label, last_json_object, median_s, percentile, pooled, read_json, write_file,
+    PeerBenchArgs, Setup, COMMAND,
+};
+use crate::tools::{python_venv, run_ok};
 
-const COMMAND: &str = "cargo xtask peer-bench";
-
-/// Time proxy training in unetlab and in PyTorch eager (pinned torch in target/peer-venv) on the
-/// identical network, for each config, batch and thread count; check first that both networks
-/// have the same parameters and outputs; profile unetlab's step at the largest batch and thread
-/// count. Writes results/peers/ (README.md, training.json).
-#[derive(clap::Args)]
-pub struct PeerBenchArgs {
-    /// Configs whose proxies are compared.
-    #[arg(long, num_args = 1.., default_values_t = ["mobilediffusion".to_string(), "sd15".to_string()])]
-    configs: Vec<String>,
-    /// Batch sizes.
-    #[arg(long, num_args = 1.., default_values_t = [8usize, 32])]
-    batches: Vec<usize>,
-    /// Thread counts.
-    #[arg(long, num_args = 1.., default_values_t = [1usize, 2])]
-    threads: Vec<usize>,
-    /// Timed steps per setting and side, over all rounds (after 3 warm-up steps per round);
-    /// batches above 16 take a third.
-    #[arg(long, default_value_t = 24)]
-    steps: usize,
-    /// Alternating rounds per setting (unetlab then PyTorch, repeated).
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Output folder (default: results/peers in the workspace).
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
-
-/// Runs `cargo xtask peer-bench`.
-pub fn run(args: &PeerBenchArgs) -> Result<()> {
-    if args.steps < 3 || args.rounds == 0 || args.configs.is_empty() || args.batches.contains(&0) {
-        bail!(
-            "--steps must be at least 3, --rounds positive, and --configs and --batches \
-             non-empty and positive"
-        );
-    }
-    let root = workspace();
-    let target = target_dir(&root);
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| root.join("results/peers"));
-    let work = target.join("peer-bench");
-    std::fs::create_dir_all(&work)?;
-    let python = python_venv(&root, &target, "scripts/requirements-peer.txt", "peer-venv")?;
-    let unetlab = build_unetlab(&root)?;
+/// Runs the training comparison; writes `training.json`.
+pub(super) fn run(args: &PeerBenchArgs, setup: &Setup) -> Result<()> {
+    let (root, unetlab, work) = (&setup.root, &setup.unetlab, &setup.work);
+    let python = python_venv(
+        root,
+        &setup.target,
+        "scripts/requirements-peer.txt",
+        "peer-venv",
+    )?;
     let script = root.join("scripts/peer_proxy.py");
     let started = now_utc();
 
@@ -81,7 +43,7 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
         let run = work.join(format!("run-{}", config.replace(['/', '.'], "_")));
         println!("peer-bench: {config}: making the proxy's run directory");
         run_ok(
-            Command::new(&unetlab)
+            Command::new(unetlab)
                 .args(["train", config, "--budget", "smoke", "--steps", "1"])
                 .args(["--batch", "2", "--no-metrics", "--restart", "--out"])
                 .arg(&run),
@@ -97,7 +59,7 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
                 .arg("--json")
                 .arg(&check_json)
                 .arg("--unetlab")
-                .arg(&unetlab),
+                .arg(unetlab),
         )
         .with_context(|| format!("the PyTorch peer of {config} does not match unetlab"))?;
         checks.push(read_json(&check_json)?);
@@ -116,7 +78,7 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
                     let step = format!("{setting}: round {round}/{}", args.rounds);
                     println!("peer-bench: {step}: unetlab");
                     ours.push(unetlab_bench(
-                        &unetlab, config, batch, threads, per_round, false,
+                        unetlab, config, batch, threads, per_round, false,
                     )?);
                     println!("peer-bench: {step}: PyTorch");
                     let peer_json =
@@ -135,7 +97,6 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
                     .with_context(|| format!("PyTorch bench of {step}"))?;
                     peers.push(read_json(&peer_json)?);
                 }
-                let median_s = |v: &Value| v["median_s"].as_f64().unwrap_or(f64::NAN);
                 let round_ratios: Vec<f64> = ours
                     .iter()
                     .zip(&peers)
@@ -171,7 +132,7 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
         );
         println!("peer-bench: {config}, batch {batch}, {threads} thread(s): profile");
         let steps = (args.steps / 3).max(3);
-        let profiled = unetlab_bench(&unetlab, config, batch, threads, steps, true)?;
+        let profiled = unetlab_bench(unetlab, config, batch, threads, steps, true)?;
         profiles.push(json!({
             "config": config,
             "batch": batch,
@@ -192,14 +153,10 @@ pub fn run(args: &PeerBenchArgs) -> Result<()> {
         "training": rows,
         "profiles": profiles,
     });
-    std::fs::create_dir_all(&out)?;
     write_file(
-        &out.join("training.json"),
+        &setup.out.join("training.json"),
         &(serde_json::to_string_pretty(&record)? + "\n"),
-    )?;
-    write_file(&out.join("README.md"), &readme(&record))?;
-    println!("wrote {}", out.display());
-    Ok(())
+    )
 }
 
 /// `unetlab bench --train --json` (with `--profile` when `profile`) for one setting: its one
@@ -212,78 +169,26 @@ fn unetlab_bench(
     steps: usize,
     profile: bool,
 ) -> Result<Value> {
-    let output = Command::new(unetlab)
-        .args(["bench", "--train", config, "--json", "--warmup", "3"])
-        .args(profile.then_some("--profile"))
-        .args(["--batch", &batch.to_string()])
-        .args(["--threads", &threads.to_string()])
-        .args(["--steps", &steps.to_string()])
-        .output()
-        .with_context(|| format!("running {}", unetlab.display()))?;
-    if !output.status.success() {
-        bail!(
-            "unetlab bench --train {config} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let mut results: Vec<Value> =
-        serde_json::from_slice(&output.stdout).context("reading unetlab bench --train --json")?;
-    results
-        .pop()
-        .context("unetlab bench --train printed no result")
-}
-
-/// The `q`-th percentile of `xs` (linear between order statistics, as numpy's default).
-fn percentile(xs: &[f64], q: f64) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let at = q / 100.0 * (v.len() - 1) as f64;
-    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
-}
-
-/// Every round's step times (`times_s`) together, with their median, p10 and p90.
-fn pooled(rounds: &[Value]) -> Value {
-    let times: Vec<f64> = rounds
-        .iter()
-        .flat_map(|r| r["times_s"].as_array().into_iter().flatten())
-        .filter_map(Value::as_f64)
-        .collect();
-    json!({
-        "median_s": percentile(&times, 50.0),
-        "p10_s": percentile(&times, 10.0),
-        "p90_s": percentile(&times, 90.0),
-        "times_s": times,
-    })
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-fn write_file(path: &Path, text: &str) -> Result<()> {
-    unetlab_files::write_via_temp(
-        path,
-        |tmp| std::fs::write(tmp, text),
-        std::convert::identity,
+    last_json_object(
+        Command::new(unetlab)
+            .args(["bench", "--train", config, "--json", "--warmup", "3"])
+            .args(profile.then_some("--profile"))
+            .args(["--batch", &batch.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .args(["--steps", &steps.to_string()]),
+        &format!("unetlab bench --train {config}"),
     )
-    .with_context(|| format!("writing {}", path.display()))
 }
 
-fn readme(r: &Value) -> String {
+/// The README's training section.
+pub(super) fn readme(r: &Value) -> String {
     let m = &r["machine"];
-    let label = Build::current().label();
+    let label = build_label(r);
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# Peers: proxy training, unetlab against PyTorch eager\n\n\
-         Produced by `{COMMAND}`, build `{label}`, on {} ({} CPUs), started {}. Nothing here is \
-         edited by hand. Both sides time the same training step of the same proxy network (the \
+        "## Training: proxy steps, unetlab against PyTorch eager\n\n\
+         Build `{label}`, on {} ({} CPUs), started {}. Both sides time the same training step of the same proxy network (the \
          PyTorch one is built from unetlab's run directory and checked against it, below; same \
          recipe: v-prediction DDPM loss on SD's schedule, backward, gradient clipping, AdamW, EMA), \
          fp32 on the CPU, measured in this one run in {} alternating rounds per setting \
@@ -333,7 +238,7 @@ fn readme(r: &Value) -> String {
     let _ = writeln!(
         s,
         "\nsteps/s are 1 / median step time over all rounds; GFLOP/s counts 3 × the proxy UNet's forward FLOPs per \
-         image (text encoder not counted).\n\n## The networks are the same\n\n\
+         image (text encoder not counted).\n\n### The networks are the same\n\n\
          `peer_proxy.py check` rebuilds each proxy in PyTorch from unetlab's run directory and \
          compares every parameter name and shape, the counts, the UNet's output against `unetlab \
          forward`, and the text encoder's against the test vector of a `unetlab export --run` \
@@ -355,7 +260,7 @@ fn readme(r: &Value) -> String {
         let median = p["median_s"].as_f64().unwrap_or(f64::NAN);
         let _ = writeln!(
             s,
-            "\n## Where unetlab's step goes: {}, batch {}, {} thread(s)\n\n\
+            "\n### Where unetlab's step goes: {}, batch {}, {} thread(s)\n\n\
              `unetlab bench --train --profile`: mean time per step by kind of op, largest first \
              (median step {:.1} ms with the timers on). The first row is the bottleneck that \
              remains.\n\n| kind | forward (ms) | backward (ms) | other (ms) | share |\n|---|---|---|---|---|",
