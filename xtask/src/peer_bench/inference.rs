@@ -23,8 +23,8 @@ use unetlab_provenance::{now_utc, Build, Code};
 use unetlab_report::{grouped_bars, Series};
 
 use super::{
-    build_label, last_json_object, median_s, percentile, pooled, read_json, write_file,
-    PeerBenchArgs, Setup, COMMAND,
+    build_label, last_json_object, median_s, percentile, pooled, ratio_range, read_json,
+    write_file, PeerBenchArgs, Setup, COMMAND,
 };
 use crate::tools::{python_venv, run_ok};
 
@@ -354,12 +354,7 @@ pub(super) fn readme(r: &Value) -> String {
     );
     let rows: Vec<&Value> = r["inference"].as_array().into_iter().flatten().collect();
     for row in &rows {
-        let ratios: Vec<f64> = row["round_ratios"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(f)
-            .collect();
+        let (lo, hi) = ratio_range(row);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.3} | {:.3} | {:.2}× | {:.2}–{:.2} | {:.1} |",
@@ -369,8 +364,8 @@ pub(super) fn readme(r: &Value) -> String {
             median_s(&row["unetlab"]),
             median_s(&row["peer_times"]),
             f(&row["ratio"]),
-            percentile(&ratios, 0.0),
-            percentile(&ratios, 100.0),
+            lo,
+            hi,
             f(&row["unetlab_gflops_per_s"]),
         );
     }

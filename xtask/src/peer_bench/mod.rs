@@ -168,6 +168,17 @@ fn percentile(xs: &[f64], q: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (at - lo as f64)
 }
 
+/// The lowest and highest of a row's `round_ratios`.
+fn ratio_range(row: &Value) -> (f64, f64) {
+    let ratios: Vec<f64> = row["round_ratios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_f64().unwrap_or(f64::NAN))
+        .collect();
+    (percentile(&ratios, 0.0), percentile(&ratios, 100.0))
+}
+
 /// `v["median_s"]`, NaN when missing.
 fn median_s(v: &Value) -> f64 {
     v["median_s"].as_f64().unwrap_or(f64::NAN)

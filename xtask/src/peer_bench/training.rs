@@ -19,8 +19,8 @@ use unetlab_bench::Machine;
 use unetlab_provenance::{now_utc, Build, Code};
 
 use super::{
-    build_label, last_json_object, median_s, percentile, pooled, read_json, write_file,
-    PeerBenchArgs, Setup, COMMAND,
+    build_label, last_json_object, median_s, percentile, pooled, ratio_range, read_json,
+    write_file, PeerBenchArgs, Setup, COMMAND,
 };
 use crate::tools::{python_venv, run_ok};
 
@@ -211,12 +211,7 @@ pub(super) fn readme(r: &Value) -> String {
     for row in r["training"].as_array().into_iter().flatten() {
         let (u, p) = (&row["unetlab"], &row["pytorch"]);
         let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-        let round_ratios: Vec<f64> = row["round_ratios"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(f)
-            .collect();
+        let (lo, hi) = ratio_range(row);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.2} | {:.2} | {:.2}× | {:.2}–{:.2} | {:.1} | {:.3}–{:.3} | {:.3}–{:.3} |",
@@ -226,8 +221,8 @@ pub(super) fn readme(r: &Value) -> String {
             1.0 / f(&u["median_s"]),
             1.0 / f(&p["median_s"]),
             f(&row["ratio"]),
-            percentile(&round_ratios, 0.0),
-            percentile(&round_ratios, 100.0),
+            lo,
+            hi,
             f(&row["unetlab_gflops_per_s"]),
             f(&u["p10_s"]),
             f(&u["p90_s"]),
