@@ -165,7 +165,8 @@ fn conv_flops(x: &Tensor, w: &Tensor, p: Conv2dParams) -> u64 {
     let (&[n, _, h, wi], &[o, c, kh, kw]) = (x.dims(), w.dims()) else {
         return 0;
     };
-    let out = |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride + 1;
+    let out =
+        |size: usize, k: usize| (size + 2 * p.padding).saturating_sub(k) / p.stride.max(1) + 1;
     2 * (n * o * out(h, kh) * out(wi, kw) * c * kh * kw) as u64
 }
 
@@ -265,10 +266,10 @@ impl Ops for CandleOps<'_> {
     }
 
     fn matmul(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, ModelError> {
-        let (ad, bd) = (a.dims(), b.dims());
-        let flops = 2
-            * (a.elem_count() / ad[ad.len() - 1] * bd[bd.len() - 1]) as u64
-            * ad[ad.len() - 1] as u64;
+        // 2 × rows of `a` × columns of `b` × the inner size (counted before any shape check).
+        let (k, n) = (a.dims().last().copied(), b.dims().last().copied());
+        let rows = k.map_or(0, |k| a.elem_count().checked_div(k).unwrap_or(0));
+        let flops = 2 * (rows * n.unwrap_or(0) * k.unwrap_or(0)) as u64;
         let _span = profile::span_with_flops("attention matmuls", Pass::Forward, flops);
         let ([a, b], dtype) = matmul_operands([a, b])?;
         Ok(a.contiguous()?.matmul(&b.contiguous()?)?.to_dtype(dtype)?)
