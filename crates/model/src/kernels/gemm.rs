@@ -84,14 +84,35 @@ impl<'a> View<'a> {
 
 /// `dst = a · b` (row-major `dst`), or `dst += a · b` when `accumulate`.
 pub(super) fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool, threads: usize) {
+    assert!(dst.len() == a.rows * b.cols);
+    // SAFETY: `dst` is exactly the `m × n` row-major block, borrowed mutably.
+    unsafe { matmul_strided(dst.as_mut_ptr(), b.cols, a, b, accumulate, threads) }
+}
+
+/// [`matmul`] into `dst[i·row_stride + j]` (`i < a.rows`, `j < b.cols`): a block of columns of a
+/// wider row-major matrix.
+///
+/// # Safety
+/// Those elements of `dst` must be valid for writes and accessed by nothing else during the
+/// call; `row_stride >= b.cols`.
+pub(super) unsafe fn matmul_strided(
+    dst: *mut f32,
+    row_stride: usize,
+    a: View,
+    b: View,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && dst.len() == m * n && a.in_bounds() && b.in_bounds());
+    assert!(b.rows == k && row_stride >= n && a.in_bounds() && b.in_bounds());
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(i * row_stride), n).fill(0.0);
+            }
         }
         return;
     }
@@ -100,31 +121,29 @@ pub(super) fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool, thread
     } else {
         Parallelism::None
     };
-    // SAFETY: every index gemm reads is inside `a` and `b` (checked above) and every index it
-    // writes is inside `dst` (m × n, row-major); the three do not alias (`dst` is `&mut`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    // SAFETY: every index gemm reads is inside `a` and `b` (checked above); every index it
+    // writes is one of the caller's (m × n at `row_stride`), which nothing else accesses.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        row_stride as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.col_stride as isize,
+        a.row_stride as isize,
+        b.data.as_ptr(),
+        b.col_stride as isize,
+        b.row_stride as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism,
+    )
 }
 
 /// This machine's f32 GEMM rate, GFLOP/s: the fastest of five `n × n × n` products (`n` = 1024)

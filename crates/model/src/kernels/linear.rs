@@ -82,7 +82,9 @@ fn transpose_adding_bias(yt: &[f32], y: &mut [f32], cout: usize, b: Option<&[f32
                         *d = yt[(c0 + i) * rows + r0 + r];
                     }
                     if let Some(b) = b {
-                        dst.iter_mut().zip(&b[c0..c0 + nc]).for_each(|(d, &v)| *d += v);
+                        dst.iter_mut()
+                            .zip(&b[c0..c0 + nc])
+                            .for_each(|(d, &v)| *d += v);
                     }
                 }
             })

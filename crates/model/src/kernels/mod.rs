@@ -145,6 +145,25 @@ impl DisjointWrites {
         assert!(offset + len <= self.len, "disjoint write out of bounds");
         std::slice::from_raw_parts_mut(self.ptr.add(offset), len)
     }
+
+    /// A pointer to the `rows × cols` block at `offset` whose rows are `row_stride` apart (a
+    /// block of columns, whose rows interleave with other tasks' blocks).
+    ///
+    /// # Safety
+    /// No two live blocks or slices may share an element, and the buffer must outlive them.
+    pub(super) unsafe fn block(
+        &self,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> *mut f32 {
+        assert!(
+            rows == 0 || offset + (rows - 1) * row_stride + cols <= self.len,
+            "disjoint write out of bounds"
+        );
+        self.ptr.add(offset)
+    }
 }
 
 /// An output buffer of `len` f32 that is not zeroed first: zeroing is a full extra pass over
