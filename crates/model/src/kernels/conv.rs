@@ -15,7 +15,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use rayon::prelude::*;
 
 use super::gemm::{matmul, matmul_long_inner, matmul_strided, View};
-use super::{bias, contiguous_f32, cpu_f32, uninit_output, with_f32, DisjointWrites};
+use super::{bias, contiguous_f32, cpu_f32, uninit_output, winograd, with_f32, DisjointWrites};
 use crate::profile::{self, Pass};
 
 /// Input, kernel and output sizes of one convolution.
@@ -307,7 +307,9 @@ fn split(images: usize) -> (usize, usize) {
 /// `y = conv(x, w)`, plus the bias `b` when there is one: the output starts as the bias planes
 /// and the product adds to it.
 fn forward(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
-    if g.out_pixels() < BATCHED_BELOW {
+    if winograd::applies(g) {
+        winograd::forward(g, x, w, b)
+    } else if g.out_pixels() < BATCHED_BELOW {
         forward_batched(g, x, w, b)
     } else {
         forward_per_image(g, x, w, b)

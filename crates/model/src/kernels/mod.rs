@@ -51,6 +51,7 @@ pub mod linear;
 pub mod norm;
 mod rows;
 pub mod softmax;
+mod winograd;
 
 pub use gemm::peak_gflops_per_s;
 
