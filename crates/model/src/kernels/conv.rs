@@ -327,14 +327,21 @@ const BLOCK_BYTES: usize = 4 << 20;
 /// the blocks each image needs so that every thread has the same share (a 16-row image in
 /// blocks of 7, 7 and 2 rows leaves one of two threads idle for a ninth of the conv).
 fn blocks_per_image(g: &Geometry) -> usize {
+    let row_bytes = 4 * g.patch() * g.out_width;
+    row_blocks(g.batch, g.out_height, row_bytes, BLOCK_BYTES)
+}
+
+/// Blocks to cut an image's `rows` into when each row holds `row_bytes` of work buffers: enough
+/// that a block fits `budget`, and with a batch smaller than the threads a multiple of the
+/// blocks each image needs to give every thread a share. Shared with the Winograd forward.
+pub(super) fn row_blocks(batch: usize, rows: usize, row_bytes: usize, budget: usize) -> usize {
     let threads = candle_core::utils::get_num_threads().max(1);
-    let per_image = threads.div_ceil(g.batch.max(1));
-    let fit = (BLOCK_BYTES / (4 * g.patch() * g.out_width).max(1)).max(1);
-    let needed = g.out_height.div_ceil(fit);
-    needed
+    let per_image = threads.div_ceil(batch.max(1));
+    let fit = (budget / row_bytes.max(1)).max(1);
+    rows.div_ceil(fit)
         .div_ceil(per_image)
         .saturating_mul(per_image)
-        .clamp(1, g.out_height.max(1))
+        .clamp(1, rows.max(1))
 }
 
 fn forward_per_image(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {

@@ -51,7 +51,7 @@ fn forward(
     // accumulating), writes every element.
     let mut y = unsafe { uninit_output(rows * cout) };
     let (x, w) = (View::rows(x, rows, cin), View::rows(w, cout, cin));
-    if 0 < rows && rows < cin {
+    if 0 < rows && rows < cin && cout > 0 {
         // SAFETY: as above.
         let mut yt = unsafe { uninit_output(rows * cout) };
         // Each thread multiplies its own share of the weight's rows on one thread: measured, 4 to

@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::Geometry;
+use super::conv::{row_blocks, Geometry};
 use super::gemm::{matmul, View};
 use super::{uninit_output, DisjointWrites};
 
@@ -26,11 +26,13 @@ const POSITIONS: usize = 16;
 const BLOCK_BYTES: usize = 4 << 20;
 
 /// Whether the forward of `g` runs here: a 3×3 kernel, stride 1, padding 1, and at least
-/// [`MIN_TILES`] tiles per image.
+/// [`MIN_TILES`] tiles per image (and at least one channel in and out).
 pub(super) fn applies(g: &Geometry) -> bool {
     g.kernel == 3
         && g.stride == 1
         && g.padding == 1
+        && g.channels > 0
+        && g.out_channels > 0
         && g.out_height.div_ceil(2) * g.out_width.div_ceil(2) >= MIN_TILES
 }
 
@@ -40,7 +42,7 @@ pub(super) fn applies(g: &Geometry) -> bool {
 /// threads against the im2col forward: MobileDiffusion's forward 1.17× faster with this
 /// threshold (64 × 64 outputs), SD 1.5's 1.04–1.08×; a threshold of 256 tiles (32 × 32 outputs
 /// too) was no faster than this one, and one of 64 tiles slower than no Winograd at all.
-pub(super) const MIN_TILES: usize = 1024;
+const MIN_TILES: usize = 1024;
 
 /// `U = G·g·Gᵀ` for every (output, input) channel pair, laid out `[O][16][C]`: position `p`'s
 /// `O × C` matrix has rows `16·C` apart.
@@ -76,15 +78,8 @@ fn transform_weights(g: &Geometry, w: &[f32]) -> Vec<f32> {
 /// Blocks of tile rows per image: enough that a block's transformed inputs and products fit
 /// [`BLOCK_BYTES`], and a multiple of what keeps every thread busy when the batch is small.
 fn blocks_per_image(g: &Geometry, tile_rows: usize, tiles_per_row: usize) -> usize {
-    let threads = candle_core::utils::get_num_threads().max(1);
-    let per_image = threads.div_ceil(g.batch.max(1));
     let row_bytes = 4 * POSITIONS * g.channels.max(g.out_channels) * tiles_per_row;
-    let fit = (BLOCK_BYTES / row_bytes.max(1)).max(1);
-    tile_rows
-        .div_ceil(fit)
-        .div_ceil(per_image)
-        .saturating_mul(per_image)
-        .clamp(1, tile_rows.max(1))
+    row_blocks(g.batch, tile_rows, row_bytes, BLOCK_BYTES)
 }
 
 /// Writes `V = Bᵀ·d·B` of channel plane `plane` (H × W) for the tiles of tile rows `rows`, into
