@@ -213,7 +213,7 @@ fn render_profile(r: &BenchResult) -> String {
         "\n{}: mean time per forward by kind of op (kinds sum to {:.3} s against a whole-forward \
          median of {:.3} s; GEMM peak {:.1} GFLOP/s: the fastest 1024³ f32 product through the \
          gemm crate on these threads, measured in this run; FLOPs are the direct computation's, and \
-         3x3 convs of stride 1 on images of 64x64 and more run as Winograd F(2x2, 3x3), 2.25x fewer \
+         3x3 convs of stride 1 on images of 32x32 and more run as Winograd F(2x2, 3x3), 2.25x fewer \
          multiplies, so their rate can pass the peak)\n{}",
         r.config,
         inside,

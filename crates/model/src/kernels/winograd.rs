@@ -13,6 +13,8 @@
 //! im2col one (`conv.rs`). Profiles count a conv's FLOPs as the direct conv's, so a conv done
 //! this way shows a rate up to 2.25× the GEMM rate behind it.
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use super::conv::{row_blocks, Geometry};
@@ -36,20 +38,37 @@ pub(super) fn applies(g: &Geometry) -> bool {
         && g.out_height.div_ceil(2) * g.out_width.div_ceil(2) >= MIN_TILES
 }
 
-/// Tiles per image from which the Winograd forward is used. The weights are transformed on
-/// every call (16 values per channel pair, against 9 · tiles multiply-adds per pair in the
-/// product), and with few tiles the 16 products are too thin to run fast. Measured on 2
-/// threads against the im2col forward: MobileDiffusion's forward 1.17× faster with this
-/// threshold (64 × 64 outputs), SD 1.5's 1.04–1.08×; a threshold of 256 tiles (32 × 32 outputs
-/// too) was no faster than this one, and one of 64 tiles slower than no Winograd at all.
-const MIN_TILES: usize = 1024;
+/// Tiles per image from which the Winograd forward is used (32 × 32 outputs). The weights are
+/// transformed on every call (16 values per channel pair, against 9 · tiles multiply-adds per
+/// pair in the product), and with few tiles the 16 products are too thin to run fast.
+/// Measured on 2 threads against the im2col forward, in interleaved rounds: from 64 × 64
+/// outputs, MobileDiffusion's forward 1.17× faster and SD 1.5's 1.04–1.08×; adding 32 × 32
+/// outputs, a further 1.02× (MobileDiffusion) and 1.03× (SD 1.5), and 1.03× more once
+/// [`WEIGHT_BUFFERS`] keeps the transform from faulting in fresh pages; 16 × 16 outputs (64
+/// tiles) were slower than the im2col forward. Proxy training at 32 × 32 was unchanged.
+const MIN_TILES: usize = 256;
+
+/// Buffers for transformed weights, kept between calls: a fresh allocation of tens of MB pays
+/// its page faults on every call (measured: 3.3 ms of a 16 ms conv of 640 channels at 32 × 32,
+/// 0.6 ms when the buffer is reused). One buffer per conv running at once, each as large as
+/// the largest transform it has held (1.8× that conv's weights).
+static WEIGHT_BUFFERS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// `U = G·g·Gᵀ` for every (output, input) channel pair, laid out `[O][16][C]`: position `p`'s
-/// `O × C` matrix has rows `16·C` apart.
+/// `O × C` matrix has rows `16·C` apart. Written into a buffer from [`WEIGHT_BUFFERS`]; give it
+/// back with [`release_weights`].
 fn transform_weights(g: &Geometry, w: &[f32]) -> Vec<f32> {
     let c = g.channels;
-    // SAFETY: every output channel's 16 × C block is written below.
-    let mut u = unsafe { uninit_output(g.out_channels * POSITIONS * c) };
+    let len = g.out_channels * POSITIONS * c;
+    let reused = WEIGHT_BUFFERS.lock().ok().and_then(|mut free| free.pop());
+    let mut u = match reused {
+        Some(mut u) if !cfg!(test) => {
+            u.resize(len, 0.0);
+            u
+        }
+        // SAFETY: every output channel's 16 × C block is written below.
+        _ => unsafe { uninit_output(len) },
+    };
     u.par_chunks_mut(POSITIONS * c)
         .zip(w.par_chunks(c * 9))
         .for_each(|(uo, wo)| {
@@ -73,6 +92,13 @@ fn transform_weights(g: &Geometry, w: &[f32]) -> Vec<f32> {
             })
         });
     u
+}
+
+/// Gives a buffer from [`transform_weights`] back for the next conv.
+fn release_weights(u: Vec<f32>) {
+    if let Ok(mut free) = WEIGHT_BUFFERS.lock() {
+        free.push(u);
+    }
 }
 
 /// Blocks of tile rows per image: enough that a block's transformed inputs and products fit
@@ -272,6 +298,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> 
             );
         });
     });
+    release_weights(u);
     y
 }
 
