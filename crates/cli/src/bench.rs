@@ -19,7 +19,10 @@ use crate::table::{mebibytes, Table};
 /// Time one UNet forward: warm-up, then timed runs; median, p10, p90 and achieved GFLOP/s.
 ///
 /// Weights are seeded random (latency does not depend on their values). Runs stop at --runs, or at
-/// --max-seconds once 3 are done. FLOPs come from the cost interpreter (2 × MACs).
+/// --max-seconds once 3 are done. FLOPs come from the cost interpreter (2 × MACs). The weights are
+/// frozen while timing, so the kernels prepare what they derive from them once, in the warm-up,
+/// as inference runtimes do when they load a model (today the Winograd transform of 3×3 convs
+/// from 16×16 outputs: about 1.7 GB more memory for SD 1.5).
 ///
 /// With --train: time proxy training steps instead (the trainer's own step on `shapes` data:
 /// denoising loss, backward, clipping, AdamW, EMA; CPU, f32), --warmup untimed then --steps timed;
@@ -213,7 +216,7 @@ fn render_profile(r: &BenchResult) -> String {
         "\n{}: mean time per forward by kind of op (kinds sum to {:.3} s against a whole-forward \
          median of {:.3} s; GEMM peak {:.1} GFLOP/s: the fastest 1024³ f32 product through the \
          gemm crate on these threads, measured in this run; FLOPs are the direct computation's, and \
-         3x3 convs of stride 1 on images of 32x32 and more run as Winograd F(2x2, 3x3), 2.25x fewer \
+         3x3 convs of stride 1 on images of 16x16 and more run as Winograd F(2x2, 3x3), 2.25x fewer \
          multiplies, so their rate can pass the peak)\n{}",
         r.config,
         inside,

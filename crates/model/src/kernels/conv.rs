@@ -13,9 +13,12 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 use super::gemm::{matmul, matmul_long_inner, matmul_strided, View};
-use super::{bias, contiguous_f32, cpu_f32, uninit_output, winograd, with_f32, DisjointWrites};
+use super::{
+    bias, contiguous_f32, cpu_f32, frozen, uninit_output, winograd, with_f32, DisjointWrites,
+};
 use crate::profile::{self, Pass};
 
 /// Input, kernel and output sizes of one convolution.
@@ -307,7 +310,7 @@ fn split(images: usize) -> (usize, usize) {
 /// `y = conv(x, w)`, plus the bias `b` when there is one: the output starts as the bias planes
 /// and the product adds to it.
 fn forward(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
-    if winograd::applies(g) {
+    if winograd::applies(g, false) {
         winograd::forward(g, x, w, b)
     } else if g.out_pixels() < BATCHED_BELOW {
         forward_batched(g, x, w, b)
@@ -505,10 +508,12 @@ fn grad_weight_per_image(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 /// The convolution as a candle op: `(x, w)` without a bias, `(x, w, b)` with one.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Conv2d {
     stride: usize,
     padding: usize,
+    /// The weights transformed for the Winograd forward, kept while they are frozen.
+    winograd_weights: Option<Arc<Vec<f32>>>,
 }
 
 impl Conv2d {
@@ -525,7 +530,11 @@ impl Conv2d {
                 g.out_channels
             )
         }
-        let y = forward(&g, contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?, b);
+        let (x, w) = (contiguous_f32(xs, xl)?, contiguous_f32(ws, wl)?);
+        let y = match &self.winograd_weights {
+            Some(u) => winograd::forward_transformed(&g, x, u, b),
+            None => forward(&g, x, w, b),
+        };
         let shape = (g.batch, g.out_channels, g.out_height, g.out_width);
         Ok((CpuStorage::F32(y), shape.into()))
     }
@@ -684,7 +693,19 @@ pub fn conv2d(
     padding: usize,
 ) -> Result<Tensor> {
     let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let op = Conv2d { stride, padding };
+    let g = Geometry::new(x.dims(), w.dims(), stride, padding)?;
+    let winograd_weights = if winograd::applies(&g, true) {
+        frozen::derived(&w, winograd::FROZEN_KIND, || {
+            with_f32(&w, |w| winograd::transform_weights(&g, w))
+        })?
+    } else {
+        None
+    };
+    let op = Conv2d {
+        stride,
+        padding,
+        winograd_weights,
+    };
     match b {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
         None => x.apply_op2(&w, op),

@@ -44,6 +44,7 @@ pub mod bias;
 pub mod conv;
 pub mod depthwise;
 pub mod feed_forward;
+mod frozen;
 pub mod gated;
 mod gemm;
 pub mod inplace;
@@ -53,6 +54,7 @@ mod rows;
 pub mod softmax;
 mod winograd;
 
+pub use frozen::FrozenWeights;
 pub use gemm::peak_gflops_per_s;
 
 #[cfg(test)]

@@ -21,32 +21,46 @@ use super::conv::{row_blocks, Geometry};
 use super::gemm::{matmul, View};
 use super::{uninit_output, DisjointWrites};
 
+/// What [`super::frozen`] keeps the transformed weights under.
+pub(super) const FROZEN_KIND: &str = "winograd weights";
+
 /// Positions of a transformed 4×4 tile.
 const POSITIONS: usize = 16;
 
 /// Bytes of transformed inputs (and of products) one task holds at a time.
 const BLOCK_BYTES: usize = 4 << 20;
 
-/// Whether the forward of `g` runs here: a 3×3 kernel, stride 1, padding 1, and at least
-/// [`MIN_TILES`] tiles per image (and at least one channel in and out).
-pub(super) fn applies(g: &Geometry) -> bool {
+/// Whether the forward of `g` runs here: a 3×3 kernel, stride 1, padding 1, at least one
+/// channel in and out, and at least [`MIN_TILES`] tiles per image, or [`MIN_TILES_TRANSFORMED`]
+/// when the weights come transformed already (`transformed`: they are frozen).
+pub(super) fn applies(g: &Geometry, transformed: bool) -> bool {
+    let min_tiles = if transformed {
+        MIN_TILES_TRANSFORMED
+    } else {
+        MIN_TILES
+    };
     g.kernel == 3
         && g.stride == 1
         && g.padding == 1
         && g.channels > 0
         && g.out_channels > 0
-        && g.out_height.div_ceil(2) * g.out_width.div_ceil(2) >= MIN_TILES
+        && g.out_height.div_ceil(2) * g.out_width.div_ceil(2) >= min_tiles
 }
 
-/// Tiles per image from which the Winograd forward is used (32 × 32 outputs). The weights are
-/// transformed on every call (16 values per channel pair, against 9 · tiles multiply-adds per
-/// pair in the product), and with few tiles the 16 products are too thin to run fast.
-/// Measured on 2 threads against the im2col forward, in interleaved rounds: from 64 × 64
-/// outputs, MobileDiffusion's forward 1.17× faster and SD 1.5's 1.04–1.08×; adding 32 × 32
-/// outputs, a further 1.02× (MobileDiffusion) and 1.03× (SD 1.5), and 1.03× more once
-/// [`WEIGHT_BUFFERS`] keeps the transform from faulting in fresh pages; 16 × 16 outputs (64
-/// tiles) were slower than the im2col forward. Proxy training at 32 × 32 was unchanged.
+/// Tiles per image from which the Winograd forward is used when it transforms the weights
+/// itself (32 × 32 outputs): 16 values per channel pair, against 9 · tiles multiply-adds per
+/// pair in the product, and with few tiles the 16 products are too thin to run fast. Measured
+/// on 2 threads against the im2col forward, in interleaved rounds: from 64 × 64 outputs,
+/// MobileDiffusion's forward 1.17× faster and SD 1.5's 1.04–1.08×; adding 32 × 32 outputs, a
+/// further 1.02× (MobileDiffusion) and 1.03× (SD 1.5), and 1.03× more once
+/// [`WEIGHT_BUFFERS`] keeps the transform from faulting in fresh pages; at 16 × 16 outputs
+/// (64 tiles) slower than the im2col forward. Proxy training at 32 × 32 was unchanged.
 const MIN_TILES: usize = 256;
+
+/// Tiles per image from which the Winograd forward is used when the weights come transformed
+/// (frozen weights, [`super::frozen`]): 16 × 16 outputs. Measured on 2 threads, a 3×3 conv of
+/// 1,280 channels at 16 × 16: 20.5 ms by im2col, 14.8 ms by Winograd without the transform.
+const MIN_TILES_TRANSFORMED: usize = 64;
 
 /// Buffers for transformed weights, kept between calls: a fresh allocation of tens of MB pays
 /// its page faults on every call (measured: 3.3 ms of a 16 ms conv of 640 channels at 32 × 32,
@@ -55,20 +69,35 @@ const MIN_TILES: usize = 256;
 static WEIGHT_BUFFERS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// `U = G·g·Gᵀ` for every (output, input) channel pair, laid out `[O][16][C]`: position `p`'s
-/// `O × C` matrix has rows `16·C` apart. Written into a buffer from [`WEIGHT_BUFFERS`]; give it
-/// back with [`release_weights`].
-fn transform_weights(g: &Geometry, w: &[f32]) -> Vec<f32> {
-    let c = g.channels;
-    let len = g.out_channels * POSITIONS * c;
+/// `O × C` matrix has rows `16·C` apart.
+pub(super) fn transform_weights(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    // SAFETY: transform_weights_into writes every element.
+    let mut u = unsafe { uninit_output(g.out_channels * POSITIONS * g.channels) };
+    transform_weights_into(g, w, &mut u);
+    u
+}
+
+/// [`transform_weights`] into a buffer from [`WEIGHT_BUFFERS`]; give it back with
+/// [`release_weights`].
+fn transform_weights_reused(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    let len = g.out_channels * POSITIONS * g.channels;
     let reused = WEIGHT_BUFFERS.lock().ok().and_then(|mut free| free.pop());
     let mut u = match reused {
+        // Under test, fresh buffers are NaN-filled, so that a missed element shows.
         Some(mut u) if !cfg!(test) => {
             u.resize(len, 0.0);
             u
         }
-        // SAFETY: every output channel's 16 × C block is written below.
+        // SAFETY: transform_weights_into writes every element.
         _ => unsafe { uninit_output(len) },
     };
+    transform_weights_into(g, w, &mut u);
+    u
+}
+
+/// Writes [`transform_weights`]'s `U` into `u`.
+fn transform_weights_into(g: &Geometry, w: &[f32], u: &mut [f32]) {
+    let c = g.channels;
     u.par_chunks_mut(POSITIONS * c)
         .zip(w.par_chunks(c * 9))
         .for_each(|(uo, wo)| {
@@ -91,10 +120,9 @@ fn transform_weights(g: &Geometry, w: &[f32]) -> Vec<f32> {
                 }
             })
         });
-    u
 }
 
-/// Gives a buffer from [`transform_weights`] back for the next conv.
+/// Gives a buffer from [`transform_weights_reused`] back for the next conv.
 fn release_weights(u: Vec<f32>) {
     if let Ok(mut free) = WEIGHT_BUFFERS.lock() {
         free.push(u);
@@ -244,10 +272,23 @@ fn transform_outputs(
 
 /// `y = conv(x, w) (+ b)` for a geometry that [`applies`].
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    let u = transform_weights_reused(g, w);
+    let y = forward_transformed(g, x, &u, b);
+    release_weights(u);
+    y
+}
+
+/// `y = conv(x, w) (+ b)` from `u`, `w` transformed by [`transform_weights`], for a geometry
+/// that [`applies`].
+pub(super) fn forward_transformed(
+    g: &Geometry,
+    x: &[f32],
+    u: &[f32],
+    b: Option<&[f32]>,
+) -> Vec<f32> {
     let (c, o) = (g.channels, g.out_channels);
     let (ho, wo) = (g.out_height, g.out_width);
     let (tile_rows, tiles_per_row) = (ho.div_ceil(2), wo.div_ceil(2));
-    let u = transform_weights(g, w);
     // SAFETY: the tasks below write every output element (each tile's 2 × 2 block, clipped to
     // the image), and the tasks' tile rows tile the image.
     let mut y = unsafe { uninit_output(g.batch * o * ho * wo) };
@@ -298,7 +339,6 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], b: Option<&[f32]>) -> 
             );
         });
     });
-    release_weights(u);
     y
 }
 
@@ -309,7 +349,8 @@ mod tests {
 
     /// Against candle's conv2d (plus the bias) on awkward geometries: odd heights and widths
     /// (tiles cut at the edge), one pixel, one channel, batch 1 and 3, blocks of tile rows that
-    /// do not divide the image; and one image large enough that the `conv2d` op dispatches here.
+    /// do not divide the image; and images large enough that the `conv2d` op dispatches here,
+    /// with weights frozen (transformed once, then reused) and without.
     #[test]
     fn matches_candles_conv() {
         let cases: &[([usize; 4], usize)] = &[
@@ -318,7 +359,8 @@ mod tests {
             ([1, 5, 9, 12], 3),
             ([2, 33, 16, 16], 40),
             ([1, 8, 11, 3], 1),
-            // Large enough that `conv2d` takes this path.
+            // Large enough that `conv2d` takes this path with frozen weights, and without.
+            ([3, 4, 16, 15], 5),
             ([1, 2, 64, 63], 3),
         ];
         for (i, &(xs, o)) in cases.iter().enumerate() {
@@ -327,14 +369,30 @@ mod tests {
             let w = random(&ws, 3 * i as u64 + 1);
             let b = random(&[o], 3 * i as u64 + 2);
             let g = Geometry::new(&xs, &ws, 1, 1).unwrap();
-            if applies(&g) {
+            let candle = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+            let candle = candle
+                .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
+                .unwrap();
+            if applies(&g, false) {
                 let through_op = crate::kernels::conv::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
-                let candle = x.conv2d(&w, 1, 1, 1, 1).unwrap();
-                let candle = candle
-                    .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
-                    .unwrap();
                 let e = crate::kernels::testing::rel_err(&through_op, &candle);
                 assert!(e <= 1e-5, "case {i}: conv2d rel err {e}");
+            }
+            if applies(&g, true) {
+                // With frozen weights, through the kept transform (the second call reuses it).
+                let _alone = crate::kernels::frozen::SCOPED_TESTS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let _frozen = crate::kernels::FrozenWeights::new();
+                for call in 0..2 {
+                    let ours = crate::kernels::conv::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
+                    let e = crate::kernels::testing::rel_err(&ours, &candle);
+                    assert!(e <= 1e-5, "case {i}, frozen, call {call}: rel err {e}");
+                    let kept = crate::kernels::frozen::derived(&w, FROZEN_KIND, || {
+                        panic!("case {i}: the transform was not kept")
+                    });
+                    assert!(kept.unwrap().is_some());
+                }
             }
             let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let (xv, wv, bv) = (flat(&x), flat(&w), flat(&b));
