@@ -39,7 +39,7 @@ impl Drop for FrozenWeights {
     }
 }
 
-/// Most bytes of derived values kept at once; past it, kernels derive on every call again
+/// Most bytes of derived values kept at once; past it, kernels take their unfrozen path again
 /// (SD 1.5's transformed 3×3 weights take about 1.7 GB).
 const MAX_BYTES: usize = 6 << 30;
 
@@ -73,8 +73,9 @@ pub(super) fn active() -> bool {
     state().scopes > 0
 }
 
-/// `derive()` of weight `w` for `kind`: kept from an earlier call when the weights are frozen,
-/// computed now (and kept, within [`MAX_BYTES`]) otherwise; `None` when they are not frozen.
+/// `derive()` of weight `w` for `kind`, kept while the weights are frozen: from an earlier call,
+/// or computed now and kept; `None` when they are not frozen, or when keeping it would pass
+/// [`MAX_BYTES`] (the caller then takes its path for unfrozen weights).
 pub(super) fn derived(
     w: &Tensor,
     kind: &'static str,
@@ -95,10 +96,11 @@ pub(super) fn derived(
     let value = Arc::new(derive()?);
     let mut state = state();
     let bytes = 4 * value.len();
-    if state.scopes > 0 && state.bytes + bytes <= MAX_BYTES {
-        state.bytes += bytes;
-        state.derived.insert(key, (w.clone(), value.clone()));
+    if state.scopes == 0 || state.bytes + bytes > MAX_BYTES {
+        return Ok(None);
     }
+    state.bytes += bytes;
+    state.derived.insert(key, (w.clone(), value.clone()));
     Ok(Some(value))
 }
 
