@@ -7,6 +7,7 @@ mod count;
 mod export;
 mod forward;
 mod sample;
+mod score;
 mod table;
 mod train;
 
@@ -32,6 +33,7 @@ enum Command {
     Export(export::ExportArgs),
     Train(train::TrainArgs),
     Sample(sample::SampleArgs),
+    Score(score::ScoreArgs),
 }
 
 fn main() {
@@ -45,6 +47,7 @@ fn main() {
         Command::Export(args) => export::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
+        Command::Score(args) => score::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

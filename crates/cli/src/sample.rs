@@ -48,11 +48,12 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     if args.count == 0 || args.steps == 0 || args.zoom == 0 {
         bail!("--count, --steps and --zoom must be at least 1");
     }
-    let (name, model, tokenizer, prediction) = match (&args.run, &args.export) {
+    let (name, model, tokenizer, (prediction, schedule)) = match (&args.run, &args.export) {
         (Some(dir), _) => {
             let run = TrainedRun::open(dir)?;
-            let prediction = run.summary.recipe.prediction;
-            (run.summary.config, run.model, run.tokenizer, prediction)
+            let recipe = &run.summary.recipe;
+            let trained_with = (recipe.prediction, recipe.schedule);
+            (run.summary.config, run.model, run.tokenizer, trained_with)
         }
         (None, Some(dir)) => {
             let bundle = Bundle::open(dir)?;
@@ -69,17 +70,17 @@ pub fn run(args: &SampleArgs) -> Result<()> {
                 text,
                 text_spec,
             };
-            // The run's recipe travels in the manifest; runs recorded before `prediction`
-            // existed predicted ε (serde's default).
-            let prediction = bundle
+            // The run's recipe travels in the manifest; runs recorded before `prediction` and
+            // `schedule` existed predicted ε on the scaled-linear schedule (serde's defaults).
+            let trained_with = bundle
                 .manifest
                 .training
                 .as_ref()
                 .and_then(|t| t.get("recipe"))
                 .and_then(|r| serde_json::from_value::<Recipe>(r.clone()).ok())
-                .map(|r| r.prediction)
+                .map(|r| (r.prediction, r.schedule))
                 .unwrap_or_default();
-            (bundle.manifest.name, model, tokenizer, prediction)
+            (bundle.manifest.name, model, tokenizer, trained_with)
         }
         (None, None) => unreachable!("clap requires a run or --export"),
     };
@@ -93,6 +94,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         cfg: args.cfg,
         seed: args.seed,
         prediction,
+        schedule,
     };
     let images = sample(&model, &tokenizer, &prompts, options)?;
     write_grid(&images, args.count, args.zoom, &args.out)?;

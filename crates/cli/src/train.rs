@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use polars::prelude::DataType;
 use unetlab_bench::prepare_process;
@@ -12,7 +12,7 @@ use unetlab_train::data::DataSource;
 use unetlab_train::evaluator::{default_cache_dir, EvaluatorRecipe};
 use unetlab_train::metrics::MetricOptions;
 use unetlab_train::proxy::proxy_spec;
-use unetlab_train::schedule::Prediction;
+use unetlab_train::schedule::{Prediction, ScheduleKind};
 use unetlab_train::trainer::MetricsSetup;
 use unetlab_train::{train, Budget, Progress, Recipe, RunOptions};
 
@@ -52,6 +52,16 @@ pub struct TrainArgs {
     /// which makes samples of short runs noise.
     #[arg(long, value_enum)]
     prediction: Option<Prediction>,
+    /// Min-SNR-γ loss weighting with this γ (default: the budget's): weights each timestep's
+    /// loss by min(SNR, γ) / SNR on the x₀ scale, so nearly clean timesteps weigh less.
+    #[arg(long, value_name = "GAMMA")]
+    min_snr_gamma: Option<f64>,
+    /// Noise schedule (default: the budget's).
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// EMA decay of the weights that are sampled and scored (default: the budget's).
+    #[arg(long)]
+    ema_decay: Option<f64>,
     /// Seed of initialisation, data order and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -61,7 +71,8 @@ pub struct TrainArgs {
     /// A tokenizer.json to use instead of training a word-level one on the captions.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Initialise parameters from another run's checkpoint by name (e.g. softmax → ReLU attention).
+    /// Initialise parameters from another run's EMA weights, matched by name and shape (e.g. softmax →
+    /// ReLU attention, as the paper fine-tunes); the parent's run hash becomes part of this run's.
     #[arg(long, value_name = "CHECKPOINT_OR_RUN")]
     init_from: Option<PathBuf>,
     /// The run directory (default: runs/<config name>).
@@ -73,6 +84,10 @@ pub struct TrainArgs {
     /// CPU threads (default: all).
     #[arg(long)]
     threads: Option<usize>,
+    /// Also score the EMA weights every N steps while training (FD and alignment against
+    /// images seen, in quality.csv); the finished run is always scored.
+    #[arg(long, value_name = "N", conflicts_with = "no_metrics")]
+    score_every: Option<u64>,
     /// Skip the metrics (FD and text alignment, scored on shapes runs after training).
     #[arg(long)]
     no_metrics: bool,
@@ -103,10 +118,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(p) = args.prediction {
         recipe.prediction = p;
     }
+    if let Some(gamma) = args.min_snr_gamma {
+        recipe.min_snr_gamma = Some(gamma);
+    }
+    if let Some(schedule) = args.schedule {
+        recipe.schedule = schedule;
+    }
+    if let Some(decay) = args.ema_decay {
+        recipe.ema_decay = decay;
+    }
     if let Some(c) = args.checkpoint_every {
         recipe.checkpoint_every = c;
     }
     recipe.validate().map_err(|e| anyhow!(e))?;
+    if args.score_every == Some(0) {
+        bail!("--score-every must be at least 1");
+    }
     recipe.warmup = recipe.warmup.min(recipe.steps / 2).max(1);
     let data = DataSource::parse(&args.data).map_err(|e| anyhow!(e))?;
     let out = args
@@ -144,6 +171,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 .unwrap_or_else(default_cache_dir),
             evaluator: EvaluatorRecipe::for_budget(args.budget),
             options: MetricOptions::for_budget(args.budget),
+            every: args.score_every,
         }),
     };
     let bar = ProgressBar::hidden();

@@ -131,19 +131,41 @@ impl Attributes {
     /// `(matching attributes, attributes stated by self)`: count, relation and each object's
     /// shape, colour and size; an object missing from `predicted` counts as three misses.
     pub fn agreement(&self, predicted: &Attributes) -> (usize, usize) {
-        let mut hits = usize::from(self.objects.len() == predicted.objects.len());
-        let mut total = 1;
+        self.agreement_by_kind(predicted)
+            .iter()
+            .fold((0, 0), |(h, t), (_, hits, total)| (h + hits, t + total))
+    }
+
+    /// [`Attributes::agreement`] split by kind: `(kind, hits, stated)` for count, relation,
+    /// shape, colour and size, in that order.
+    pub fn agreement_by_kind(&self, predicted: &Attributes) -> [(&'static str, usize, usize); 5] {
+        let mut kinds = [
+            (
+                "count",
+                usize::from(self.objects.len() == predicted.objects.len()),
+                1,
+            ),
+            ("relation", 0, 0),
+            ("shape", 0, 0),
+            ("colour", 0, 0),
+            ("size", 0, 0),
+        ];
         if self.relation.is_some() {
-            total += 1;
-            hits += usize::from(self.relation == predicted.relation);
+            kinds[1].2 += 1;
+            kinds[1].1 += usize::from(self.relation == predicted.relation);
         }
         for (k, (shape, colour, size)) in self.objects.iter().enumerate() {
-            total += 3;
-            if let Some((s, c, z)) = predicted.objects.get(k) {
-                hits += usize::from(shape == s) + usize::from(colour == c) + usize::from(size == z);
+            let found = predicted.objects.get(k);
+            for (slot, hit) in [
+                (2, found.is_some_and(|p| p.0 == *shape)),
+                (3, found.is_some_and(|p| p.1 == *colour)),
+                (4, found.is_some_and(|p| p.2 == *size)),
+            ] {
+                kinds[slot].2 += 1;
+                kinds[slot].1 += usize::from(hit);
             }
         }
-        (hits, total)
+        kinds
     }
 }
 

@@ -10,9 +10,8 @@ use crate::error::TrainError;
 use crate::evaluator::{agreement_rates, validation_batch, Attributes, Evaluator, FEATURES};
 use crate::frechet::{frechet_distance, Gaussian};
 use crate::model::ProxyModel;
-use crate::recipe::Budget;
+use crate::recipe::{Budget, Recipe};
 use crate::sample::{sample, SampleOptions};
-use crate::schedule::Prediction;
 use crate::tokenizer::TextTokenizer;
 
 /// What is generated for the metrics (fixed, so every variant is scored on the same prompts,
@@ -58,6 +57,45 @@ pub struct Quality {
     /// Fraction of stated attributes (count, relation, shape, colour, size) the evaluator finds
     /// in the generated images: a finer-grained alignment.
     pub attribute_alignment: f64,
+    /// The attribute alignment by kind (runs scored before it existed have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_kind: Option<AttributeRates>,
+}
+
+/// Fraction of stated attributes found, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AttributeRates {
+    /// One or two objects.
+    pub count: f64,
+    /// Left of / above (two-object captions).
+    pub relation: f64,
+    /// Each object's shape.
+    pub shape: f64,
+    /// Each object's colour.
+    pub colour: f64,
+    /// Each object's size.
+    pub size: f64,
+}
+
+impl AttributeRates {
+    /// The rates of `predicted` against `truth`, pairwise.
+    pub fn of(truth: &[Attributes], predicted: &[Attributes]) -> AttributeRates {
+        let mut sums = [(0usize, 0usize); 5];
+        for (t, p) in truth.iter().zip(predicted) {
+            for (sum, (_, hits, total)) in sums.iter_mut().zip(t.agreement_by_kind(p)) {
+                sum.0 += hits;
+                sum.1 += total;
+            }
+        }
+        let rate = |(h, t): (usize, usize)| h as f64 / t.max(1) as f64;
+        AttributeRates {
+            count: rate(sums[0]),
+            relation: rate(sums[1]),
+            shape: rate(sums[2]),
+            colour: rate(sums[3]),
+            size: rate(sums[4]),
+        }
+    }
 }
 
 /// The real validation images and their captions' attributes, with the evaluator's features.
@@ -104,6 +142,7 @@ impl Reference {
             fd: frechet_distance(&self.real, &fit(&features)?),
             text_alignment,
             attribute_alignment,
+            by_kind: Some(AttributeRates::of(&self.attributes, &predicted)),
         })
     }
 }
@@ -116,14 +155,15 @@ pub fn evaluate(
     evaluator: &Evaluator,
     reference: &Reference,
     options: MetricOptions,
-    prediction: Prediction,
+    recipe: &Recipe,
 ) -> Result<(Quality, Tensor), TrainError> {
     let prompts: Vec<&str> = reference.captions.iter().map(String::as_str).collect();
     let sample_options = SampleOptions {
         steps: options.ddim_steps,
         cfg: options.cfg,
         seed: options.seed,
-        prediction,
+        prediction: recipe.prediction,
+        schedule: recipe.schedule,
     };
     let images = sample(model, tokenizer, &prompts, sample_options)?;
     Ok((reference.score(evaluator, &images)?, images))

@@ -5,7 +5,7 @@ use unetlab_graph::TextEncoderSpec;
 
 use crate::optim::AdamWConfig;
 use crate::proxy::ProxyShape;
-use crate::schedule::Prediction;
+use crate::schedule::{Prediction, ScheduleKind};
 
 /// How much training: `smoke` for CI (seconds), `quick` for the committed results, `full` for
 /// more steps and several seeds.
@@ -59,6 +59,15 @@ pub struct Recipe {
     /// before this field existed predicted ε.
     #[serde(default)]
     pub prediction: Prediction,
+    /// Min-SNR-γ loss weighting (Hang et al., 2023): each image's loss is weighted by
+    /// `min(SNR, γ) / (SNR + 1)` for v-prediction (`min(SNR, γ) / SNR` for ε), so that the
+    /// nearly clean timesteps do not dominate the gradient. None: every timestep weighs the
+    /// same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_snr_gamma: Option<f64>,
+    /// The noise schedule (and with it the sampler's timestep spacing).
+    #[serde(default, skip_serializing_if = "ScheduleKind::is_default")]
+    pub schedule: ScheduleKind,
 }
 
 impl Recipe {
@@ -84,6 +93,25 @@ impl Recipe {
         ];
         if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
             return Err(format!("recipe: {name} must be at least 1"));
+        }
+        if let Some(gamma) = self.min_snr_gamma {
+            if !(gamma > 0.0 && gamma.is_finite()) {
+                return Err(format!(
+                    "recipe: min-SNR gamma {gamma} must be a positive number"
+                ));
+            }
+        }
+        if self.schedule == ScheduleKind::ZeroTerminalSnr && self.prediction != Prediction::V {
+            return Err(
+                "recipe: the zero-terminal-SNR schedule needs v-prediction (ε cannot give x₀ where ᾱ = 0)"
+                    .into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(format!(
+                "recipe: EMA decay {} must be in [0, 1)",
+                self.ema_decay
+            ));
         }
         let lr = self.optimizer.lr;
         if !(lr > 0.0 && lr.is_finite()) {
@@ -118,6 +146,8 @@ impl Recipe {
             text_layers: 2,
             text_heads: 4,
             prediction: Prediction::V,
+            min_snr_gamma: None,
+            schedule: ScheduleKind::ScaledLinear,
         };
         match budget {
             Budget::Smoke => Recipe {

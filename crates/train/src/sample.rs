@@ -12,7 +12,7 @@ use crate::checkpoint;
 use crate::error::TrainError;
 use crate::model::{latents_to_images, ProxyModel};
 use crate::proxy::proxy_spec;
-use crate::schedule::{NoiseSchedule, Prediction};
+use crate::schedule::{NoiseSchedule, Prediction, ScheduleKind};
 use crate::tokenizer::TextTokenizer;
 use crate::trainer::RunSummary;
 
@@ -81,6 +81,8 @@ pub struct SampleOptions {
     pub seed: u64,
     /// What the network predicts (the run's recipe says).
     pub prediction: Prediction,
+    /// The schedule it was trained on (the run's recipe says).
+    pub schedule: ScheduleKind,
 }
 
 /// Images `[N, 3, S, S]` in [-1, 1] for `prompts`, by deterministic DDIM (η = 0) with
@@ -100,7 +102,7 @@ pub fn sample(
     let mut x = Tensor::from_vec(standard_normal(&mut rng, count), dims, &device)?;
     let empty = vec![""; n];
     let text = tokenizer.one_hot(&[prompts, &empty[..]].concat(), &device)?;
-    let schedule = NoiseSchedule::default();
+    let schedule = NoiseSchedule::new(options.schedule);
     let timesteps = schedule.ddim_timesteps(options.steps);
     for (i, &t) in timesteps.iter().enumerate() {
         let both = Tensor::cat(&[&x, &x], 0)?;

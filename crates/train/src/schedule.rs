@@ -16,6 +16,16 @@ pub enum Prediction {
 }
 
 impl Prediction {
+    /// The min-SNR-γ weight of a timestep of signal-to-noise ratio `snr` = ᾱ / (1 − ᾱ): the
+    /// weight `min(snr, γ) / snr` of the squared x₀ error, expressed on this prediction's
+    /// squared error (ε's is the x₀ one times `snr`, v's times `snr + 1`).
+    pub fn min_snr_weight(self, snr: f64, gamma: f64) -> f64 {
+        match self {
+            Prediction::Epsilon => snr.min(gamma) / snr,
+            Prediction::V => snr.min(gamma) / (snr + 1.0),
+        }
+    }
+
     /// The training target for clean latents `x0` and noise, given per-item √ᾱ (`signal`) and
     /// √(1 − ᾱ) (`spread`) shaped to broadcast.
     pub fn target(
@@ -35,43 +45,102 @@ impl Prediction {
 /// Training timesteps.
 pub const TRAIN_STEPS: usize = 1000;
 
-/// The "scaled linear" schedule of Stable Diffusion: √β linear from √0.00085 to √0.012.
+/// Which noise schedule a run trains and samples with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// Stable Diffusion's "scaled linear" schedule (ᾱ at t = 999 is 0.0047), sampled with
+    /// "leading" DDIM spacing (the first step at t = 1000 − 1000 / steps), as diffusers does
+    /// for SD. At 32 × 32 pixels the last training step leaks the layout: a flat 8-pixel object
+    /// is still visible in x₉₉₉, which sampling from pure noise never has.
+    #[default]
+    ScaledLinear,
+    /// The same schedule rescaled to zero terminal SNR (Lin et al., 2024, "Common diffusion noise
+    /// schedules and sample steps are flawed"): √ᾱ shifted so that ᾱ₉₉₉ = 0 and scaled so that
+    /// ᾱ₀ is unchanged, sampled with "trailing" spacing (the first step at t = 999). Training
+    /// then sees the pure noise that sampling starts from. Needs v-prediction (ε cannot give x₀
+    /// when ᾱ = 0).
+    ZeroTerminalSnr,
+}
+
+impl ScheduleKind {
+    /// Whether this is the default (for `skip_serializing_if`, so older run hashes stay put).
+    pub fn is_default(&self) -> bool {
+        *self == ScheduleKind::default()
+    }
+}
+
+/// ᾱ_t for t in 0..1000 and the DDIM spacing, by [`ScheduleKind`].
 #[derive(Debug, Clone)]
 pub struct NoiseSchedule {
     /// ᾱ_t = Π (1 − β_s), s ≤ t, for t in 0..1000.
     pub alphas_cumprod: Vec<f64>,
+    /// Which schedule this is.
+    pub kind: ScheduleKind,
 }
 
 impl Default for NoiseSchedule {
     fn default() -> Self {
+        NoiseSchedule::new(ScheduleKind::default())
+    }
+}
+
+impl NoiseSchedule {
+    /// The schedule of `kind`: √β linear from √0.00085 to √0.012, then rescaled if asked.
+    pub fn new(kind: ScheduleKind) -> NoiseSchedule {
         let (start, end) = (0.00085f64.sqrt(), 0.012f64.sqrt());
         let mut cumprod = 1.0;
-        let alphas_cumprod = (0..TRAIN_STEPS)
+        let mut alphas_cumprod: Vec<f64> = (0..TRAIN_STEPS)
             .map(|i| {
                 let s = start + (end - start) * i as f64 / (TRAIN_STEPS - 1) as f64;
                 cumprod *= 1.0 - s * s;
                 cumprod
             })
             .collect();
-        NoiseSchedule { alphas_cumprod }
+        if kind == ScheduleKind::ZeroTerminalSnr {
+            let first = alphas_cumprod[0].sqrt();
+            let last = alphas_cumprod[TRAIN_STEPS - 1].sqrt();
+            for a in &mut alphas_cumprod {
+                let shifted = (a.sqrt() - last) * first / (first - last);
+                *a = shifted * shifted;
+            }
+        }
+        NoiseSchedule {
+            alphas_cumprod,
+            kind,
+        }
     }
-}
 
-impl NoiseSchedule {
+    /// Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t).
+    pub fn snr(&self, t: usize) -> f64 {
+        let a = self.alphas_cumprod[t];
+        a / (1.0 - a)
+    }
+
     /// (√ᾱ_t, √(1 − ᾱ_t)): the weights of the clean image and of the noise in x_t.
     pub fn weights(&self, t: usize) -> (f64, f64) {
         let a = self.alphas_cumprod[t];
         (a.sqrt(), (1.0 - a).sqrt())
     }
 
-    /// The timesteps of a `steps`-step DDIM sampler, high to low ("leading" spacing, as diffusers'
-    /// DDIM scheduler for SD: 0, k, 2k, ... reversed, k = 1000 / steps).
+    /// The timesteps of a `steps`-step DDIM sampler, high to low: "leading" spacing for the
+    /// scaled-linear schedule (as diffusers' DDIM scheduler for SD: 0, k, 2k, ... reversed,
+    /// k = 1000 / steps), "trailing" for zero terminal SNR (999, 999 − k, ...: round(1000 − i·k)
+    /// − 1, as diffusers' `timestep_spacing="trailing"`).
     pub fn ddim_timesteps(&self, steps: usize) -> Vec<usize> {
-        let k = TRAIN_STEPS / steps.clamp(1, TRAIN_STEPS);
-        (0..steps.clamp(1, TRAIN_STEPS))
-            .rev()
-            .map(|i| i * k)
-            .collect()
+        let steps = steps.clamp(1, TRAIN_STEPS);
+        match self.kind {
+            ScheduleKind::ScaledLinear => {
+                let k = TRAIN_STEPS / steps;
+                (0..steps).rev().map(|i| i * k).collect()
+            }
+            ScheduleKind::ZeroTerminalSnr => {
+                let k = TRAIN_STEPS as f64 / steps as f64;
+                (0..steps)
+                    .map(|i| (TRAIN_STEPS as f64 - i as f64 * k).round() as usize - 1)
+                    .collect()
+            }
+        }
     }
 
     /// One deterministic DDIM step (η = 0) from `x_t` to `prev` (None: to the clean image) given

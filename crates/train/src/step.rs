@@ -112,6 +112,7 @@ impl Stepper<'_> {
             &mut rng,
             self.schedule,
             recipe.prediction,
+            recipe.min_snr_gamma,
             true,
         )?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
@@ -147,7 +148,8 @@ impl Stepper<'_> {
 }
 
 /// The mean squared error between the model's output and its target (the noise, or v; see
-/// [`Prediction`]), for `examples` noised at `timesteps` with noise drawn from `rng`.
+/// [`Prediction`]), for `examples` noised at `timesteps` with noise drawn from `rng`; with
+/// `min_snr_gamma`, each example's error is weighted by [`Prediction::min_snr_weight`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn denoising_loss(
     model: &ProxyModel,
@@ -158,6 +160,7 @@ pub(crate) fn denoising_loss(
     rng: &mut ChaCha8Rng,
     schedule: &NoiseSchedule,
     prediction: Prediction,
+    min_snr_gamma: Option<f64>,
     trainable: bool,
 ) -> Result<Tensor, TrainError> {
     let device = Device::Cpu;
@@ -188,5 +191,14 @@ pub(crate) fn denoising_loss(
     )?;
     let one_hot = tokenizer.one_hot(captions, &device)?;
     let predicted = model.predict(&x_t, &t, &one_hot, trainable)?;
-    Ok((predicted - target)?.sqr()?.mean_all()?)
+    let squared = (predicted - target)?.sqr()?;
+    let Some(gamma) = min_snr_gamma else {
+        return Ok(squared.mean_all()?);
+    };
+    let weights: Vec<f32> = timesteps
+        .iter()
+        .map(|&t| prediction.min_snr_weight(schedule.snr(t), gamma) as f32)
+        .collect();
+    let weights = Tensor::from_vec(weights, per_item, &device)?;
+    Ok(squared.broadcast_mul(&weights)?.mean_all()?)
 }

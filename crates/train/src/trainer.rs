@@ -66,6 +66,8 @@ pub struct MetricsSetup {
     pub evaluator: EvaluatorRecipe,
     /// What is generated and scored.
     pub options: MetricOptions,
+    /// Also score every this many steps during training (a quality curve in `quality.csv`).
+    pub every: Option<u64>,
 }
 
 /// A run's metrics (`metrics` in `run.json`).
@@ -132,8 +134,11 @@ pub struct RunSummary {
     pub config: String,
     /// Hash of the full-size config.
     pub config_hash: String,
-    /// Hash of the run identity (config, recipe, data, vocabulary).
+    /// Hash of the run identity (config, recipe, data, vocabulary, initial weights).
     pub run_hash: String,
+    /// The run hash of the checkpoint whose EMA weights this run started from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialised_from: Option<String>,
     /// The recipe.
     pub recipe: Recipe,
     /// The data.
@@ -204,12 +209,21 @@ pub fn train(
         }
     };
     let text_spec = recipe.text_encoder(tokenizer.vocab());
-    let identity = serde_json::json!({
+    let parent = opts
+        .init_from
+        .as_deref()
+        .map(|source| checkpoint::load(&checkpoint_file(source)))
+        .transpose()?;
+    let initialised_from = parent.as_ref().map(|ck| ck.info.run_hash.clone());
+    let mut identity = serde_json::json!({
         "config": opts.config.hash(),
         "recipe": recipe,
         "data": opts.data,
         "text": text_spec,
     });
+    if let Some(hash) = &initialised_from {
+        identity["init_from"] = serde_json::json!(hash);
+    }
     let run_hash = unetlab_files::sha256_hex(identity.to_string().as_bytes());
 
     let (model, mut ema, mut adam, start) = if resuming {
@@ -227,13 +241,14 @@ pub fn train(
         (model, ck.ema, adam, ck.info.step)
     } else {
         let model = ProxyModel::init(proxy.clone(), text_spec, recipe.seed)?;
-        if let Some(source) = &opts.init_from {
-            init_from(&model, source)?;
+        if let (Some(source), Some(parent)) = (&opts.init_from, &parent) {
+            init_from(&model, source, parent)?;
         }
         let vars = model.named_vars();
         let adam = AdamW::new(recipe.optimizer, vars.iter().map(|(n, v)| (n.as_str(), v)))?;
         let ema = ema_init(&vars)?;
-        if opts.tokenizer.is_none() {
+        // Also a given --tokenizer: the run directory alone must be enough to sample from.
+        if opts.tokenizer.as_deref() != Some(tokenizer_path.as_path()) {
             tokenizer.save(&tokenizer_path)?;
         }
         write(&out.join("config.yaml"), &explicit_yaml(&opts.config))?;
@@ -248,8 +263,21 @@ pub fn train(
     let vars = model.named_vars();
     let mut loss_log = Log::open(&out.join("loss.csv"), "step,loss,lr,grad_norm", start)?;
     let mut val_log = Log::open(&out.join("validation.csv"), "step,validation_loss", start)?;
+    let scoring = match (&opts.metrics, &opts.data) {
+        (Some(setup), DataSource::Shapes) => Some(setup),
+        _ => None,
+    };
+    let mut quality_log = match scoring {
+        Some(_) => Some(Log::open(
+            &out.join("quality.csv"),
+            "step,images,fd,attribute_alignment,text_alignment",
+            // A finished run is scored again: its last row is written anew.
+            start.min(recipe.steps.saturating_sub(1)),
+        )?),
+        None => None,
+    };
 
-    let schedule = NoiseSchedule::default();
+    let schedule = NoiseSchedule::new(recipe.schedule);
     let validation = data.validation(recipe.val_examples);
     let validate = |m: &ProxyModel| {
         validation_loss(
@@ -329,6 +357,14 @@ pub fn train(
                 loss: validation_loss_now,
             });
         }
+        let curve_point = scoring
+            .and_then(|s| s.every)
+            .is_some_and(|every| done % every == 0 && !last);
+        if let (true, Some(setup), Some(log)) = (curve_point, scoring, quality_log.as_mut()) {
+            let ema_model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ema)?;
+            let m = score(setup, &ema_model, &tokenizer, recipe, None, progress)?;
+            log.line(&quality_line(done, recipe, &m))?;
+        }
         if done % recipe.checkpoint_every == 0 || last {
             let weights: Vec<(String, Tensor)> = vars
                 .iter()
@@ -367,6 +403,7 @@ pub fn train(
         config: opts.config.name.clone(),
         config_hash: opts.config.hash(),
         run_hash: run_hash.clone(),
+        initialised_from,
         recipe: recipe.clone(),
         data: opts.data.clone(),
         skipped_inputs: skipped.count,
@@ -387,10 +424,19 @@ pub fn train(
             // Nothing left to train: the finished run's own throughput.
             previous_throughput(out, &run_hash).unwrap_or(f64::NAN)
         },
-        metrics: match (&opts.metrics, &opts.data) {
-            (Some(setup), DataSource::Shapes) => {
+        metrics: match (scoring, quality_log.as_mut()) {
+            (Some(setup), Some(log)) => {
                 let ema_model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ema)?;
-                Some(score(setup, &ema_model, &tokenizer, recipe, out, progress)?)
+                let m = score(
+                    setup,
+                    &ema_model,
+                    &tokenizer,
+                    recipe,
+                    Some(&out.join("samples.png")),
+                    progress,
+                )?;
+                log.line(&quality_line(recipe.steps, recipe, &m))?;
+                Some(m)
             }
             _ => None,
         },
@@ -403,6 +449,18 @@ pub fn train(
     Ok(summary)
 }
 
+/// A `quality.csv` line: step, images seen, FD, attribute and text alignment.
+fn quality_line(step: u64, recipe: &Recipe, m: &RunMetrics) -> String {
+    let q = m.quality;
+    format!(
+        "{step},{},{},{},{}",
+        step * recipe.batch as u64,
+        q.fd,
+        q.attribute_alignment,
+        q.text_alignment
+    )
+}
+
 /// `steps_per_s` of the run.json in `out`, if it belongs to this run.
 fn previous_throughput(out: &Path, run_hash: &str) -> Option<f64> {
     let text = std::fs::read_to_string(out.join("run.json")).ok()?;
@@ -410,13 +468,14 @@ fn previous_throughput(out: &Path, run_hash: &str) -> Option<f64> {
     (previous.run_hash == run_hash).then_some(previous.steps_per_s)
 }
 
-/// Scores the EMA model with the evaluator and writes `samples.png` (the first 32 images).
-fn score(
+/// Scores a trained proxy (EMA weights) with the evaluator; writes its first 32 images to
+/// `samples` (a PNG grid) if given.
+pub fn score(
     setup: &MetricsSetup,
     model: &ProxyModel,
     tokenizer: &TextTokenizer,
     recipe: &Recipe,
-    out: &Path,
+    samples: Option<&Path>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RunMetrics, TrainError> {
     let image_size = recipe.proxy.image_size;
@@ -433,10 +492,12 @@ fn score(
         &evaluator,
         &reference,
         setup.options,
-        recipe.prediction,
+        recipe,
     )?;
-    let shown = images.dim(0)?.min(32);
-    write_grid(&images.narrow(0, 0, shown)?, 8, 2, &out.join("samples.png"))?;
+    if let Some(path) = samples {
+        let shown = images.dim(0)?.min(32);
+        write_grid(&images.narrow(0, 0, shown)?, 8, 2, path)?;
+    }
     Ok(RunMetrics {
         options: setup.options,
         evaluator: setup.evaluator.hash()[..16].to_string(),
@@ -464,25 +525,34 @@ pub fn validation_loss(
             .map(|i| ((c * batch + i) * 997 + 13) % TRAIN_STEPS)
             .collect();
         let loss = denoising_loss(
-            model, tokenizer, chunk, &captions, &timesteps, &mut rng, schedule, prediction, false,
+            model, tokenizer, chunk, &captions, &timesteps, &mut rng, schedule, prediction, None,
+            false,
         )?;
         total += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
     }
     Ok(total / examples.len().max(1) as f64)
 }
 
-/// Copies every parameter whose name and shape match from another run's checkpoint (its
-/// `model.*` weights); reports what matched.
-fn init_from(model: &ProxyModel, source: &Path) -> Result<(), TrainError> {
-    let path = if source.is_dir() {
+/// The checkpoint of `--init-from`: a file, or a run directory's checkpoint.
+fn checkpoint_file(source: &Path) -> PathBuf {
+    if source.is_dir() {
         source.join("checkpoint.safetensors")
     } else {
         source.to_path_buf()
-    };
-    let ck = checkpoint::load(&path)?;
+    }
+}
+
+/// Copies every parameter whose name and shape match from another run's EMA weights (the
+/// weights that run sampled and was scored with); reports what matched.
+fn init_from(
+    model: &ProxyModel,
+    source: &Path,
+    ck: &checkpoint::Checkpoint,
+) -> Result<(), TrainError> {
+    let path = checkpoint_file(source);
     let (mut copied, mut reshaped, mut missing) = (0, 0, 0);
     for (name, var) in model.named_vars() {
-        match ck.weights.get(&name) {
+        match ck.ema.get(&name) {
             Some(t) if t.dims() == var.dims() => {
                 var.set(t)?;
                 copied += 1;
