@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 use unetlab_bench::{bench, progress_bar, BenchOptions, DeviceArgs};
 use unetlab_cost::{count, Conditions};
-use unetlab_report::{grouped_bars, scatter, Series};
+use unetlab_report::{grouped_bars, scatter, Point, Series};
 use unetlab_spec::paper::{row_for, GFLOPS_LATENT_SIZE};
 use unetlab_spec::Config;
 
@@ -183,7 +183,7 @@ fn plots(dir: &std::path::Path, rows: &[Compared]) -> Result<()> {
             "median latency (s)",
             &timed
                 .iter()
-                .map(|r| (r.config.name.clone(), r.gmacs, r.latency.unwrap_or(0.0)))
+                .map(|r| Point::new(r.config.name.clone(), r.gmacs, r.latency.unwrap_or(0.0)))
                 .collect::<Vec<_>>(),
         )?;
     }

@@ -13,7 +13,7 @@ pub use frame::{
     measurements_frame, read_csv, read_parquet, to_markdown, write_parquet, write_tables,
     Measurement,
 };
-pub use plots::{grouped_bars, lines, scatter, stacked_bars, Series};
+pub use plots::{effects, grouped_bars, lines, scatter, stacked_bars, Effect, Point, Series};
 
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]

@@ -440,45 +440,172 @@ struct Scatter<'a> {
     title: &'a str,
     x_label: &'a str,
     y_label: &'a str,
-    points: &'a [(String, f64, f64)],
+    points: &'a [Point],
+}
+
+/// One point of a [`scatter`] plot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Shown in the key beside the point's number.
+    pub name: String,
+    /// x value.
+    pub x: f64,
+    /// y value.
+    pub y: f64,
+    /// Half-length of a vertical error bar (e.g. one standard deviation over seeds), if any.
+    pub y_err: Option<f64>,
+    /// Whether the point is on a Pareto front, drawn as a line through such points.
+    pub on_front: bool,
+}
+
+impl Point {
+    /// A plain point: no error bar, not on a front.
+    pub fn new(name: impl Into<String>, x: f64, y: f64) -> Point {
+        Point {
+            name: name.into(),
+            x,
+            y,
+            y_err: None,
+            on_front: false,
+        }
+    }
+}
+
+/// `lo..hi` padded by 8 % of the span (or of the value, for a single value) on each side.
+fn fitted(values: impl Iterator<Item = f64> + Clone) -> std::ops::Range<f64> {
+    let finite = values.filter(|v| v.is_finite());
+    let lo = finite.clone().fold(f64::INFINITY, f64::min);
+    let hi = finite.fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() {
+        return 0.0..1.0;
+    }
+    let span = hi - lo;
+    let pad = if span > 0.0 {
+        0.08 * span
+    } else {
+        0.08 * lo.abs().max(1e-9)
+    };
+    (lo - pad)..(hi + pad)
 }
 
 impl Chart for Scatter<'_> {
     fn size(&self) -> (u32, u32) {
-        (960, 640)
+        (1100, 640)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         root.fill(&WHITE).map_err(plot_err)?;
-        let max = |f: fn(&(String, f64, f64)) -> f64| {
+        let root = root
+            .titled(self.title, ("sans-serif", 20))
+            .map_err(plot_err)?;
+        let key_width = (self
+            .points
+            .iter()
+            .map(|p| p.name.chars().count())
+            .max()
+            .unwrap_or(4) as u32
+            * 8
+            + 60)
+            .min(420);
+        let (w, _) = root.dim_in_pixel();
+        let (plot, key) = root.split_horizontally(w.saturating_sub(key_width));
+        let err = |p: &Point| p.y_err.unwrap_or(0.0);
+        let xs = fitted(self.points.iter().map(|p| p.x));
+        let ys = fitted(
             self.points
                 .iter()
-                .map(f)
-                .fold(0.0f64, f64::max)
-                .max(f64::MIN_POSITIVE)
-                * 1.15
-        };
-        let labels = (self.title, self.x_label, self.y_label);
-        let mut chart = xy_axes(root, labels, max(|p| p.1), max(|p| p.2))?;
+                .flat_map(|p| [p.y - err(p), p.y + err(p)]),
+        );
+        let mut chart = ChartBuilder::on(&plot)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(xs.clone(), ys.clone())
+            .map_err(plot_err)?;
         chart
-            .draw_series(self.points.iter().enumerate().map(|(i, (name, x, y))| {
-                EmptyElement::at((*x, *y))
+            .configure_mesh()
+            .x_desc(self.x_label)
+            .y_desc(self.y_label)
+            .x_label_formatter(&tick(xs.end.abs().max(xs.start.abs())))
+            .y_label_formatter(&tick(ys.end.abs().max(ys.start.abs())))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(plot_err)?;
+        let mut front: Vec<(f64, f64)> = self
+            .points
+            .iter()
+            .filter(|p| p.on_front)
+            .map(|p| (p.x, p.y))
+            .collect();
+        front.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if front.len() > 1 {
+            chart
+                .draw_series(LineSeries::new(
+                    front,
+                    RGBColor(120, 120, 120).stroke_width(2),
+                ))
+                .map_err(plot_err)?
+                .label("Pareto front")
+                .legend(|(x, y)| {
+                    PathElement::new(
+                        vec![(x, y), (x + 18, y)],
+                        RGBColor(120, 120, 120).stroke_width(2),
+                    )
+                });
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .draw()
+                .map_err(plot_err)?;
+        }
+        chart
+            .draw_series(
+                self.points.iter().filter(|p| p.y_err.is_some()).map(|p| {
+                    PathElement::new(vec![(p.x, p.y - err(p)), (p.x, p.y + err(p))], BLACK)
+                }),
+            )
+            .map_err(plot_err)?;
+        chart
+            .draw_series(self.points.iter().enumerate().map(|(i, p)| {
+                EmptyElement::at((p.x, p.y))
                     + Circle::new((0, 0), 5, color(i).filled())
-                    + Text::new(name.clone(), (8, -6), ("sans-serif", 12))
+                    + Text::new(format!("{}", i + 1), (7, -16), ("sans-serif", 13))
             }))
             .map_err(plot_err)?;
+        for (i, p) in self.points.iter().enumerate() {
+            let y = 40 + 22 * i as i32;
+            key.draw(&Circle::new((14, y + 7), 5, color(i).filled()))
+                .map_err(plot_err)?;
+            let mark = if p.on_front { " (front)" } else { "" };
+            key.draw(&Text::new(
+                format!("{:>2}  {}{mark}", i + 1, p.name),
+                (26, y),
+                ("sans-serif", 13),
+            ))
+            .map_err(plot_err)?;
+        }
         Ok(())
     }
 }
 
-/// A scatter plot of named points.
+/// A scatter plot of numbered points with a key (names beside their numbers), axes fitted to the
+/// data, optional error bars and the Pareto front drawn as a line.
 pub fn scatter(
     stem: &Path,
     title: &str,
     x_label: &str,
     y_label: &str,
-    points: &[(String, f64, f64)],
+    points: &[Point],
 ) -> Result<(), ReportError> {
+    if points.is_empty() {
+        return Err(ReportError::Plot {
+            path: stem.display().to_string(),
+            message: "nothing to plot".into(),
+        });
+    }
     render(
         stem,
         &Scatter {
@@ -486,6 +613,144 @@ pub fn scatter(
             x_label,
             y_label,
             points,
+        },
+    )
+}
+
+/// One row of an [`effects`] chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effect {
+    /// The row's label (e.g. "chain-02 · fd").
+    pub label: String,
+    /// The effect.
+    pub value: f64,
+    /// Half-width of its interval (e.g. 2σ).
+    pub err: f64,
+    /// Group (legend entry and colour), e.g. the verdict.
+    pub group: String,
+}
+
+struct Effects<'a> {
+    title: &'a str,
+    x_label: &'a str,
+    rows: &'a [Effect],
+    /// Vertical reference lines (value, legend entry).
+    marks: &'a [(f64, String)],
+}
+
+impl Chart for Effects<'_> {
+    fn size(&self) -> (u32, u32) {
+        let labels: Vec<String> = self.rows.iter().map(|r| r.label.clone()).collect();
+        (
+            (label_width(&labels) + 700).max(900),
+            140 + 26 * self.rows.len() as u32,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        root.fill(&WHITE).map_err(plot_err)?;
+        let labels: Vec<String> = self.rows.iter().map(|r| r.label.clone()).collect();
+        let n = self.rows.len();
+        let xs = fitted(
+            self.rows
+                .iter()
+                .flat_map(|r| [r.value - r.err, r.value + r.err])
+                .chain(self.marks.iter().map(|m| m.0)),
+        );
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(label_width(&labels))
+            .build_cartesian_2d(xs.clone(), (0..n - 1).into_segmented())
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_desc(self.x_label)
+            .x_label_formatter(&tick(xs.end.abs().max(xs.start.abs())))
+            .y_labels(n)
+            .y_label_formatter(&|v| category_label(&labels, v))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(plot_err)?;
+        let top = SegmentValue::Exact(n);
+        for (k, (x, name)) in self.marks.iter().enumerate() {
+            let style = RGBColor(150, 150, 150).stroke_width(1 + k as u32);
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(*x, SegmentValue::Exact(0)), (*x, top.clone())],
+                    style,
+                )))
+                .map_err(plot_err)?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        }
+        let mut groups: Vec<&str> = Vec::new();
+        for r in self.rows {
+            if !groups.contains(&r.group.as_str()) {
+                groups.push(&r.group);
+            }
+        }
+        for (g, group) in groups.iter().enumerate() {
+            let c = color(g);
+            let rows = || {
+                self.rows
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, r)| r.group == *group)
+            };
+            chart
+                .draw_series(rows().map(|(i, r)| {
+                    let y = SegmentValue::CenterOf(row(i, n));
+                    PathElement::new(
+                        vec![(r.value - r.err, y.clone()), (r.value + r.err, y)],
+                        c.stroke_width(2),
+                    )
+                }))
+                .map_err(plot_err)?;
+            chart
+                .draw_series(rows().map(|(i, r)| {
+                    Circle::new((r.value, SegmentValue::CenterOf(row(i, n))), 5, c.filled())
+                }))
+                .map_err(plot_err)?
+                .label(group.to_string())
+                .legend(move |(x, y)| Circle::new((x + 9, y), 5, c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(plot_err)?;
+        Ok(())
+    }
+}
+
+/// Effects with intervals, one row each (the first at the top), coloured by group, with
+/// vertical reference lines (e.g. zero and a tolerance).
+pub fn effects(
+    stem: &Path,
+    title: &str,
+    x_label: &str,
+    rows: &[Effect],
+    marks: &[(f64, String)],
+) -> Result<(), ReportError> {
+    if rows.is_empty() {
+        return Err(ReportError::Plot {
+            path: stem.display().to_string(),
+            message: "nothing to plot".into(),
+        });
+    }
+    render(
+        stem,
+        &Effects {
+            title,
+            x_label,
+            rows,
+            marks,
         },
     )
 }
@@ -583,9 +848,43 @@ mod tests {
             "t",
             "x",
             "y",
-            &[("sd15".into(), 1.0, 2.0)],
+            &[
+                Point::new("sd15", 1.0, 2.0),
+                Point {
+                    y_err: Some(0.5),
+                    on_front: true,
+                    ..Point::new("mobilediffusion", 0.5, 2.5)
+                },
+                Point {
+                    on_front: true,
+                    ..Point::new("md-lite", 0.4, 3.0)
+                },
+            ],
         )
         .unwrap();
+        assert!(scatter(&dir.path().join("bad"), "t", "x", "y", &[]).is_err());
+        effects(
+            &dir.path().join("effects"),
+            "t",
+            "x",
+            &[
+                Effect {
+                    label: "chain-02 · fd".into(),
+                    value: 0.3,
+                    err: 0.1,
+                    group: "reproduced".into(),
+                },
+                Effect {
+                    label: "chain-04 · fd".into(),
+                    value: -0.05,
+                    err: 0.2,
+                    group: "unresolved".into(),
+                },
+            ],
+            &[(0.0, "no effect".into())],
+        )
+        .unwrap();
+        assert!(effects(&dir.path().join("bad"), "t", "x", &[], &[]).is_err());
         lines(
             &dir.path().join("lines"),
             "t",
@@ -594,7 +893,7 @@ mod tests {
             &[("train".into(), vec![(1.0, 1.0), (2.0, 0.5)])],
         )
         .unwrap();
-        for stem in ["bars", "stack", "scatter", "lines"] {
+        for stem in ["bars", "stack", "scatter", "effects", "lines"] {
             let svg = std::fs::read_to_string(dir.path().join(format!("{stem}.svg"))).unwrap();
             assert!(
                 svg.starts_with("<svg") && svg.contains("<rect"),
@@ -608,7 +907,7 @@ mod tests {
             .contains("mobilediffusion"));
         assert_eq!(
             std::fs::read_dir(dir.path()).unwrap().count(),
-            8,
+            10,
             "no temporary files remain"
         );
         let short = Series {
