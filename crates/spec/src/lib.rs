@@ -21,7 +21,10 @@ pub use resolve::{
     check_latent_size, LevelSpec, MidSpec, NormSpec, StageSpec, TextTimeSpec, TimeEmbeddingSpec,
     TransformerSpec, UnetSpec,
 };
-pub use schema::{AttentionKernel, ConvKind, FeedForwardActivation, PaperNote, Projection};
+pub use schema::{
+    AttentionKernel, ClaimDirection, ClaimMetric, ConvKind, FeedForwardActivation, FineTune,
+    PaperNote, Projection,
+};
 
 /// A loaded, validated config.
 #[derive(Debug, Clone, PartialEq)]

@@ -19,7 +19,8 @@ pub struct ConfigFile {
     pub unet: UnetConfig,
 }
 
-/// The paper's statement about a config: which step it is and what the paper claims for it.
+/// The paper's statement about a config: which step it is, what the paper claims for it, and
+/// how the paper trained it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PaperNote {
@@ -29,6 +30,122 @@ pub struct PaperNote {
     pub claim: String,
     /// Name of the config the step is measured against (its predecessor), if any.
     pub baseline: Option<String>,
+    /// The claim in machine-readable form: the expected direction of each named metric against
+    /// the baseline (`{fd: worse}`, `{fd: no_loss, latency: better}`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub expect: std::collections::BTreeMap<ClaimMetric, ClaimDirection>,
+    /// Train this config from another's weights, as the paper does for ReLU attention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
+}
+
+/// A metric a claim is stated on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimMetric {
+    /// Fréchet distance of the proxy's samples (the paper's FID); lower is better.
+    Fd,
+    /// The proxy's validation loss; lower is better.
+    ValidationLoss,
+    /// Fraction of stated attributes found in the samples (the paper's CLIP score); higher is
+    /// better.
+    AttributeAlignment,
+    /// Fraction of samples with every attribute right; higher is better.
+    TextAlignment,
+    /// Parameters; fewer is better.
+    Params,
+    /// MACs; fewer is better.
+    Macs,
+    /// Measured latency; lower is better.
+    Latency,
+}
+
+impl ClaimMetric {
+    /// Whether a larger value is better (alignment) rather than worse (everything else).
+    pub fn higher_is_better(self) -> bool {
+        matches!(
+            self,
+            ClaimMetric::AttributeAlignment | ClaimMetric::TextAlignment
+        )
+    }
+
+    /// How much worse, relative to the baseline, a "no loss" claim allows: 10 % for FD (the
+    /// paper calls FID 12.31 → 12.58, +2 %, no loss; its harmful step is +43 %), 3 % for the
+    /// validation loss (whose config-to-config differences are a few percent), 5 % for the
+    /// alignments, nothing for counts and latency.
+    pub fn no_loss_tolerance(self) -> f64 {
+        match self {
+            ClaimMetric::Fd => 0.10,
+            ClaimMetric::ValidationLoss => 0.03,
+            ClaimMetric::AttributeAlignment | ClaimMetric::TextAlignment => 0.05,
+            ClaimMetric::Params | ClaimMetric::Macs | ClaimMetric::Latency => 0.0,
+        }
+    }
+
+    /// The name used in configs and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClaimMetric::Fd => "fd",
+            ClaimMetric::ValidationLoss => "validation_loss",
+            ClaimMetric::AttributeAlignment => "attribute_alignment",
+            ClaimMetric::TextAlignment => "text_alignment",
+            ClaimMetric::Params => "params",
+            ClaimMetric::Macs => "macs",
+            ClaimMetric::Latency => "latency",
+        }
+    }
+}
+
+/// What the paper says a step does to a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimDirection {
+    /// The step makes the metric worse.
+    Worse,
+    /// The step does not make the metric worse.
+    NoLoss,
+    /// The step makes the metric better.
+    Better,
+}
+
+impl ClaimDirection {
+    /// The name used in configs and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClaimDirection::Worse => "worse",
+            ClaimDirection::NoLoss => "no loss",
+            ClaimDirection::Better => "better",
+        }
+    }
+}
+
+/// Training from another config's weights (matching parameters by name).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FineTune {
+    /// The config whose trained weights this one starts from (same seed).
+    pub from: String,
+    /// Fine-tuning steps as a fraction of the budget's steps, in (0, 1].
+    pub fraction: FineTuneFraction,
+}
+
+/// A fraction in (0, 1], checked when read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FineTuneFraction(pub f64);
+
+impl Eq for FineTuneFraction {}
+
+impl<'de> Deserialize<'de> for FineTuneFraction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if v > 0.0 && v <= 1.0 {
+            Ok(FineTuneFraction(v))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "fraction {v} must be in (0, 1]"
+            )))
+        }
+    }
 }
 
 /// The UNet: global settings, one entry per resolution level, and the bottleneck (`mid`).
