@@ -5,6 +5,7 @@ mod docs;
 mod export_results;
 mod onnx_check;
 mod peer_bench;
+mod recipe;
 mod setup;
 mod tools;
 
@@ -41,6 +42,10 @@ enum Command {
     /// torch in target/peer-venv; a check that both networks match comes first); writes
     /// results/peers/. A benchmark: minutes, not part of the tests.
     PeerBench(peer_bench::PeerBenchArgs),
+    /// The training-recipe study: train each experiment of a recipe file (default
+    /// ablations/recipe.yaml) with quality scored along the way; curves against images seen,
+    /// a table, plots and README in results/<study>/. Resumable: finished runs are read.
+    Recipe(recipe::RecipeArgs),
     /// The test suite: setup, `cargo test --workspace --release`, then `onnx-check`.
     Test,
 }
@@ -52,6 +57,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::OnnxCheck(args) => onnx_check::run(&args),
         Command::PeerBench(args) => peer_bench::run(&args),
+        Command::Recipe(args) => recipe::run(&args, docs::workspace()),
         Command::Test => test(),
     }
 }

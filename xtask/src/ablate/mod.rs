@@ -1,6 +1,7 @@
 //! `cargo xtask ablate`: count and time every config, then write tables, plots and `run.json`.
 
 mod cache;
+mod claims;
 mod origins;
 mod output;
 mod study;
@@ -102,6 +103,10 @@ pub struct AblateArgs {
     /// with several seeds, the standard deviation.
     #[arg(long)]
     seeds: Option<u64>,
+    /// Give the --seeds only to these configs (names, comma-separated) and one seed to the
+    /// rest: the seed spread that judges the claims, from a stated subset, at less cost.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    seeded_subset: Option<Vec<String>>,
     /// Training runs at a time (default: cores / --train-threads).
     #[arg(long)]
     jobs: Option<usize>,
@@ -241,6 +246,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         let plan_training = training::TrainPlan {
             budget: args.budget.training(),
             seeds: (0..args.seeds.unwrap_or(args.budget.seeds()).max(1)).collect(),
+            seeded_subset: args.seeded_subset.clone(),
             jobs: args.jobs.unwrap_or((cores / threads).max(1)),
             threads,
             lr: args.lr,

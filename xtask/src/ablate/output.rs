@@ -8,11 +8,12 @@ use serde_json::json;
 use unetlab_bench::Machine;
 use unetlab_report::{
     atomic_write, grouped_bars, measurements_frame, scatter, stacked_bars, to_markdown,
-    write_tables, Measurement, ReportError, Series,
+    write_tables, Measurement, Point, ReportError, Series,
 };
 
 use unetlab_train::RunSummary;
 
+use super::claims;
 use super::origins;
 use super::training::Run;
 use super::{AblateArgs, Row};
@@ -32,9 +33,15 @@ pub fn write(
 ) -> Result<()> {
     let mut long = measurements_frame(&measurements(rows, build, started_utc))?;
     write_tables(&mut long, out, "measurements")?;
-    let mut wide = wide_table(rows)?;
+    let verdicts = claims::verdicts(rows);
+    let mut wide = wide_table(rows, &verdicts)?;
     write_tables(&mut wide, out, "table")?;
     plots(out, rows)?;
+    let mut claims_table = claims::frame(&verdicts)?;
+    if !verdicts.is_empty() {
+        write_tables(&mut claims_table, out, "claims")?;
+        claims::plot(out, &verdicts)?;
+    }
 
     let origins = origins::origins(rows);
     let run = json!({
@@ -49,6 +56,7 @@ pub fn write(
         "dtype": args.run_on.dtype,
         "training": parallelism.map(|(jobs, threads)| json!({"runs_at_a_time": jobs, "threads_per_run": threads})),
         "configs": rows.iter().map(|r| json!({"name": r.config.name, "origin": r.config.origin, "hash": r.config.hash()})).collect::<Vec<_>>(),
+        "claims": verdicts,
     });
     write_text(&out.join("run.json"), &serde_json::to_string_pretty(&run)?)?;
     write_text(
@@ -61,7 +69,8 @@ pub fn write(
             &run,
             &to_markdown(&wide),
             parallelism,
-        ) + &origins::section(&origins, build, started_utc)),
+        ) + &claims::section(rows, &verdicts, &to_markdown(&claims_table))
+            + &origins::section(&origins, build, started_utc)),
     )?;
     Ok(())
 }
@@ -335,7 +344,7 @@ fn effect(row: &Row, by_name: &HashMap<&str, &Row>) -> String {
 }
 
 /// One row per config: counts, latency, and the paper's claim beside the measured effect.
-fn wide_table(rows: &[Row]) -> Result<DataFrame> {
+fn wide_table(rows: &[Row], verdicts: &[claims::Verdict]) -> Result<DataFrame> {
     let by_name: HashMap<&str, &Row> = rows.iter().map(|r| (r.config.name.as_str(), r)).collect();
     let text = |name: &str, f: &dyn Fn(&Row) -> String| {
         Column::new(name.into(), rows.iter().map(f).collect::<Vec<String>>())
@@ -424,6 +433,14 @@ fn wide_table(rows: &[Row]) -> Result<DataFrame> {
                 (_, Some(Err(e))) => format!("training FAILED: {e}"),
                 _ => effect(r, &by_name),
             }),
+            text("verdict", &|r| {
+                verdicts
+                    .iter()
+                    .filter(|v| v.config == r.config.name)
+                    .map(|v| format!("{} {}: {}", v.metric, v.expected, v.outcome.name()))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
         ]
         .into_iter()
         .chain(
@@ -499,14 +516,8 @@ fn plots(out: &Path, rows: &[Row]) -> Result<()> {
             &out.join("pareto"),
             "Compute vs quality: full-size GFLOPs against the proxy's FD (lower-left is better)",
             "GFLOPs per UNet evaluation (full size)",
-            "FD of the trained proxy (evaluator features)",
-            &scored
-                .iter()
-                .map(|(name, x, y, front)| {
-                    let mark = if *front { " *" } else { "" };
-                    (format!("{name}{mark}"), *x, *y)
-                })
-                .collect::<Vec<_>>(),
+            "FD of the trained proxy (mean over seeds; bars: ± 1 sd)",
+            &scored,
         )?;
     }
 
@@ -538,7 +549,7 @@ fn plots(out: &Path, rows: &[Row]) -> Result<()> {
             "median latency (s)",
             &timed
                 .iter()
-                .map(|(r, b)| (r.config.name.clone(), b.flops as f64 / 1e9, b.median_s))
+                .map(|(r, b)| Point::new(r.config.name.clone(), b.flops as f64 / 1e9, b.median_s))
                 .collect::<Vec<_>>(),
         )?;
         // Blocks grouped by level, so configs with different depths share one legend.
@@ -576,24 +587,31 @@ fn plots(out: &Path, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
-/// (config, full-size GFLOPs, mean FD, on the Pareto front) for every scored config: on the
+/// Full-size GFLOPs against mean FD (± sd with several seeds) for every scored config; on the
 /// front when no other config has at most its GFLOPs and its FD, and less of one.
-fn pareto_points(rows: &[Row]) -> Vec<(String, f64, f64, bool)> {
-    let points: Vec<(String, f64, f64)> = rows
+fn pareto_points(rows: &[Row]) -> Vec<Point> {
+    let mut points: Vec<Point> = rows
         .iter()
         .filter_map(|r| {
-            quality(r, &fd).map(|(m, _)| (r.config.name.clone(), r.cost.flops() as f64 / 1e9, m))
+            let runs = r.trained.as_ref()?.as_ref().ok()?.len();
+            quality(r, &fd).map(|(m, sd)| Point {
+                y_err: (runs > 1).then_some(sd),
+                ..Point::new(r.config.name.clone(), r.cost.flops() as f64 / 1e9, m)
+            })
         })
         .collect();
-    points
+    let dominated: Vec<bool> = points
         .iter()
-        .map(|(name, x, y)| {
-            let dominated = points
+        .map(|p| {
+            points
                 .iter()
-                .any(|(_, a, b)| a <= x && b <= y && (a < x || b < y));
-            (name.clone(), *x, *y, !dominated)
+                .any(|q| q.x <= p.x && q.y <= p.y && (q.x < p.x || q.y < p.y))
         })
-        .collect()
+        .collect();
+    for (p, d) in points.iter_mut().zip(dominated) {
+        p.on_front = !d;
+    }
+    points
 }
 
 /// Per-block medians summed by level ("down level 0" is the outermost), execution order.
@@ -706,7 +724,7 @@ fn readme(
     s.push_str(
         "\n## Files\n\n- `table.{md,csv,parquet}`: one row per config.\n- `measurements.{md,csv,parquet}`: every number as \
          (config, hash, measurement, value, unit, conditions).\n- `params_gflops`, `macs_by_level`, `latency`, `latency_vs_gflops`, \
-         `per_block`, `pareto` (`.svg`, `.png`).\n- `run.json`: machine, command, date, and under `provenance` the build of every \
+         `per_block`, `pareto`, `claims` (`.svg`, `.png`).\n- `claims.{md,csv,parquet}`: one row per stated claim with its effect, 2σ and verdict.\n- `run.json`: machine, command, date, and under `provenance` the build of every \
          measured row and whether it came from the cache (`mode`: `measured`, or `re-rendered` when every row did).\n\
          - `cache/`: one JSON per measured config and conditions, keyed on the identity of the sources that measure \
          (a change to the kernels or the trainer measures again; a change to tables or plots only re-renders); \
@@ -753,12 +771,12 @@ fn quality_section(rows: &[Row], parallelism: Option<(usize, usize)>) -> String 
     }
     let front: Vec<String> = pareto_points(rows)
         .into_iter()
-        .filter(|p| p.3)
-        .map(|p| format!("`{}`", p.0))
+        .filter(|p| p.on_front)
+        .map(|p| format!("`{}`", p.name))
         .collect();
     if !front.is_empty() {
         s.push_str(&format!(
-            "Pareto front of full-size GFLOPs against proxy FD (`pareto.svg`, marked *): {}.\n\n",
+            "Pareto front of full-size GFLOPs against proxy FD (`pareto.png`: the line, marked (front) in the key): {}.\n\n",
             front.join(", ")
         ));
     }

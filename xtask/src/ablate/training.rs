@@ -3,6 +3,10 @@
 //! two single-threaded runs beat one run on two threads). Finished runs are cached by config and
 //! recipe in the study's `cache/`; run directories (checkpoints, resumable) live under
 //! `target/ablate-runs/`.
+//!
+//! A config whose `paper.fine_tune` names another config of the study is trained in a second
+//! wave, from that config's finished run (same seed) for its fraction of the budget's steps, as
+//! the paper fine-tunes ReLU attention from softmax; its cache key includes the parent's.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -25,8 +29,11 @@ use super::cache::Cache;
 pub struct TrainPlan {
     /// The recipe's budget.
     pub budget: Budget,
-    /// Seeds: one run per seed and config.
+    /// Seeds: one run per seed and config (see `seeded_subset`).
     pub seeds: Vec<u64>,
+    /// If given, only these configs (by name) get every seed, and the rest the first; a parent
+    /// of a fine-tuning config gets as many seeds as its child.
+    pub seeded_subset: Option<Vec<String>>,
     /// Runs at a time.
     pub jobs: usize,
     /// CPU threads per run.
@@ -59,8 +66,29 @@ struct TrainConditions<'a> {
     evaluator: String,
     /// [`Code::Training`]'s identity: a change to the trainer, model, kernels or data re-trains.
     code: &'a str,
+    /// The run this one is fine-tuned from, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fine_tune: Option<FineTuneKey>,
 }
 
+/// A fine-tuning run's parent: its config hash and cache key digest, and the steps trained.
+#[derive(Serialize)]
+struct FineTuneKey {
+    from: String,
+    from_key: String,
+    steps: u64,
+}
+
+/// Where a fine-tuning run starts.
+#[derive(Clone)]
+struct Parent {
+    /// The parent's run directory.
+    dir: PathBuf,
+    /// Steps to train from it.
+    steps: u64,
+}
+
+#[derive(Clone)]
 struct Job {
     config: usize,
     /// Position of `seed` in the plan's seeds (the first seed's samples are kept).
@@ -69,9 +97,10 @@ struct Job {
     reference: String,
     name: String,
     hash: String,
-    /// The cache key: recipe (with this seed), scoring, evaluator, version.
+    /// The cache key: recipe (with this seed), scoring, evaluator, version, parent.
     key: Vec<u8>,
     cost: u64,
+    parent: Option<Parent>,
 }
 
 /// Trains (or reads from the cache) every config for every seed; `samples` receives each
@@ -90,28 +119,74 @@ pub fn train_all(
     let evaluator = EvaluatorRecipe::for_budget(plan.budget);
     let metrics = MetricOptions::for_budget(plan.budget);
     let code = Code::Training.identity();
-    let conditions_for = |seed: u64| {
-        let mut recipe = recipe.clone();
-        recipe.seed = seed;
-        serde_json::to_vec(&TrainConditions {
-            recipe: &recipe,
-            metrics,
-            evaluator: evaluator.hash(),
-            code,
-        })
-        .expect("conditions serialise")
+    let parents = parents(configs, recipe.steps)?;
+    if let Some(unknown) = plan
+        .seeded_subset
+        .iter()
+        .flatten()
+        .find(|n| !configs.iter().any(|(_, c)| &c.name == *n))
+    {
+        anyhow::bail!("--seeded-subset: {unknown} is not a config of this study");
+    }
+    let seeds = seed_counts(configs, plan, &parents);
+    // Cache keys, parents' first (a fine-tuning run's key includes its parent's).
+    let mut keys: Vec<Vec<Vec<u8>>> = vec![Vec::new(); configs.len()];
+    for c in (0..configs.len())
+        .filter(|&c| parents[c].is_none())
+        .chain((0..configs.len()).filter(|&c| parents[c].is_some()))
+    {
+        keys[c] = plan.seeds[..seeds[c]]
+            .iter()
+            .enumerate()
+            .map(|(s, &seed)| {
+                let mut recipe = recipe.clone();
+                recipe.seed = seed;
+                let fine_tune = parents[c].map(|(p, steps)| FineTuneKey {
+                    from: configs[p].1.hash(),
+                    from_key: unetlab_files::sha256_hex(&keys[p][s]),
+                    steps,
+                });
+                serde_json::to_vec(&TrainConditions {
+                    recipe: &recipe,
+                    metrics,
+                    evaluator: evaluator.hash(),
+                    code,
+                    fine_tune,
+                })
+                .expect("conditions serialise")
+            })
+            .collect();
+    }
+    let job = |c: usize, s: usize| {
+        let (reference, config) = &configs[c];
+        Job {
+            config: c,
+            seed_index: s,
+            seed: plan.seeds[s],
+            reference: reference.clone(),
+            name: config.name.clone(),
+            hash: config.hash(),
+            key: keys[c][s].clone(),
+            cost: proxy_macs(config, &recipe),
+            parent: None,
+        }
+    };
+    let job = |c: usize, s: usize| Job {
+        parent: parents[c].map(|(p, steps)| Parent {
+            dir: run_dir(plan, &job(p, s)),
+            steps,
+        }),
+        ..job(c, s)
     };
 
-    // Cached runs, and the jobs for the rest (largest proxies first, so the longest run starts
-    // at once and the small ones fill in around it).
+    // Cached runs, and the jobs for the rest.
     let mut results: Vec<Vec<Option<Result<Run, String>>>> =
-        vec![vec![None; plan.seeds.len()]; configs.len()];
-    let mut jobs = Vec::new();
-    for (c, (reference, config)) in configs.iter().enumerate() {
-        for (s, &seed) in plan.seeds.iter().enumerate() {
-            let (hash, key) = (config.hash(), conditions_for(seed));
+        seeds.iter().map(|&n| vec![None; n]).collect();
+    let mut todo: Vec<(usize, usize)> = Vec::new();
+    for (c, (_, config)) in configs.iter().enumerate() {
+        for s in 0..seeds[c] {
             let cached = cache
-                .get_json::<RunSummary>("train", &hash, &key)
+                .get_json::<RunSummary>("train", &config.hash(), &keys[c][s])
                 .filter(|_| !plan.force);
             match cached {
                 Some(summary) => {
@@ -120,25 +195,25 @@ pub fn train_all(
                         cached: true,
                     }))
                 }
-                None => jobs.push(Job {
-                    config: c,
-                    seed_index: s,
-                    seed,
-                    reference: reference.clone(),
-                    name: config.name.clone(),
-                    hash,
-                    key,
-                    cost: proxy_macs(config, &recipe),
-                }),
+                None => todo.push((c, s)),
             }
         }
     }
-    let cached = configs.len() * plan.seeds.len() - jobs.len();
+    // A fine-tuning run needs its parent's checkpoint: a cached parent whose run directory is
+    // gone is trained again (same key, same result).
+    for (c, s) in todo.clone() {
+        if let Some((p, _)) = parents[c] {
+            let finished = run_dir(plan, &job(p, s)).join("run.json").is_file();
+            if !finished && !todo.contains(&(p, s)) {
+                todo.push((p, s));
+            }
+        }
+    }
+    let cached = results.iter().flatten().filter(|r| r.is_some()).count();
     if cached > 0 {
         eprintln!("training: {cached} run(s) cached");
     }
-    if !jobs.is_empty() {
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.cost));
+    if !todo.is_empty() {
         let unetlab = crate::tools::build_unetlab(root)?;
         if !Evaluator::cache_path(&plan.evaluator_cache, &evaluator).exists() {
             let bar = bar("evaluator (trained once, then cached)", evaluator.steps);
@@ -149,43 +224,45 @@ pub fn train_all(
             bar.finish_and_clear();
         }
         std::fs::create_dir_all(samples)?;
-        let total = jobs.len();
-        let overall = bar("training", total as u64);
-        let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<_>>());
-        let done = Mutex::new(Vec::new());
-        std::thread::scope(|scope| {
-            for _ in 0..plan.jobs.max(1) {
-                scope.spawn(|| loop {
-                    let Some(job) = queue.lock().expect("queue").pop_front() else {
-                        break;
-                    };
-                    let outcome = run_job(&unetlab, &job, plan, &overall);
-                    if let Ok(summary) = &outcome {
-                        // Samples first: a run is cached only once its grid is in place (a
-                        // cached run is never copied again).
-                        let kept = if job.seed_index == 0 {
-                            copy_samples(plan, summary, &job, samples)
-                        } else {
-                            Ok(())
-                        };
-                        let cached = kept
-                            .and_then(|_| cache.put_json("train", &job.hash, &job.key, summary));
-                        if let Err(e) = cached {
-                            overall.suspend(|| eprintln!("warning: {e:#}"));
-                        }
-                    }
-                    overall.inc(1);
-                    done.lock().expect("results").push((job, outcome));
-                });
-            }
-        });
-        overall.finish_and_clear();
-        for (job, outcome) in done.into_inner().expect("results") {
-            results[job.config][job.seed_index] = Some(outcome.map(|summary| Run {
-                summary,
-                cached: false,
-            }));
+        let overall = bar("training", todo.len() as u64);
+        // Largest proxies first, so the longest run starts at once and the small ones fill in
+        // around it; fine-tuning runs in a second wave, once their parents have finished.
+        let mut waves: [Vec<Job>; 2] = [Vec::new(), Vec::new()];
+        for &(c, s) in &todo {
+            let j = job(c, s);
+            waves[usize::from(j.parent.is_some())].push(j);
         }
+        let mut failed_parents: Vec<(usize, usize)> = Vec::new();
+        for wave in waves {
+            let (runnable, orphans): (Vec<Job>, Vec<Job>) = wave.into_iter().partition(|j| {
+                parents[j.config].is_none_or(|(p, _)| !failed_parents.contains(&(p, j.seed_index)))
+            });
+            let mut finished = run_wave(runnable, &unetlab, plan, cache, samples, &overall);
+            finished.extend(orphans.into_iter().map(|j| {
+                overall.inc(1);
+                let parent = &configs[parents[j.config].expect("an orphan has a parent").0].1;
+                let reason = format!("its parent {} failed to train", parent.name);
+                (j, Err(reason))
+            }));
+            for (job, outcome) in finished {
+                if outcome.is_err() {
+                    failed_parents.push((job.config, job.seed_index));
+                }
+                let slot = &mut results[job.config][job.seed_index];
+                match (outcome, slot.is_some()) {
+                    (Ok(summary), _) => {
+                        *slot = Some(Ok(Run {
+                            summary,
+                            cached: false,
+                        }))
+                    }
+                    // A cached parent retrained only for its checkpoint keeps its cached row.
+                    (Err(_), true) => {}
+                    (Err(e), false) => *slot = Some(Err(e)),
+                }
+            }
+        }
+        overall.finish_and_clear();
     }
     Ok(results
         .into_iter()
@@ -195,6 +272,99 @@ pub fn train_all(
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect())
+}
+
+/// Seeds per config: all of the plan's, or only for the seeded subset (and the parents of its
+/// fine-tuning configs), one for the rest.
+fn seed_counts(
+    configs: &[(String, &Config)],
+    plan: &TrainPlan,
+    parents: &[Option<(usize, u64)>],
+) -> Vec<usize> {
+    let mut counts: Vec<usize> = configs
+        .iter()
+        .map(|(_, c)| match &plan.seeded_subset {
+            Some(names) if !names.contains(&c.name) => 1,
+            _ => plan.seeds.len(),
+        })
+        .collect();
+    for (c, parent) in parents.iter().enumerate() {
+        if let Some((p, _)) = parent {
+            counts[*p] = counts[*p].max(counts[c]);
+        }
+    }
+    counts
+}
+
+/// For each config, the config of the study it fine-tunes from and the steps to train; errors
+/// for a parent not in the study, or one that is itself fine-tuned.
+fn parents(configs: &[(String, &Config)], steps: u64) -> Result<Vec<Option<(usize, u64)>>> {
+    let index = |name: &str| configs.iter().position(|(_, c)| c.name == name);
+    let declared = |c: &Config| c.paper.as_ref().and_then(|p| p.fine_tune.clone());
+    configs
+        .iter()
+        .map(|(_, config)| {
+            let Some(tune) = declared(config) else {
+                return Ok(None);
+            };
+            let p = index(&tune.from).with_context(|| {
+                format!(
+                    "{}: paper.fine_tune.from: {} is not in this study; add its config to the command",
+                    config.name, tune.from
+                )
+            })?;
+            if declared(configs[p].1).is_some() {
+                anyhow::bail!(
+                    "{}: paper.fine_tune.from: {} is itself fine-tuned; chains of fine-tuning are not supported",
+                    config.name,
+                    tune.from
+                );
+            }
+            let tuned = ((steps as f64 * tune.fraction.0).round() as u64).max(1);
+            Ok(Some((p, tuned)))
+        })
+        .collect()
+}
+
+/// Runs `jobs` on the plan's pool; caches each finished run (after copying its samples).
+fn run_wave(
+    mut jobs: Vec<Job>,
+    unetlab: &Path,
+    plan: &TrainPlan,
+    cache: &Cache,
+    samples: &Path,
+    overall: &ProgressBar,
+) -> Vec<(Job, Result<RunSummary, String>)> {
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.cost));
+    let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<_>>());
+    let done = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..plan.jobs.max(1) {
+            scope.spawn(|| loop {
+                let Some(job) = queue.lock().expect("queue").pop_front() else {
+                    break;
+                };
+                let outcome = run_job(unetlab, &job, plan, overall);
+                if let Ok(summary) = &outcome {
+                    // Samples first: a run is cached only once its grid is in place (a
+                    // cached run is never copied again).
+                    let kept = if job.seed_index == 0 {
+                        copy_samples(plan, summary, &job, samples)
+                    } else {
+                        Ok(())
+                    };
+                    let cached =
+                        kept.and_then(|_| cache.put_json("train", &job.hash, &job.key, summary));
+                    if let Err(e) = cached {
+                        overall.suspend(|| eprintln!("warning: {e:#}"));
+                    }
+                }
+                overall.inc(1);
+                done.lock().expect("results").push((job, outcome));
+            });
+        }
+    });
+    done.into_inner().expect("results")
 }
 
 /// `<runs>/<name>-<digest of config and cache key>`: a changed recipe never resumes an old run.
@@ -230,6 +400,13 @@ fn run_job(
         .arg("--json");
     if let Some(lr) = plan.lr {
         cmd.args(["--lr", &lr.to_string()]);
+    }
+    if let Some(parent) = &job.parent {
+        cmd.arg("--init-from")
+            .arg(&parent.dir)
+            .arg("--tokenizer")
+            .arg(parent.dir.join("tokenizer.json"))
+            .args(["--steps", &parent.steps.to_string()]);
     }
     let output = cmd
         .stdout(Stdio::piped())
