@@ -50,6 +50,19 @@ struct RecipeFile {
     score_every_images: u64,
     /// The experiments.
     experiments: Vec<Experiment>,
+    /// Sampler settings to score one finished experiment with (`unetlab score`).
+    #[serde(default)]
+    rescore: Option<Rescore>,
+}
+
+/// Other sampler settings for one experiment's final weights.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rescore {
+    /// The experiment.
+    experiment: String,
+    /// (DDIM steps, guidance scale) pairs.
+    settings: Vec<(usize, f64)>,
 }
 
 /// One training run.
@@ -118,6 +131,15 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
             );
         }
     }
+    if let Some(r) = &file.rescore {
+        if !file.experiments.iter().any(|e| e.name == r.experiment) {
+            bail!(
+                "{}: rescore.experiment: no experiment is named `{}`",
+                args.file.display(),
+                r.experiment
+            );
+        }
+    }
     if let Some(unknown) = args
         .only
         .iter()
@@ -148,7 +170,7 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
         .filter(|e| args.only.is_empty() || args.only.contains(&e.name))
         .collect();
     selected.sort_by_key(|e| e.steps * e.batch);
-    let queue = std::sync::Mutex::new(selected.iter().copied().collect::<Vec<_>>());
+    let queue = std::sync::Mutex::new(selected);
     let failures = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..args.jobs.max(1) {
@@ -185,7 +207,13 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
             Some((e.clone(), dir, serde_json::from_str(&text).ok()?))
         })
         .collect();
-    write(&out, &file, &done, &build, &started)?;
+    let rescored = match &file.rescore {
+        Some(r) if done.iter().any(|(e, _, _)| e.name == r.experiment) => {
+            rescore(&unetlab, &runs.join(&r.experiment), r, &evaluator_cache)?
+        }
+        _ => Vec::new(),
+    };
+    write(&out, &file, &done, &rescored, &build, &started)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
@@ -230,6 +258,41 @@ fn write_text(path: &Path, text: &str) -> Result<(), ReportError> {
     })
 }
 
+/// `unetlab score` of one run at each of the settings: (steps, cfg, its metrics).
+fn rescore(
+    unetlab: &Path,
+    dir: &Path,
+    r: &Rescore,
+    evaluator_cache: &Path,
+) -> Result<Vec<(usize, f64, unetlab_train::trainer::RunMetrics)>> {
+    r.settings
+        .iter()
+        .map(|&(steps, cfg)| {
+            eprintln!(
+                "{}: scoring with {steps} DDIM steps, guidance {cfg} ...",
+                r.experiment
+            );
+            let output = Command::new(unetlab)
+                .arg("score")
+                .arg(dir)
+                .args(["--steps", &steps.to_string(), "--cfg", &cfg.to_string()])
+                .arg("--evaluator-cache")
+                .arg(evaluator_cache)
+                .arg("--json")
+                .output()
+                .with_context(|| format!("running {}", unetlab.display()))?;
+            if !output.status.success() {
+                bail!(
+                    "unetlab score {}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            Ok((steps, cfg, serde_json::from_slice(&output.stdout)?))
+        })
+        .collect()
+}
+
 /// (step, values...) rows of a run's CSV log.
 fn read_log(path: &Path) -> Vec<Vec<f64>> {
     std::fs::read_to_string(path)
@@ -244,6 +307,7 @@ fn write(
     out: &Path,
     file: &RecipeFile,
     done: &[(Experiment, PathBuf, RunSummary)],
+    rescored: &[(usize, f64, unetlab_train::trainer::RunMetrics)],
     build: &Build,
     started: &str,
 ) -> Result<()> {
@@ -361,6 +425,38 @@ fn write(
         ],
     )?;
     write_tables(&mut table, out, "table")?;
+    let mut sampler_section = String::new();
+    if let (Some(r), false) = (&file.rescore, rescored.is_empty()) {
+        let q = |f: fn(&unetlab_train::metrics::Quality) -> f64| {
+            rescored
+                .iter()
+                .map(|(_, _, m)| f(&m.quality))
+                .collect::<Vec<f64>>()
+        };
+        let mut sampler = DataFrame::new(
+            rescored.len(),
+            vec![
+                Column::new(
+                    "DDIM steps".into(),
+                    rescored.iter().map(|s| s.0 as u64).collect::<Vec<_>>(),
+                ),
+                Column::new(
+                    "guidance".into(),
+                    rescored.iter().map(|s| s.1).collect::<Vec<_>>(),
+                ),
+                Column::new("FD".into(), q(|q| q.fd)),
+                Column::new("attribute alignment".into(), q(|q| q.attribute_alignment)),
+                Column::new("text alignment".into(), q(|q| q.text_alignment)),
+            ],
+        )?;
+        write_tables(&mut sampler, out, "sampler")?;
+        sampler_section = format!(
+            "\n## Sampler settings\n\nThe final weights of `{}` scored with other DDIM step counts and guidance scales \
+             (`unetlab score`; same captions, noise and evaluator):\n\n{}\n",
+            r.experiment,
+            to_markdown(&sampler)
+        );
+    }
     let real_fd = done
         .iter()
         .find_map(|(_, _, s)| s.metrics.as_ref().map(|m| m.real_fd));
@@ -370,9 +466,10 @@ fn write(
          with the arguments in `table.md`, scored every {} images seen on the quick scoring (128 validation captions, 10 DDIM \
          steps, guidance 3){}. Runs read from an earlier invocation name their build in `trained by`. Nothing here is \
          edited by hand.\n\n## Runs\n\n{}\n\nThe attribute columns (`count` … `size`) split the attribute alignment by kind. \
-         `training s` is the training time of the run's last session (threads as the machine allowed).\n\n## Files\n\n\
+         `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
          - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
-         value) along each run.\n- `fd`, `attribute_alignment`, `validation_loss` (`.svg`, `.png`): the curves.\n",
+         value) along each run.\n- `sampler.{{md,csv,parquet}}`: the sampler settings, if the file asks for them.\n\
+         - `fd`, `attribute_alignment`, `validation_loss` (`.svg`, `.png`): the curves.\n",
         file.study,
         file.description.trim(),
         std::env::args().skip(2).collect::<Vec<_>>().join(" "),
@@ -384,6 +481,7 @@ fn write(
             "; real images against other real ones score FD {f:.1}"
         )),
         to_markdown(&table),
+        sampler_section,
     );
     write_text(&out.join("README.md"), &readme)?;
     Ok(())

@@ -4,6 +4,7 @@ mod cache;
 mod claims;
 mod origins;
 mod output;
+mod ranking;
 mod study;
 mod training;
 
@@ -62,11 +63,13 @@ impl Budget {
         }
     }
 
-    /// Training seeds: several only for `full`, where the spread is worth its time.
+    /// Training seeds: two for `quick` (the seed spread that judges the claims), three for
+    /// `full`, one for `smoke`.
     fn seeds(self) -> u64 {
         match self {
+            Budget::Smoke => 1,
+            Budget::Quick => 2,
             Budget::Full => 3,
-            _ => 1,
         }
     }
 }
@@ -99,8 +102,8 @@ pub struct AblateArgs {
     /// Count and time only: no proxy training, no quality columns.
     #[arg(long)]
     no_train: bool,
-    /// Training seeds per config, 0..N (default: 3 for `full`, else 1); tables show the mean and,
-    /// with several seeds, the standard deviation.
+    /// Training seeds per config, 0..N (default: 1 for `smoke`, 2 for `quick`, 3 for `full`);
+    /// tables show the mean and, with several seeds, the standard deviation.
     #[arg(long)]
     seeds: Option<u64>,
     /// Give the --seeds only to these configs (names, comma-separated) and one seed to the
@@ -119,6 +122,10 @@ pub struct AblateArgs {
     /// Peak learning rate instead of the budget's (all runs).
     #[arg(long)]
     lr: Option<f64>,
+    /// Another study's folder (e.g. results/ablate-full): report the Spearman rank correlation
+    /// of this study's FD and validation loss with its, over the configs both trained.
+    #[arg(long, value_name = "DIR")]
+    rank_against: Option<PathBuf>,
 }
 
 /// Everything measured for one config.
@@ -154,6 +161,11 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         .map(|r| Config::load(r).with_context(|| format!("loading {r}")))
         .collect::<Result<Vec<_>>>()?;
 
+    if !args.no_train {
+        // Before anything is measured: a fine-tuning parent must be in the study.
+        let named: Vec<(String, &Config)> = plan.configs.iter().cloned().zip(&configs).collect();
+        training::parents(&named, 1)?;
+    }
     let (build, started) = (Build::current(), now_utc());
     let machine = Machine::current();
     let (warmup, runs, max_seconds) = args.budget.timing();

@@ -15,6 +15,7 @@ use unetlab_train::RunSummary;
 
 use super::claims;
 use super::origins;
+use super::ranking;
 use super::training::Run;
 use super::{AblateArgs, Row};
 use unetlab_provenance::{Build, Provenance};
@@ -34,6 +35,10 @@ pub fn write(
     let mut long = measurements_frame(&measurements(rows, build, started_utc))?;
     write_tables(&mut long, out, "measurements")?;
     let verdicts = claims::verdicts(rows);
+    let mut correlations = ranking::between_seeds(rows);
+    if let Some(other) = &args.rank_against {
+        correlations.extend(ranking::against(rows, other)?);
+    }
     let mut wide = wide_table(rows, &verdicts)?;
     write_tables(&mut wide, out, "table")?;
     plots(out, rows)?;
@@ -57,6 +62,7 @@ pub fn write(
         "training": parallelism.map(|(jobs, threads)| json!({"runs_at_a_time": jobs, "threads_per_run": threads})),
         "configs": rows.iter().map(|r| json!({"name": r.config.name, "origin": r.config.origin, "hash": r.config.hash()})).collect::<Vec<_>>(),
         "claims": verdicts,
+        "rank_correlations": correlations,
     });
     write_text(&out.join("run.json"), &serde_json::to_string_pretty(&run)?)?;
     write_text(
@@ -70,6 +76,7 @@ pub fn write(
             &to_markdown(&wide),
             parallelism,
         ) + &claims::section(rows, &verdicts, &to_markdown(&claims_table))
+            + &ranking::section(&correlations)
             + &origins::section(&origins, build, started_utc)),
     )?;
     Ok(())
