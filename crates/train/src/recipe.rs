@@ -14,13 +14,14 @@ use crate::schedule::{Prediction, ScheduleKind};
 pub enum Budget {
     /// A handful of steps on a tiny batch: exercises every code path.
     Smoke,
-    /// 800 steps of 8 images: every config of `configs/` within 45 minutes on a 2-core CPU, two
-    /// runs at a time (about 20 minutes of it training, at the step rates of `unetlab bench
-    /// --train` once training matched PyTorch eager; an early-training comparison, not a
-    /// converged one; at equal time, more steps of smaller batches reached a lower validation
-    /// loss).
+    /// 800 steps of 8 images with min-SNR-5 weighting: `cargo xtask ablate configs/*.yaml`
+    /// trains every config with two seeds within an hour on a 2-core CPU, two runs at a time. An
+    /// early-training comparison, not a converged one; `results/recipe` shows why: at 8,000
+    /// images, 1,000 steps of 8 beat 250 of 32, and min-SNR-γ lowered FD at every size tried.
     Quick,
-    /// Thousands of steps.
+    /// Twice the quick images (1,600 steps of 8), scored on 256 captions: configs/*.yaml with
+    /// three seeds in about 150 minutes on a 2-core CPU (an estimate from the quick run's
+    /// throughput).
     Full,
 }
 
@@ -146,7 +147,7 @@ impl Recipe {
             text_layers: 2,
             text_heads: 4,
             prediction: Prediction::V,
-            min_snr_gamma: None,
+            min_snr_gamma: Some(5.0),
             schedule: ScheduleKind::ScaledLinear,
         };
         match budget {
@@ -161,15 +162,9 @@ impl Recipe {
             },
             Budget::Quick => base,
             Budget::Full => Recipe {
-                steps: 3000,
-                batch: 16,
-                warmup: 100,
-                optimizer: AdamWConfig {
-                    lr: 1e-3,
-                    ..base.optimizer
-                },
-                val_every: 250,
-                checkpoint_every: 250,
+                steps: 1600,
+                val_every: 200,
+                checkpoint_every: 200,
                 ..base
             },
         }
