@@ -65,12 +65,18 @@ fn a_killed_run_resumes_to_the_same_bits() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
     let steps = "40";
-    let o = unetlab(&train_args(a_s, steps));
+    // Scored along the way too: the quality curve resumes as bit-identically as the rest.
+    let args = |out| {
+        let mut v = train_args(out, steps);
+        v.extend(["--score-every", "16"]);
+        v
+    };
+    let o = unetlab(&args(a_s));
     assert!(o.status.success(), "{}", stderr(&o));
 
     // The same run, killed with SIGKILL after its second checkpoint, then started again.
     let mut child = unetlab_command()
-        .args(train_args(b_s, steps))
+        .args(args(b_s))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -89,7 +95,7 @@ fn a_killed_run_resumes_to_the_same_bits() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!b.join("run.json").exists());
-    let o = unetlab(&train_args(b_s, steps));
+    let o = unetlab(&args(b_s));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("resuming from the checkpoint at step 16"),
@@ -103,6 +109,7 @@ fn a_killed_run_resumes_to_the_same_bits() {
         "validation.csv",
         "tokenizer.json",
         "samples.png",
+        "quality.csv",
     ] {
         assert!(
             std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(),
@@ -122,6 +129,25 @@ fn a_killed_run_resumes_to_the_same_bits() {
         unetlab_provenance::Build::current().commit
     );
     assert_eq!(run["resumed_from"], 16);
+    // Scored at steps 16 and 32, and at the end.
+    let quality = std::fs::read_to_string(a.join("quality.csv")).unwrap();
+    let steps: Vec<&str> = quality
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(steps, ["16", "32", "40"], "{quality}");
+    let last: Vec<f64> = quality
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let q = &run["metrics"]["quality"];
+    assert_eq!(last[1], 40.0 * 8.0, "images seen");
+    assert_eq!(last[2], q["fd"].as_f64().unwrap());
+    assert_eq!(last[3], q["attribute_alignment"].as_f64().unwrap());
 }
 
 #[test]
@@ -173,6 +199,43 @@ fn fine_tuning_and_sampling_from_a_run() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("parameters copied, 0 with another shape and 0 absent"),
+        "{}",
+        stderr(&o)
+    );
+    // The parent is part of the fine-tuned run's identity and record.
+    let read = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap()
+    };
+    assert_eq!(read(&tuned)["initialised_from"], read(&base)["run_hash"]);
+    assert!(read(&base).get("initialised_from").is_none());
+
+    // Re-scored with other sampler settings: the same metrics a run reports, by kind too.
+    let o = unetlab(&[
+        "score",
+        base.to_str().unwrap(),
+        "--budget",
+        "smoke",
+        "--images",
+        "8",
+        "--steps",
+        "2",
+        "--cfg",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let scored: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(scored["options"]["images"], 8);
+    assert_eq!(scored["options"]["ddim_steps"], 2);
+    let kinds = &scored["quality"]["by_kind"];
+    for kind in ["count", "relation", "shape", "colour", "size"] {
+        let rate = kinds[kind].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&rate), "{kind}: {rate}");
+    }
+    let o = unetlab(&["score", tmp.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a finished training run"),
         "{}",
         stderr(&o)
     );
