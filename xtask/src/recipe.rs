@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 use unetlab_provenance::{now_utc, Build};
-use unetlab_report::{atomic_write, lines, to_markdown, write_tables, ReportError};
+use unetlab_report::{lines, to_markdown, write_tables, write_text};
 use unetlab_train::RunSummary;
 
 /// Train the experiments of a recipe file (`ablations/recipe.yaml`) and compare their quality
@@ -245,17 +245,6 @@ fn train(
         );
     }
     serde_json::from_slice(&output.stdout).context("unreadable run.json")
-}
-
-fn write_text(path: &Path, text: &str) -> Result<(), ReportError> {
-    atomic_write(path, |out| {
-        use std::io::Write;
-        out.write_all(text.as_bytes())
-            .map_err(|source| ReportError::Io {
-                path: path.display().to_string(),
-                source,
-            })
-    })
 }
 
 /// `unetlab score` of one run at each of the settings: (steps, cfg, its metrics).

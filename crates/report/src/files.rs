@@ -27,3 +27,14 @@ pub fn atomic_write(
         io,
     )
 }
+
+/// Writes `text` to `path` atomically (see [`atomic_write`]).
+pub fn write_text(path: &Path, text: &str) -> Result<(), ReportError> {
+    atomic_write(path, |out| {
+        out.write_all(text.as_bytes())
+            .map_err(|source| ReportError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+    })
+}

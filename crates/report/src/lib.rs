@@ -8,7 +8,7 @@ mod files;
 mod frame;
 mod plots;
 
-pub use files::atomic_write;
+pub use files::{atomic_write, write_text};
 pub use frame::{
     measurements_frame, read_csv, read_parquet, to_markdown, write_parquet, write_tables,
     Measurement,

@@ -129,6 +129,17 @@ fn plot_err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// Charts of points or rows need at least one.
+fn not_empty<T>(stem: &Path, items: &[T]) -> Result<(), ReportError> {
+    if items.is_empty() {
+        return Err(ReportError::Plot {
+            path: stem.display().to_string(),
+            message: "nothing to plot".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Bar charts need at least one category and one value per category in every series.
 fn check_shape(stem: &Path, categories: &[String], series: &[Series]) -> Result<(), ReportError> {
     let bad = |message: String| {
@@ -600,12 +611,7 @@ pub fn scatter(
     y_label: &str,
     points: &[Point],
 ) -> Result<(), ReportError> {
-    if points.is_empty() {
-        return Err(ReportError::Plot {
-            path: stem.display().to_string(),
-            message: "nothing to plot".into(),
-        });
-    }
+    not_empty(stem, points)?;
     render(
         stem,
         &Scatter {
@@ -738,12 +744,7 @@ pub fn effects(
     rows: &[Effect],
     marks: &[(f64, String)],
 ) -> Result<(), ReportError> {
-    if rows.is_empty() {
-        return Err(ReportError::Plot {
-            path: stem.display().to_string(),
-            message: "nothing to plot".into(),
-        });
-    }
+    not_empty(stem, rows)?;
     render(
         stem,
         &Effects {

@@ -7,8 +7,8 @@ use anyhow::Result;
 use serde_json::json;
 use unetlab_bench::Machine;
 use unetlab_report::{
-    atomic_write, grouped_bars, measurements_frame, scatter, stacked_bars, to_markdown,
-    write_tables, Measurement, Point, ReportError, Series,
+    grouped_bars, measurements_frame, scatter, stacked_bars, to_markdown, write_tables, write_text,
+    Measurement, Point, Series,
 };
 
 use unetlab_train::RunSummary;
@@ -80,17 +80,6 @@ pub fn write(
             + &origins::section(&origins, build, started_utc)),
     )?;
     Ok(())
-}
-
-fn write_text(path: &Path, text: &str) -> Result<(), ReportError> {
-    atomic_write(path, |out| {
-        use std::io::Write;
-        out.write_all(text.as_bytes())
-            .map_err(|source| ReportError::Io {
-                path: path.display().to_string(),
-                source,
-            })
-    })
 }
 
 fn count_conditions(r: &Row) -> String {
