@@ -56,6 +56,9 @@ pub struct TrainArgs {
     /// loss by min(SNR, γ) / SNR on the x₀ scale, so nearly clean timesteps weigh less.
     #[arg(long, value_name = "GAMMA")]
     min_snr_gamma: Option<f64>,
+    /// Weigh every timestep's loss the same (no min-SNR-γ, whatever the budget says).
+    #[arg(long, conflicts_with = "min_snr_gamma")]
+    uniform_weighting: bool,
     /// Noise schedule (default: the budget's).
     #[arg(long, value_enum)]
     schedule: Option<ScheduleKind>,
@@ -120,6 +123,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     if let Some(gamma) = args.min_snr_gamma {
         recipe.min_snr_gamma = Some(gamma);
+    }
+    if args.uniform_weighting {
+        recipe.min_snr_gamma = None;
     }
     if let Some(schedule) = args.schedule {
         recipe.schedule = schedule;
