@@ -129,6 +129,21 @@ fn plot_err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// The series legend every chart uses, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(plot_err)
+}
+
 /// Charts of points or rows need at least one.
 fn not_empty<T>(stem: &Path, items: &[T]) -> Result<(), ReportError> {
     if items.is_empty() {
@@ -390,14 +405,7 @@ impl Chart for Stacked<'_> {
                 .label(s.name.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(plot_err)
+        legend(&mut chart, SeriesLabelPosition::UpperRight)
     }
 }
 
@@ -563,14 +571,7 @@ impl Chart for Scatter<'_> {
                         RGBColor(120, 120, 120).stroke_width(2),
                     )
                 });
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 13))
-                .draw()
-                .map_err(plot_err)?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
         chart
             .draw_series(
@@ -723,20 +724,13 @@ impl Chart for Effects<'_> {
                 .label(group.to_string())
                 .legend(move |(x, y)| Circle::new((x + 9, y), 5, c.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(plot_err)?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     }
 }
 
 /// Effects with intervals, one row each (the first at the top), coloured by group, with
-/// vertical reference lines (e.g. zero and a tolerance).
+/// vertical reference lines (e.g. at zero).
 pub fn effects(
     stem: &Path,
     title: &str,
@@ -789,13 +783,7 @@ impl Chart for Lines<'_> {
                 .label(name.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(plot_err)?;
+        legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
         Ok(())
     }
 }
