@@ -635,6 +635,8 @@ pub struct Effect {
     pub err: f64,
     /// Group (legend entry and colour), e.g. the verdict.
     pub group: String,
+    /// The group's colour (RGB); None: the palette's, by order of appearance.
+    pub colour: Option<[u8; 3]>,
 }
 
 struct Effects<'a> {
@@ -700,7 +702,12 @@ impl Chart for Effects<'_> {
             }
         }
         for (g, group) in groups.iter().enumerate() {
-            let c = color(g);
+            let c = self
+                .rows
+                .iter()
+                .find(|r| r.group == *group)
+                .and_then(|r| r.colour)
+                .map_or(color(g), |[r, g, b]| RGBColor(r, g, b));
             let rows = || {
                 self.rows
                     .iter()
@@ -862,12 +869,14 @@ mod tests {
                     value: 0.3,
                     err: 0.1,
                     group: "reproduced".into(),
+                    colour: Some([40, 150, 60]),
                 },
                 Effect {
                     label: "chain-04 · fd".into(),
                     value: -0.05,
                     err: 0.2,
                     group: "unresolved".into(),
+                    colour: None,
                 },
             ],
             &[(0.0, "no effect".into())],

@@ -39,6 +39,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Its colour in plots: green, red, grey.
+    fn colour(self) -> [u8; 3] {
+        match self {
+            Outcome::Reproduced => [40, 150, 60],
+            Outcome::Contradicted => [200, 40, 40],
+            Outcome::Unresolved | Outcome::NotMeasured => [130, 130, 130],
+        }
+    }
+
     /// The word shown in tables.
     pub fn name(self) -> &'static str {
         match self {
@@ -294,6 +303,7 @@ pub fn plot(out: &Path, verdicts: &[Verdict]) -> anyhow::Result<()> {
                 value: 100.0 * v.relative_effect?,
                 err: 200.0 * v.relative_sigma?,
                 group: v.outcome.name().to_string(),
+                colour: Some(v.outcome.colour()),
             })
         })
         .collect();
