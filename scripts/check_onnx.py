@@ -4,8 +4,10 @@
 For every bundle directory given: `onnx.checker.check_model` (full check, with the bundle's
 external data if any), then ONNX Runtime (CPU) on the bundle's test vector
 (`example_io.safetensors`, batch 2) and on its first item alone (the batch is dynamic), each
-compared with the output unetlab's candle model stored there. With `--bench N` it also times N
-ONNX Runtime runs at batch 1 and reports the median.
+compared with the output unetlab's candle model stored there. `--reference BUNDLE=IO` also runs
+the bundle on a reference fixture's test vector (`sample`, `timestep`, `encoder_hidden_states`, ...,
+`output`) and compares with the reference `output`. With `--bench N` it also times N ONNX Runtime
+runs at batch 1 and reports the median.
 
 Exit status 1 if any bundle fails a check or exceeds the tolerance (max |difference|:
 1e-4 for f32 bundles, --f16-tolerance for f16 ones).
@@ -47,7 +49,7 @@ def max_abs_diff(a, b):
     return float(np.max(np.abs(a.astype(np.float32) - b.astype(np.float32))))
 
 
-def check_bundle(bundle, f16_tolerance, bench_runs, threads):
+def check_bundle(bundle, f16_tolerance, bench_runs, threads, reference):
     manifest = json.loads((bundle / "manifest.json").read_text())
     model_path = bundle / "model.onnx"
     onnx.checker.check_model(str(model_path), full_check=True)
@@ -74,6 +76,15 @@ def check_bundle(bundle, f16_tolerance, bench_runs, threads):
         text = ort.InferenceSession(str(text_path), options, providers=["CPUExecutionProvider"])
         hidden, pooled = text.run(["hidden_states", "pooled"], {"tokens_one_hot": io["text.tokens_one_hot"]})
         diff = max(diff, max_abs_diff(hidden, io["text.hidden_states"]), max_abs_diff(pooled, io["text.pooled"]))
+    reference_diff = None
+    if reference is not None:
+        ref = read_safetensors(reference)
+        missing = [n for n in names if n not in ref]
+        if missing:
+            raise AssertionError(f"{reference} lacks the graph inputs {missing}")
+        (ref_output,) = session.run(["output"], {n: ref[n] for n in names})
+        reference_diff = max_abs_diff(ref_output, ref["output"])
+    worst = max(diff, diff_single, reference_diff or 0.0)
     result = {
         "bundle": str(bundle),
         "name": manifest["name"],
@@ -82,9 +93,11 @@ def check_bundle(bundle, f16_tolerance, bench_runs, threads):
         "external_data": "model.onnx.data" in manifest["files"],
         "text_encoder": bool(manifest.get("text_encoder")),
         "max_abs_diff": max(diff, diff_single),
+        "reference": str(reference) if reference is not None else None,
+        "reference_max_abs_diff": reference_diff,
         "output_max_abs": float(np.max(np.abs(io["output"].astype(np.float32)))),
         "tolerance": tolerance,
-        "ok": max(diff, diff_single) <= tolerance,
+        "ok": worst <= tolerance,
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
     }
@@ -109,12 +122,24 @@ def main():
     parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N ONNX Runtime runs at batch 1")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
+    parser.add_argument("--reference", action="append", default=[], metavar="BUNDLE=IO",
+                        help="also compare BUNDLE with the reference output in the safetensors file IO")
     args = parser.parse_args()
+    references = {}
+    for pair in args.reference:
+        bundle, sep, io = pair.partition("=")
+        if not sep:
+            parser.error(f"--reference {pair}: expected BUNDLE=IO")
+        references[pathlib.Path(bundle).resolve()] = pathlib.Path(io)
+    unknown = set(references) - {b.resolve() for b in args.bundles}
+    if unknown:
+        parser.error(f"--reference names bundles not being checked: {sorted(map(str, unknown))}")
 
     results, failed = [], 0
     for bundle in args.bundles:
         try:
-            r = check_bundle(bundle, args.f16_tolerance, args.bench, args.threads)
+            r = check_bundle(bundle, args.f16_tolerance, args.bench, args.threads,
+                             references.get(bundle.resolve()))
         except Exception as e:  # report every bundle, then fail
             r = {"bundle": str(bundle), "ok": False, "error": f"{type(e).__name__}: {e}"}
         results.append(r)
@@ -128,6 +153,8 @@ def main():
                     f"{' +text-encoder' if r['text_encoder'] else ''}: onnx.checker passed; "
                     f"ONNX Runtime vs unetlab max |diff| {r['max_abs_diff']:.2e} "
                     f"(tolerance {r['tolerance']:.0e}, |output| up to {r['output_max_abs']:.2f})")
+            if r["reference_max_abs_diff"] is not None:
+                line += f"; vs the reference output {r['reference_max_abs_diff']:.2e}"
             if "ort_batch1_median_s" in r:
                 line += f"; ORT batch-1 median {r['ort_batch1_median_s']:.3f} s"
             print(line)

@@ -12,9 +12,9 @@ use crate::docs::workspace;
 use crate::tools::{build_unetlab, python_venv, run_ok, target_dir};
 
 /// Export tiny bundles that switch on every design choice (f32 and f16, opsets 17 to 21, inline
-/// and external weights, the diffusers reference fixtures with their weights, a trained proxy run
-/// with its text encoder) and check each with onnx.checker and ONNX Runtime against unetlab's own
-/// output (max |Δ| ≤ 1e-4 for f32).
+/// and external weights, the reference fixtures with their weights, a trained proxy run with its
+/// text encoder) and check each with onnx.checker and ONNX Runtime against unetlab's own output,
+/// and the fixtures also against their reference outputs (max |Δ| ≤ 1e-4 for f32).
 #[derive(clap::Args, Default)]
 pub struct OnnxCheckArgs {
     /// Also export full-size mobilediffusion (random init, f16 and f32), time ONNX Runtime beside
@@ -65,27 +65,37 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
             flags: vec![s("--opset"), s("20"), s("--external-data")],
         },
     ];
-    for (fixture, opset) in [("tiny-sd", "18"), ("tiny-sdxl", "19")] {
-        let weights = fixtures
-            .join(fixture)
-            .join("diffusion_pytorch_model.safetensors");
-        if !weights.is_file() {
-            bail!(
-                "{} is missing (the shared reference data)",
-                weights.display()
-            );
+    // The reference fixtures with their weights, exported at their own token count: ONNX Runtime
+    // must also reproduce the reference output itself (diffusers' for tiny-sd and tiny-sdxl, the
+    // independent PyTorch implementation's for tiny-md).
+    let mut references = Vec::new();
+    for (fixture, opset) in [("tiny-sd", "18"), ("tiny-sdxl", "19"), ("tiny-md", "17")] {
+        let dir = fixtures.join(fixture);
+        let (config, weights) = if fixture == "tiny-md" {
+            (dir.join("config.yaml"), dir.join("weights.safetensors"))
+        } else {
+            (
+                root.join(format!("configs/fixtures/{fixture}.yaml")),
+                dir.join("diffusion_pytorch_model.safetensors"),
+            )
+        };
+        let io = dir.join("io.safetensors");
+        for file in [&weights, &io] {
+            if !file.is_file() {
+                bail!("{} is missing (the shared reference data)", file.display());
+            }
         }
+        references.push(format!("{}={}", out.join(fixture).display(), io.display()));
         cases.push(Case {
             name: fixture,
-            config: root
-                .join(format!("configs/fixtures/{fixture}.yaml"))
-                .display()
-                .to_string(),
+            config: config.display().to_string(),
             flags: vec![
                 s("--weights"),
                 weights.display().to_string(),
                 s("--opset"),
                 s(opset),
+                s("--tokens"),
+                reference_tokens(&io)?.to_string(),
             ],
         });
     }
@@ -126,12 +136,33 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
         )?;
         bundles.push(dir);
     }
-    check(&python, &root, &bundles, &out.join("results.json"), &[])?;
+    let reference_flags: Vec<&str> = references
+        .iter()
+        .flat_map(|r| ["--reference", r.as_str()])
+        .collect();
+    check(
+        &python,
+        &root,
+        &bundles,
+        &out.join("results.json"),
+        &reference_flags,
+    )?;
 
     if args.full {
         full_size(&python, &unetlab, &root, &out)?;
     }
     Ok(())
+}
+
+/// The token count of a reference fixture's test vector (`encoder_hidden_states` is batch × tokens
+/// × dim).
+fn reference_tokens(io: &Path) -> Result<usize> {
+    let tensors = candle_core::safetensors::load(io, &candle_core::Device::Cpu)
+        .with_context(|| format!("reading {}", io.display()))?;
+    let states = tensors
+        .get("encoder_hidden_states")
+        .with_context(|| format!("{} has no encoder_hidden_states", io.display()))?;
+    Ok(states.dims()[1])
 }
 
 fn export(

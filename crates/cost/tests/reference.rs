@@ -126,16 +126,25 @@ fn safetensors_shapes(path: &PathBuf) -> BTreeMap<String, Vec<usize>> {
         .collect()
 }
 
-#[test]
-fn fixture_configs_declare_exactly_the_diffusers_state_dict() {
-    for name in ["tiny-sd", "tiny-sdxl"] {
-        let config = Config::load(
-            workspace()
-                .join(format!("configs/fixtures/{name}.yaml"))
-                .to_str()
-                .unwrap(),
+/// A reference fixture's config and weights: the diffusers ones (configs under `configs/fixtures/`)
+/// and `tiny-md`, whose config and weights come from its independent PyTorch implementation.
+fn fixture_files(name: &str) -> (PathBuf, PathBuf) {
+    let dir = reference().join("fixtures").join(name);
+    if name == "tiny-md" {
+        (dir.join("config.yaml"), dir.join("weights.safetensors"))
+    } else {
+        (
+            workspace().join(format!("configs/fixtures/{name}.yaml")),
+            dir.join("diffusion_pytorch_model.safetensors"),
         )
-        .unwrap();
+    }
+}
+
+#[test]
+fn fixture_configs_declare_exactly_the_reference_state_dicts() {
+    for name in ["tiny-sd", "tiny-sdxl", "tiny-md"] {
+        let (config, weights) = fixture_files(name);
+        let config = Config::load(config.to_str().unwrap()).unwrap();
         let r = count(
             &config.spec,
             Conditions {
@@ -150,9 +159,7 @@ fn fixture_configs_declare_exactly_the_diffusers_state_dict() {
             .iter()
             .map(|p| (p.name.clone(), p.shape.clone()))
             .collect();
-        let theirs = safetensors_shapes(&reference().join(format!(
-            "fixtures/{name}/diffusion_pytorch_model.safetensors"
-        )));
+        let theirs = safetensors_shapes(&weights);
         let missing: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
         let extra: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
         assert!(
@@ -165,6 +172,11 @@ fn fixture_configs_declare_exactly_the_diffusers_state_dict() {
             ours.len(),
             "{name}: a name was declared twice"
         );
+        let elements: u64 = theirs
+            .values()
+            .map(|shape| shape.iter().product::<usize>() as u64)
+            .sum();
+        assert_eq!(r.params(), elements, "{name}: parameter count");
     }
 }
 

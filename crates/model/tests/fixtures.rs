@@ -1,4 +1,6 @@
-//! The candle interpreter against diffusers: the reference fixtures' outputs to within 1e-4 (f32).
+//! The candle interpreter against the reference fixtures' outputs to within 1e-4 (f32): diffusers'
+//! `tiny-sd` and `tiny-sdxl`, and `tiny-md`, MobileDiffusion's design choices in an independent
+//! PyTorch implementation.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,10 +16,26 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Every reference fixture: diffusers' two and the independent MobileDiffusion one.
+const FIXTURES: [&str; 3] = ["tiny-sd", "tiny-sdxl", "tiny-md"];
+
 fn config(name: &str) -> Config {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../configs/fixtures/{name}.yaml"));
+    let path = if name == "tiny-md" {
+        fixture(name).join("config.yaml")
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../configs/fixtures/{name}.yaml"))
+    };
     Config::load(path.to_str().unwrap()).unwrap()
+}
+
+fn weights(name: &str) -> PathBuf {
+    let file = if name == "tiny-md" {
+        "weights.safetensors"
+    } else {
+        "diffusion_pytorch_model.safetensors"
+    };
+    fixture(name).join(file)
 }
 
 fn io(name: &str) -> HashMap<String, Tensor> {
@@ -40,20 +58,14 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 fn run(name: &str, dtype: DType) -> (Tensor, Tensor) {
-    let model = UnetModel::load(
-        config(name).spec,
-        &fixture(name).join("diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-        dtype,
-    )
-    .unwrap();
+    let model = UnetModel::load(config(name).spec, &weights(name), &Device::Cpu, dtype).unwrap();
     let io = io(name);
     (model.forward(&inputs(&io)).unwrap(), io["output"].clone())
 }
 
 #[test]
-fn fixtures_match_diffusers_in_f32() {
-    for name in ["tiny-sd", "tiny-sdxl"] {
+fn fixtures_match_their_references_in_f32() {
+    for name in FIXTURES {
         let (ours, theirs) = run(name, DType::F32);
         assert_eq!(ours.dims(), theirs.dims());
         let diff = max_abs_diff(&ours, &theirs);
@@ -63,16 +75,11 @@ fn fixtures_match_diffusers_in_f32() {
 }
 
 #[test]
-fn the_differentiable_training_path_matches_diffusers_too() {
+fn the_differentiable_training_path_matches_the_references_too() {
     // Inference in f32 uses candle's fused softmax and layer norm; training uses our own.
-    for name in ["tiny-sd", "tiny-sdxl"] {
-        let model = UnetModel::load(
-            config(name).spec,
-            &fixture(name).join("diffusion_pytorch_model.safetensors"),
-            &Device::Cpu,
-            DType::F32,
-        )
-        .unwrap();
+    for name in FIXTURES {
+        let model =
+            UnetModel::load(config(name).spec, &weights(name), &Device::Cpu, DType::F32).unwrap();
         let io = io(name);
         let diff = max_abs_diff(&model.forward_train(&inputs(&io)).unwrap(), &io["output"]);
         assert!(diff <= 1e-4, "{name}: max |Δ| = {diff}");
@@ -105,7 +112,7 @@ fn inference_and_training_interpreters_agree_at_a_large_latent() {
     // the training one must still agree.
     let model = UnetModel::load(
         config("tiny-sd").spec,
-        &fixture("tiny-sd").join("diffusion_pytorch_model.safetensors"),
+        &weights("tiny-sd"),
         &Device::Cpu,
         DType::F32,
     )
