@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use unetlab_cost::{count, Conditions};
-use unetlab_graph::unet_forward;
+use unetlab_graph::{unet_forward, Place};
 use unetlab_model::kernels::FrozenWeights;
 use unetlab_model::profile::{self, Pass};
 use unetlab_model::{example_inputs, CandleOps, ModelError, UnetModel};
@@ -65,6 +65,10 @@ pub const MIN_RUNS: usize = 3;
 pub struct BlockTime {
     /// `conv_in`, `down_blocks.0`, ..., or `(between blocks)` for ops outside any block.
     pub block: String,
+    /// Where the block sits in the structure (direction and level of a stage; the kind of the
+    /// embeddings and in/out convs; nothing for time between blocks).
+    #[serde(default)]
+    pub place: Place,
     /// Median seconds over the per-block runs.
     pub median_s: f64,
 }
@@ -324,7 +328,7 @@ fn time_blocks(
     runs: usize,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Vec<BlockTime>, BenchError> {
-    let mut per_run: Vec<Vec<(String, f64)>> = Vec::new();
+    let mut per_run: Vec<Vec<(String, Place, f64)>> = Vec::new();
     for i in 0..runs {
         let mut ops = CandleOps::timed(&model.params);
         let start = Instant::now();
@@ -337,24 +341,28 @@ fn time_blocks(
             .map_err(ModelError::from)?;
         let total = start.elapsed().as_secs_f64();
         drop(out);
-        let mut blocks: Vec<(String, f64)> = ops
+        let mut blocks: Vec<(String, Place, f64)> = ops
             .block_times()
             .iter()
-            .map(|(n, d)| (n.clone(), d.as_secs_f64()))
+            .map(|(n, place, d)| (n.clone(), *place, d.as_secs_f64()))
             .collect();
-        let inside: f64 = blocks.iter().map(|(_, t)| t).sum();
-        blocks.push(("(between blocks)".into(), (total - inside).max(0.0)));
+        let inside: f64 = blocks.iter().map(|(_, _, t)| t).sum();
+        blocks.push((
+            "(between blocks)".into(),
+            Place::default(),
+            (total - inside).max(0.0),
+        ));
         per_run.push(blocks);
         progress(Progress::Block(i + 1, runs));
     }
-    let names: Vec<String> = per_run[0].iter().map(|(n, _)| n.clone()).collect();
-    Ok(names
+    Ok(per_run[0]
         .iter()
         .enumerate()
-        .map(|(b, name)| {
-            let times: Vec<f64> = per_run.iter().map(|r| r[b].1).collect();
+        .map(|(b, (name, place, _))| {
+            let times: Vec<f64> = per_run.iter().map(|r| r[b].2).collect();
             BlockTime {
                 block: name.clone(),
+                place: *place,
                 median_s: percentile(&sorted(&times), 0.5),
             }
         })

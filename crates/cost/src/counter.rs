@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use unetlab_graph::{Conv2dParams, Init, MissingInput, Ops, Unary};
+use unetlab_graph::{Conv2dParams, Init, MissingInput, Ops, Role, ScopeStack, Unary};
 
 use crate::report::{Conditions, CostReport, Macs, ParamInfo, ScopeCost};
 
@@ -83,7 +83,7 @@ fn numel(dims: &[usize]) -> u64 {
 /// Counts parameters, MACs and activation memory while the forward runs on shapes.
 #[derive(Debug)]
 pub struct Counter {
-    scope: Vec<String>,
+    scope: ScopeStack,
     scopes: Vec<ScopeCost>,
     scope_index: HashMap<Vec<String>, usize>,
     parameters: Vec<ParamInfo>,
@@ -103,7 +103,7 @@ impl Counter {
     /// An empty counter.
     pub fn new() -> Self {
         Counter {
-            scope: Vec::new(),
+            scope: ScopeStack::default(),
             scopes: Vec::new(),
             scope_index: HashMap::new(),
             parameters: Vec::new(),
@@ -153,16 +153,17 @@ impl Counter {
         if params == 0 && macs.total() == 0 {
             return;
         }
-        let i = match self.scope_index.get(&self.scope) {
+        let i = match self.scope_index.get(self.scope.names()) {
             Some(&i) => i,
             None => {
                 self.scopes.push(ScopeCost {
-                    path: self.scope.clone(),
+                    path: self.scope.names().to_vec(),
+                    place: self.scope.place(),
                     params: 0,
                     macs: Macs::default(),
                 });
                 self.scope_index
-                    .insert(self.scope.clone(), self.scopes.len() - 1);
+                    .insert(self.scope.names().to_vec(), self.scopes.len() - 1);
                 self.scopes.len() - 1
             }
         };
@@ -171,7 +172,7 @@ impl Counter {
     }
 
     fn err(&self, op: &'static str, message: impl Into<String>) -> CostError {
-        CostError::new(&self.scope.join("."), op, message)
+        CostError::new(&self.scope.path(), op, message)
     }
 
     fn ensure(
@@ -227,8 +228,8 @@ impl Ops for Counter {
         x.dims.clone()
     }
 
-    fn push_scope(&mut self, name: &str) {
-        self.scope.push(name.to_string());
+    fn push_scope(&mut self, name: &str, role: Option<Role>) {
+        self.scope.push(name, role);
     }
 
     fn pop_scope(&mut self) {
@@ -236,11 +237,7 @@ impl Ops for Counter {
     }
 
     fn param(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Sym, CostError> {
-        let mut full = self.scope.join(".");
-        if !full.is_empty() {
-            full.push('.');
-        }
-        full.push_str(name);
+        let full = self.scope.param_name(name);
         self.ensure(!self.names.contains(&full), "param", || {
             format!("`{full}` declared twice")
         })?;

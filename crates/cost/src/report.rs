@@ -1,7 +1,7 @@
 //! What the cost interpreter reports.
 
 use serde::Serialize;
-use unetlab_graph::Init;
+use unetlab_graph::{Init, Place};
 
 /// Conditions of one counted forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,7 +31,8 @@ impl Macs {
         self.conv + self.linear + self.attention
     }
 
-    pub(crate) fn add(&mut self, other: &Macs) {
+    /// Adds `other` kind by kind.
+    pub fn add(&mut self, other: &Macs) {
         self.conv += other.conv;
         self.linear += other.linear;
         self.attention += other.attention;
@@ -60,7 +61,19 @@ impl ParamInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ScopeCost {
     pub path: Vec<String>,
+    pub place: Place,
     pub params: u64,
+    pub macs: Macs,
+}
+
+/// Cost of everything at one place of the UNet's structure (a direction, level and block kind).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlaceCost {
+    /// Where: down/mid/up, level, block kind (all `None` for ops outside any block).
+    pub place: Place,
+    /// Parameters.
+    pub params: u64,
+    /// MACs by kind.
     pub macs: Macs,
 }
 
@@ -107,6 +120,26 @@ impl CostReport {
     /// FLOPs = 2 × MACs.
     pub fn flops(&self) -> u64 {
         2 * self.macs.total()
+    }
+
+    /// Cost per place of the structure (direction, level, block kind), in execution order of
+    /// each place's first op: what reports group by, instead of parsing parameter names.
+    pub fn by_place(&self) -> Vec<PlaceCost> {
+        let mut out: Vec<PlaceCost> = Vec::new();
+        for scope in &self.scopes {
+            match out.iter_mut().find(|p| p.place == scope.place) {
+                Some(p) => {
+                    p.params += scope.params;
+                    p.macs.add(&scope.macs);
+                }
+                None => out.push(PlaceCost {
+                    place: scope.place,
+                    params: scope.params,
+                    macs: scope.macs,
+                }),
+            }
+        }
+        out
     }
 
     /// Modules down to `depth` levels of nesting, in execution order, parents before children.

@@ -1,7 +1,9 @@
 //! Each design choice changes parameters and MACs by exactly what closed-form arithmetic over the
 //! spec says (computed here independently of the forward), and activation memory behaves.
 
-use unetlab_cost::{count, Conditions, CostReport};
+use std::collections::BTreeMap;
+
+use unetlab_cost::{count, BlockKind, Conditions, CostReport, Direction, Macs, Place};
 use unetlab_spec::{Config, UnetSpec};
 
 const BASE: &str = "../../configs/fixtures/tiny-sd.yaml";
@@ -244,6 +246,76 @@ fn breakdown_sums_to_the_totals() {
         .sum();
     let mid = deep.iter().find(|b| b.path == "mid_block").unwrap();
     assert_eq!(children, mid.params);
+}
+
+/// The place (direction, level, block kind) diffusers' naming implies for a parameter, derived
+/// here from the name alone, independently of the roles the forward declares.
+fn place_from_name(name: &str, levels: usize) -> Place {
+    let index = |prefix: &str| -> Option<usize> {
+        name.strip_prefix(prefix)?.split('.').next()?.parse().ok()
+    };
+    let (direction, level) = if let Some(l) = index("down_blocks.") {
+        (Some(Direction::Down), Some(l))
+    } else if let Some(u) = index("up_blocks.") {
+        (Some(Direction::Up), Some(levels - 1 - u))
+    } else if name.starts_with("mid_block.") {
+        (Some(Direction::Mid), Some(levels - 1))
+    } else {
+        (None, None)
+    };
+    let kind = if name.contains(".resnets.") {
+        BlockKind::Res
+    } else if name.contains(".attentions.") {
+        BlockKind::Transformer
+    } else if name.contains("samplers.") {
+        BlockKind::Sampler
+    } else if name.contains("_embedding.") {
+        BlockKind::Embedding
+    } else {
+        BlockKind::InOut
+    };
+    Place {
+        direction,
+        level,
+        kind: Some(kind),
+    }
+}
+
+#[test]
+fn places_agree_with_the_names_and_sum_to_the_totals() {
+    for preset in ["sd15", "sdxl", "mobilediffusion"] {
+        let spec = Config::load(preset).unwrap().spec;
+        let r = counted(&spec);
+        let places = r.by_place();
+        assert_eq!(places.iter().map(|p| p.params).sum::<u64>(), r.params());
+        let macs = places.iter().fold(Macs::default(), |mut m, p| {
+            m.add(&p.macs);
+            m
+        });
+        assert_eq!(macs, r.macs, "{preset}");
+        let mut expected: BTreeMap<Place, u64> = BTreeMap::new();
+        for p in &r.parameters {
+            *expected
+                .entry(place_from_name(&p.name, spec.levels.len()))
+                .or_default() += p.numel();
+        }
+        let ours: BTreeMap<Place, u64> = places
+            .iter()
+            .filter(|p| p.params > 0)
+            .map(|p| (p.place, p.params))
+            .collect();
+        assert_eq!(ours, expected, "{preset}: parameters by place");
+        // Every MAC happens inside a block: no op runs outside the declared structure.
+        assert!(places.iter().all(|p| p.place.kind.is_some()), "{preset}");
+        let attention_levels: Vec<_> = places
+            .iter()
+            .filter(|p| p.macs.attention > 0)
+            .map(|p| p.place.kind)
+            .collect();
+        assert!(attention_levels
+            .iter()
+            .all(|k| *k == Some(BlockKind::Transformer)));
+    }
 }
 
 #[test]

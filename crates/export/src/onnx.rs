@@ -16,8 +16,8 @@ use std::collections::HashMap;
 
 use candle_core::DType;
 use unetlab_graph::{
-    attend, text_encoder_forward, unet_forward, AttentionKernel, Conv2dParams, Init, Ops,
-    TextEncoderSpec, Unary, UnetInputs,
+    attend, sinusoid_frequencies, text_encoder_forward, unet_forward, AttentionKernel,
+    Conv2dParams, Init, Ops, Role, ScopeStack, TextEncoderSpec, Unary, UnetInputs, F32_INPUTS,
 };
 use unetlab_model::ParamStore;
 use unetlab_spec::UnetSpec;
@@ -138,7 +138,7 @@ fn trace(
         params,
         dtype: options.dtype,
         opset: options.opset,
-        scope: Vec::new(),
+        scope: ScopeStack::default(),
         nodes: Vec::new(),
         initializers: Vec::new(),
         constants: HashMap::new(),
@@ -175,9 +175,10 @@ fn trace(
 /// The element type of a graph input: timesteps and time ids are always f32 (their sinusoids need
 /// f32 precision), everything else has the model's type.
 pub fn input_type(name: &str, dtype: ElemType) -> ElemType {
-    match name {
-        "timestep" | "time_ids" => ElemType::F32,
-        _ => dtype,
+    if F32_INPUTS.contains(&name) {
+        ElemType::F32
+    } else {
+        dtype
     }
 }
 
@@ -209,7 +210,7 @@ struct OnnxOps<'a> {
     params: &'a ParamStore,
     dtype: ElemType,
     opset: i64,
-    scope: Vec<String>,
+    scope: ScopeStack,
     nodes: Vec<Node>,
     initializers: Vec<Initializer>,
     /// Constants already emitted, by (type, dims, bytes), so equal constants are stored once.
@@ -232,7 +233,7 @@ impl OnnxOps<'_> {
         } else {
             output
         };
-        let name = format!("{}/{op_type}_{}", self.scope.join("."), self.nodes.len());
+        let name = format!("{}/{op_type}_{}", self.scope.path(), self.nodes.len());
         self.nodes.push(Node {
             op_type,
             name,
@@ -293,7 +294,7 @@ impl OnnxOps<'_> {
         if batch_dims > 1 {
             return Err(ExportError::Unsupported(format!(
                 "{what} at {}: more than one batch-derived dimension in {}, the batch cannot stay dynamic",
-                self.scope.join("."),
+                self.scope.path(),
                 show_dims(dims)
             )));
         }
@@ -331,7 +332,7 @@ impl OnnxOps<'_> {
         let dims = broadcast(&a.dims, &b.dims).ok_or_else(|| {
             ExportError::Unsupported(format!(
                 "{op_type} at {}: shapes {} and {} do not broadcast",
-                self.scope.join("."),
+                self.scope.path(),
                 show_dims(&a.dims),
                 show_dims(&b.dims)
             ))
@@ -403,8 +404,8 @@ impl Ops for OnnxOps<'_> {
         x.dims.clone()
     }
 
-    fn push_scope(&mut self, name: &str) {
-        self.scope.push(name.to_string());
+    fn push_scope(&mut self, name: &str, role: Option<Role>) {
+        self.scope.push(name, role);
     }
 
     fn pop_scope(&mut self) {
@@ -412,13 +413,7 @@ impl Ops for OnnxOps<'_> {
     }
 
     fn param(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Value, ExportError> {
-        let full: String = self
-            .scope
-            .iter()
-            .map(String::as_str)
-            .chain([name])
-            .collect::<Vec<_>>()
-            .join(".");
+        let full = self.scope.param_name(name);
         let tensor = self
             .params
             .get(&full, shape)?
@@ -497,7 +492,7 @@ impl Ops for OnnxOps<'_> {
         let batch = broadcast(&a.dims[..ra - 2], &b.dims[..rb - 2]).ok_or_else(|| {
             ExportError::Unsupported(format!(
                 "MatMul at {}: batch dimensions {} and {} do not broadcast",
-                self.scope.join("."),
+                self.scope.path(),
                 show_dims(&a.dims),
                 show_dims(&b.dims)
             ))
@@ -658,12 +653,10 @@ impl Ops for OnnxOps<'_> {
         flip_sin_to_cos: bool,
         freq_shift: f64,
     ) -> Result<Value, ExportError> {
-        // The same f32 frequencies as the candle model: exp(-ln(10⁴) · i / (half − shift)).
         let half = channels / 2;
-        let log_period = -(10000f64.ln()) as f32;
-        let denom = (half as f64 - freq_shift) as f32;
-        let freqs: Vec<u8> = (0..half)
-            .flat_map(|i| (log_period * i as f32 / denom).exp().to_le_bytes())
+        let freqs: Vec<u8> = sinusoid_frequencies(channels, freq_shift)
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
             .collect();
         let freqs = self.constant(ElemType::F32, vec![half], freqs);
         let x32 = self.cast(x, ElemType::F32);

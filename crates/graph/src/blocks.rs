@@ -2,7 +2,8 @@
 
 use unetlab_spec::{AttentionKernel, ConvKind, FeedForwardActivation, Projection, TransformerSpec};
 
-use crate::ops::{scoped, Conv2dParams, Init, Ops, Unary};
+use crate::ops::{scoped, scoped_as, Conv2dParams, Init, Ops, Unary};
+use crate::scope::{BlockKind, Role};
 
 type R<O> = Result<<O as Ops>::Tensor, <O as Ops>::Error>;
 
@@ -293,12 +294,18 @@ pub fn transformer_2d<O: Ops>(
 /// `downsamplers.0.conv`: 3x3 stride-2 conv.
 pub fn downsample<O: Ops>(ops: &mut O, x: &O::Tensor) -> R<O> {
     let c = ops.dims(x)[1];
-    scoped(ops, "downsamplers.0.conv", |ops| conv(ops, x, c, 3, 2))
+    scoped_as(ops, "downsamplers.0", SAMPLER, |ops| {
+        scoped(ops, "conv", |ops| conv(ops, x, c, 3, 2))
+    })
 }
 
 /// `upsamplers.0.conv` after nearest-neighbour 2x upsampling.
 pub fn upsample<O: Ops>(ops: &mut O, x: &O::Tensor) -> R<O> {
     let c = ops.dims(x)[1];
-    let h = ops.upsample_nearest2x(x)?;
-    scoped(ops, "upsamplers.0.conv", |ops| conv(ops, &h, c, 3, 1))
+    scoped_as(ops, "upsamplers.0", SAMPLER, |ops| {
+        let h = ops.upsample_nearest2x(x)?;
+        scoped(ops, "conv", |ops| conv(ops, &h, c, 3, 1))
+    })
 }
+
+const SAMPLER: Role = Role::Block(BlockKind::Sampler);

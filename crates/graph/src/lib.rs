@@ -7,12 +7,14 @@
 
 pub mod blocks;
 pub mod ops;
+pub mod scope;
 pub mod text;
 pub mod unet;
 
 pub use ops::{
-    attend, attend_heads, feed_forward_in, gated, group_norm_act, scoped, AttentionKernel,
-    Conv2dParams, Init, Ops, Unary,
+    attend, attend_heads, feed_forward_in, gated, group_norm_act, scoped, scoped_as,
+    sinusoid_frequencies, AttentionKernel, Conv2dParams, Init, Ops, Unary,
 };
+pub use scope::{BlockKind, Direction, Place, Role, ScopeStack};
 pub use text::{text_encoder_forward, TextEncoderSpec};
-pub use unet::{unet_forward, MissingInput, UnetInputs};
+pub use unet::{unet_forward, MissingInput, UnetInputs, F32_INPUTS};

@@ -8,6 +8,8 @@
 
 pub use unetlab_spec::AttentionKernel;
 
+use crate::scope::Role;
+
 /// How a parameter is initialised when an interpreter creates it (rather than loading it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
@@ -51,8 +53,9 @@ pub trait Ops {
 
     /// The tensor's dimensions.
     fn dims(&self, x: &Self::Tensor) -> Vec<usize>;
-    /// Enters a named scope (a module: `down_blocks.1`, `attn1`, ...).
-    fn push_scope(&mut self, name: &str);
+    /// Enters a named scope (a module: `down_blocks.1`, `attn1`, ...), with its role in the
+    /// UNet's structure where it has one.
+    fn push_scope(&mut self, name: &str, role: Option<Role>);
     /// Leaves the innermost scope.
     fn pop_scope(&mut self);
     /// Declares (and returns) parameter `name` of the current scope.
@@ -273,13 +276,44 @@ pub fn attend<O: Ops + ?Sized>(
     ops.matmul(&weights, v)
 }
 
+/// The frequencies of the sinusoidal embedding of `channels` channels, in f32 as diffusers
+/// computes them: `exp(-ln(10⁴) · i / (channels/2 − shift))` for `i < channels/2`. Every
+/// interpreter's `sinusoidal` multiplies its argument by these.
+pub fn sinusoid_frequencies(channels: usize, freq_shift: f64) -> Vec<f32> {
+    let half = channels / 2;
+    let log_period = -(10000f64.ln()) as f32;
+    let denom = (half as f64 - freq_shift) as f32;
+    (0..half)
+        .map(|i| (log_period * i as f32 / denom).exp())
+        .collect()
+}
+
 /// Runs `f` inside scope `name`, leaving the scope even when `f` fails.
 pub fn scoped<O: Ops + ?Sized, R>(
     ops: &mut O,
     name: &str,
     f: impl FnOnce(&mut O) -> Result<R, O::Error>,
 ) -> Result<R, O::Error> {
-    ops.push_scope(name);
+    enter(ops, name, None, f)
+}
+
+/// Runs `f` inside scope `name` with a structural `role` (a stage, a res block, ...).
+pub fn scoped_as<O: Ops + ?Sized, R>(
+    ops: &mut O,
+    name: &str,
+    role: Role,
+    f: impl FnOnce(&mut O) -> Result<R, O::Error>,
+) -> Result<R, O::Error> {
+    enter(ops, name, Some(role), f)
+}
+
+fn enter<O: Ops + ?Sized, R>(
+    ops: &mut O,
+    name: &str,
+    role: Option<Role>,
+    f: impl FnOnce(&mut O) -> Result<R, O::Error>,
+) -> Result<R, O::Error> {
+    ops.push_scope(name, role);
     let result = f(ops);
     ops.pop_scope();
     result

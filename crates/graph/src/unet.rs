@@ -5,7 +5,13 @@ use unetlab_spec::{MidSpec, StageSpec, UnetSpec};
 use crate::blocks::{
     conv, downsample, embedding_mlp, group_norm, resnet, transformer_2d, upsample, ResnetParams,
 };
-use crate::ops::{scoped, Ops, Unary};
+use crate::ops::{scoped_as, Ops, Unary};
+use crate::scope::{BlockKind, Direction, Role};
+
+const IN_OUT: Role = Role::Block(BlockKind::InOut);
+const EMBEDDING: Role = Role::Block(BlockKind::Embedding);
+const RES: Role = Role::Block(BlockKind::Res);
+const TRANSFORMER: Role = Role::Block(BlockKind::Transformer);
 
 /// The inputs of one UNet evaluation (or their shapes, with `T = Vec<usize>`).
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +41,11 @@ impl UnetInputs<Vec<usize>> {
         }
     }
 }
+
+/// Inputs that stay f32 whatever the model's dtype (they are positions, not activations: a
+/// timestep of 999 or an image size of 1024 must not round in f16). Every interpreter and the
+/// exported graph follow this.
+pub const F32_INPUTS: [&str; 2] = ["timestep", "time_ids"];
 
 impl<T> UnetInputs<T> {
     /// Named inputs in a fixed order: `sample`, `timestep`, `encoder_hidden_states`, then
@@ -101,14 +112,17 @@ where
     };
 
     let first = spec.levels[0].channels;
-    let mut x = scoped(ops, "conv_in", |ops| conv(ops, &inputs.sample, first, 3, 1))?;
+    let mut x = scoped_as(ops, "conv_in", IN_OUT, |ops| {
+        conv(ops, &inputs.sample, first, 3, 1)
+    })?;
     let mut skips = vec![x.clone()];
     let last = spec.levels.len() - 1;
     for (i, level) in spec.levels.iter().enumerate() {
-        x = scoped(ops, &format!("down_blocks.{i}"), |ops| {
+        let stage = Role::Stage(Direction::Down, i);
+        x = scoped_as(ops, &format!("down_blocks.{i}"), stage, |ops| {
             let mut x = x.clone();
             for (j, &depth) in level.down.transformer_depths.iter().enumerate() {
-                x = scoped(ops, &format!("resnets.{j}"), |ops| {
+                x = scoped_as(ops, &format!("resnets.{j}"), RES, |ops| {
                     resnet(ops, &x, &emb, res(level.channels, level.conv))
                 })?;
                 x = transformers(ops, &x, context, &level.down, j, depth, spec)?;
@@ -122,20 +136,22 @@ where
         })?;
     }
 
-    x = scoped(ops, "mid_block", |ops| {
+    let stage = Role::Stage(Direction::Mid, last);
+    x = scoped_as(ops, "mid_block", stage, |ops| {
         mid_block(ops, &x, &emb, context, &spec.mid, spec)
     })?;
 
     for (u, (l, level)) in spec.levels.iter().enumerate().rev().enumerate() {
         let takes_skip = level.down.res_blocks() + 1;
-        x = scoped(ops, &format!("up_blocks.{u}"), |ops| {
+        let stage = Role::Stage(Direction::Up, l);
+        x = scoped_as(ops, &format!("up_blocks.{u}"), stage, |ops| {
             let mut x = x.clone();
             for (j, &depth) in level.up.transformer_depths.iter().enumerate() {
                 if j < takes_skip {
                     let skip = skips.pop().ok_or(MissingInput("skip connection"))?;
                     x = ops.concat(&[&x, &skip], 1)?;
                 }
-                x = scoped(ops, &format!("resnets.{j}"), |ops| {
+                x = scoped_as(ops, &format!("resnets.{j}"), RES, |ops| {
                     resnet(ops, &x, &emb, res(level.channels, level.conv))
                 })?;
                 x = transformers(ops, &x, context, &level.up, j, depth, spec)?;
@@ -147,10 +163,10 @@ where
         })?;
     }
 
-    let h = scoped(ops, "conv_norm_out", |ops| {
+    let h = scoped_as(ops, "conv_norm_out", IN_OUT, |ops| {
         group_norm(ops, &x, groups, spec.norm.eps, Some(Unary::Silu))
     })?;
-    scoped(ops, "conv_out", |ops| {
+    scoped_as(ops, "conv_out", IN_OUT, |ops| {
         conv(ops, &h, spec.out_channels, 3, 1)
     })
 }
@@ -171,7 +187,9 @@ where
         t.flip_sin_to_cos,
         t.freq_shift,
     )?;
-    let emb = scoped(ops, "time_embedding", |ops| embedding_mlp(ops, &emb, t.dim))?;
+    let emb = scoped_as(ops, "time_embedding", EMBEDDING, |ops| {
+        embedding_mlp(ops, &emb, t.dim)
+    })?;
     let Some(add) = &spec.addition else {
         return Ok(emb);
     };
@@ -184,7 +202,9 @@ where
     let ids = ops.sinusoidal(ids, add.time_channels, t.flip_sin_to_cos, t.freq_shift)?;
     let ids = ops.reshape(&ids, &[batch, add.time_ids * add.time_channels])?;
     let cond = ops.concat(&[text, &ids], 1)?;
-    let aug = scoped(ops, "add_embedding", |ops| embedding_mlp(ops, &cond, t.dim))?;
+    let aug = scoped_as(ops, "add_embedding", EMBEDDING, |ops| {
+        embedding_mlp(ops, &cond, t.dim)
+    })?;
     ops.add(&emb, &aug)
 }
 
@@ -201,7 +221,7 @@ fn transformers<O: Ops>(
     if depth == 0 {
         return Ok(x.clone());
     }
-    scoped(ops, &format!("attentions.{j}"), |ops| {
+    scoped_as(ops, &format!("attentions.{j}"), TRANSFORMER, |ops| {
         transformer_2d(
             ops,
             x,
@@ -230,10 +250,10 @@ fn mid_block<O: Ops>(
         groups: spec.norm.groups,
         eps: spec.norm.eps,
     };
-    let mut x = scoped(ops, "resnets.0", |ops| resnet(ops, x, emb, p))?;
+    let mut x = scoped_as(ops, "resnets.0", RES, |ops| resnet(ops, x, emb, p))?;
     for (k, &depth) in mid.transformer_depths.iter().enumerate() {
         if depth > 0 {
-            x = scoped(ops, &format!("attentions.{k}"), |ops| {
+            x = scoped_as(ops, &format!("attentions.{k}"), TRANSFORMER, |ops| {
                 transformer_2d(
                     ops,
                     &x,
@@ -245,7 +265,7 @@ fn mid_block<O: Ops>(
                 )
             })?;
         }
-        x = scoped(ops, &format!("resnets.{}", k + 1), |ops| {
+        x = scoped_as(ops, &format!("resnets.{}", k + 1), RES, |ops| {
             resnet(ops, &x, emb, p)
         })?;
     }

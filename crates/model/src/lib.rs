@@ -18,7 +18,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use unetlab_cost::{count, Conditions, ParamInfo};
-use unetlab_graph::{unet_forward, UnetInputs};
+use unetlab_graph::{unet_forward, UnetInputs, F32_INPUTS};
 use unetlab_spec::UnetSpec;
 
 pub use device::{parse_device, parse_dtype, write_safetensors};
@@ -119,9 +119,12 @@ impl UnetModel {
         inputs: &UnetInputs<Tensor>,
     ) -> Result<UnetInputs<Tensor>, ModelError> {
         let dtype = self.params.dtype();
-        Ok(inputs.try_map(|name, t| match name {
-            "timestep" | "time_ids" => t.to_dtype(DType::F32),
-            _ => t.to_dtype(dtype),
+        Ok(inputs.try_map(|name, t| {
+            t.to_dtype(if F32_INPUTS.contains(&name) {
+                DType::F32
+            } else {
+                dtype
+            })
         })?)
     }
 }

@@ -10,7 +10,10 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor, D};
-use unetlab_graph::{attend, AttentionKernel, Conv2dParams, Init, Ops, Unary};
+use unetlab_graph::{
+    attend, sinusoid_frequencies, AttentionKernel, Conv2dParams, Init, Ops, Place, Role,
+    ScopeStack, Unary,
+};
 
 use crate::error::ModelError;
 use crate::kernels;
@@ -20,7 +23,7 @@ use crate::profile::{self, Pass};
 /// Runs the forward on real tensors, taking parameters from a [`ParamStore`].
 pub struct CandleOps<'a> {
     store: &'a ParamStore,
-    scope: Vec<String>,
+    scope: ScopeStack,
     accessed: Vec<String>,
     track_gradients: bool,
     block_timer: Option<BlockTimer>,
@@ -31,7 +34,7 @@ pub struct CandleOps<'a> {
 #[derive(Debug, Default)]
 struct BlockTimer {
     entered: Option<Instant>,
-    times: Vec<(String, Duration)>,
+    times: Vec<(String, Place, Duration)>,
 }
 
 impl<'a> CandleOps<'a> {
@@ -40,7 +43,7 @@ impl<'a> CandleOps<'a> {
     pub fn new(store: &'a ParamStore) -> Self {
         CandleOps {
             store,
-            scope: Vec::new(),
+            scope: ScopeStack::default(),
             accessed: Vec::new(),
             track_gradients: false,
             block_timer: None,
@@ -55,8 +58,9 @@ impl<'a> CandleOps<'a> {
         }
     }
 
-    /// Time spent in each top-level block, in execution order (empty unless built with [`Self::timed`]).
-    pub fn block_times(&self) -> &[(String, Duration)] {
+    /// Time spent in each top-level block with its place in the structure, in execution order
+    /// (empty unless built with [`Self::timed`]).
+    pub fn block_times(&self) -> &[(String, Place, Duration)] {
         self.block_timer.as_ref().map_or(&[], |t| &t.times)
     }
 
@@ -183,34 +187,31 @@ impl Ops for CandleOps<'_> {
         x.dims().to_vec()
     }
 
-    fn push_scope(&mut self, name: &str) {
-        if self.scope.is_empty() && self.block_timer.is_some() {
+    fn push_scope(&mut self, name: &str, role: Option<Role>) {
+        if self.scope.depth() == 0 && self.block_timer.is_some() {
             self.sync();
             if let Some(t) = &mut self.block_timer {
                 t.entered = Some(Instant::now());
             }
         }
-        self.scope.push(name.to_string());
+        self.scope.push(name, role);
     }
 
     fn pop_scope(&mut self) {
+        let place = self.scope.place();
         let left = self.scope.pop();
-        if self.scope.is_empty() && self.block_timer.is_some() {
+        if self.scope.depth() == 0 && self.block_timer.is_some() {
             self.sync();
             if let (Some(t), Some(name)) = (&mut self.block_timer, left) {
                 if let Some(start) = t.entered.take() {
-                    t.times.push((name, start.elapsed()));
+                    t.times.push((name, place, start.elapsed()));
                 }
             }
         }
     }
 
     fn param(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Tensor, ModelError> {
-        let mut full = self.scope.join(".");
-        if !full.is_empty() {
-            full.push('.');
-        }
-        full.push_str(name);
+        let full = self.scope.param_name(name);
         let t = self.store.get(&full, shape)?;
         self.accessed.push(full);
         Ok(if self.track_gradients { t } else { t.detach() })
@@ -491,14 +492,8 @@ impl Ops for CandleOps<'_> {
         freq_shift: f64,
     ) -> Result<Tensor, ModelError> {
         let _span = profile::span("embeddings", Pass::Forward);
-        let half = channels / 2;
-        // Mirrors diffusers' float32 arithmetic: exp(-ln(10000) * i / (half - shift)).
-        let log_period = -(10000f64.ln()) as f32;
-        let denom = (half as f64 - freq_shift) as f32;
-        let freqs: Vec<f32> = (0..half)
-            .map(|i| (log_period * i as f32 / denom).exp())
-            .collect();
-        let freqs = Tensor::from_vec(freqs, half, x.device())?;
+        let freqs = sinusoid_frequencies(channels, freq_shift);
+        let freqs = Tensor::from_vec(freqs, channels / 2, x.device())?;
         let args = x.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
         let args = args.broadcast_mul(&freqs)?;
         let (sin, cos) = (args.sin()?, args.cos()?);

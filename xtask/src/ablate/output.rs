@@ -11,6 +11,7 @@ use unetlab_report::{
     Measurement, Point, Series,
 };
 
+use unetlab_cost::{Direction, Place};
 use unetlab_train::RunSummary;
 
 use super::claims;
@@ -549,7 +550,7 @@ fn plots(out: &Path, rows: &[Row]) -> Result<()> {
                 .collect::<Vec<_>>(),
         )?;
         // Blocks grouped by level, so configs with different depths share one legend.
-        let grouped: Vec<_> = timed.iter().map(|(r, b)| block_groups(r, b)).collect();
+        let grouped: Vec<_> = timed.iter().map(|(_, b)| block_groups(b)).collect();
         let mut groups: Vec<((u8, i64), String)> = grouped
             .iter()
             .flatten()
@@ -610,27 +611,22 @@ fn pareto_points(rows: &[Row]) -> Vec<Point> {
     points
 }
 
-/// Per-block medians summed by level ("down level 0" is the outermost), execution order.
-fn block_groups(r: &Row, b: &unetlab_bench::BenchResult) -> Vec<((u8, i64), String, f64)> {
-    let levels = r.config.spec.levels.len() as i64;
+/// The stage of a place, as a sort key in execution order and a label: embeddings and in/out
+/// convs, the down levels from the outermost, the mid block, the up levels from the innermost.
+fn stage(place: &Place) -> ((u8, i64), String) {
+    match (place.direction, place.level) {
+        (Some(Direction::Down), Some(l)) => ((1, l as i64), format!("down level {l}")),
+        (Some(Direction::Mid), _) => ((2, 0), "mid block".to_string()),
+        (Some(Direction::Up), Some(l)) => ((3, -(l as i64)), format!("up level {l}")),
+        _ => ((0, 0), "embeddings, in/out".to_string()),
+    }
+}
+
+/// Per-block medians summed by stage, in execution order.
+fn block_groups(b: &unetlab_bench::BenchResult) -> Vec<((u8, i64), String, f64)> {
     let mut out: Vec<((u8, i64), String, f64)> = Vec::new();
     for block in &b.per_block {
-        let index = |prefix: &str| {
-            block
-                .block
-                .strip_prefix(prefix)
-                .and_then(|i| i.parse::<i64>().ok())
-        };
-        let (key, name) = if let Some(l) = index("down_blocks.") {
-            ((1, l), format!("down level {l}"))
-        } else if let Some(u) = index("up_blocks.") {
-            let l = levels - 1 - u;
-            ((3, -l), format!("up level {l}"))
-        } else if block.block == "mid_block" {
-            ((2, 0), "mid block".to_string())
-        } else {
-            ((0, 0), "embeddings, in/out".to_string())
-        };
+        let (key, name) = stage(&block.place);
         match out.iter_mut().find(|(k, _, _)| *k == key) {
             Some(slot) => slot.2 += block.median_s,
             None => out.push((key, name, block.median_s)),
@@ -651,28 +647,13 @@ fn macs_by_level(r: &Row) -> Vec<(String, unetlab_cost::Macs)> {
         Default::default(),
     ));
     out.push(("in/out".into(), Default::default()));
-    for b in r.cost.breakdown(1) {
-        let slot = if let Some(i) = b
-            .path
-            .strip_prefix("down_blocks.")
-            .and_then(|i| i.parse::<usize>().ok())
-        {
-            i
-        } else if let Some(u) = b
-            .path
-            .strip_prefix("up_blocks.")
-            .and_then(|i| i.parse::<usize>().ok())
-        {
-            levels - 1 - u
-        } else if b.path == "mid_block" {
-            levels
-        } else {
-            levels + 1
+    for p in r.cost.by_place() {
+        let slot = match (p.place.direction, p.place.level) {
+            (Some(Direction::Mid), _) => levels,
+            (Some(_), Some(level)) => level,
+            _ => levels + 1,
         };
-        let m = &mut out[slot].1;
-        m.conv += b.macs.conv;
-        m.linear += b.macs.linear;
-        m.attention += b.macs.attention;
+        out[slot].1.add(&p.macs);
     }
     out
 }
