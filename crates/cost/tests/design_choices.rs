@@ -83,6 +83,40 @@ fn shared_kv_removes_exactly_the_value_projections() {
 }
 
 #[test]
+fn grouped_query_attention_narrows_exactly_the_key_and_value_projections() {
+    // tiny-sd has 4 heads: 1 K/V head keeps a quarter of each K and V projection, 2 keep half.
+    let base = config("");
+    let text = base.text_dim as u64;
+    let tokens = COND.tokens as u64;
+    for kv in [1u64, 2] {
+        let grouped = config(&format!("unet: {{attention: {{kv_heads: {kv}}}}}"));
+        let (mut params, mut macs) = (0i64, 0i64);
+        for (c, n, sa, ca) in blocks(&base) {
+            let removed = c - c * kv / 4; // output rows of to_k and of to_v
+            if sa {
+                params -= (2 * removed * c) as i64;
+                macs -= (2 * n * removed * c) as i64;
+            }
+            if ca {
+                params -= (2 * removed * text) as i64;
+                macs -= (2 * tokens * removed * text) as i64;
+            }
+        }
+        let (a, b) = (counted(&base), counted(&grouped));
+        // The attention matmuls still run every query head against its (repeated) K/V head.
+        assert_eq!(delta(&a, &b), (params, macs, 0), "kv_heads {kv}");
+    }
+    // As many K/V heads as heads is multi-head attention: the same network and hash.
+    let same = Config::from_yaml(
+        &format!("extends: {BASE}\nunet: {{attention: {{kv_heads: 4}}}}"),
+        "variant.yaml",
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))),
+    )
+    .unwrap();
+    assert_eq!(same.spec, base);
+}
+
+#[test]
 fn feed_forward_mult_changes_the_gated_projection_and_output() {
     let base = config("");
     let trimmed = config("unet: {feed_forward: {mult: 3}}");

@@ -178,12 +178,19 @@ pub fn attention<O: Ops>(
     let ctx = context.unwrap_or(x);
     let m = ops.dims(ctx)[1];
 
+    let kv_heads = t.kv_head_count();
+    let kv_dim = kv_heads * head_dim;
     let q = scoped(ops, "to_q", |ops| linear(ops, x, dim, false))?;
-    let k = scoped(ops, "to_k", |ops| linear(ops, ctx, dim, false))?;
+    let k = scoped(ops, "to_k", |ops| linear(ops, ctx, kv_dim, false))?;
     let v = if t.shared_kv {
-        k.clone()
+        None
     } else {
-        scoped(ops, "to_v", |ops| linear(ops, ctx, dim, false))?
+        Some(scoped(ops, "to_v", |ops| linear(ops, ctx, kv_dim, false))?)
+    };
+    let k = repeat_kv_heads(ops, &k, kv_heads, t.heads)?;
+    let v = match v {
+        Some(v) => repeat_kv_heads(ops, &v, kv_heads, t.heads)?,
+        None => k.clone(),
     };
     // The score scale is applied to Q (n·d elements) rather than to QKᵀ (n·m): for ReLU attention
     // relu(QKᵀ·s)/m = relu((Q·s/m)Kᵀ) since s/m > 0.
@@ -194,6 +201,20 @@ pub fn attention<O: Ops>(
     };
     let o = ops.attend_heads(&q, &k, &v, t.heads, scale, t.kernel)?;
     scoped(ops, "to_out.0", |ops| linear(ops, &o, dim, true))
+}
+
+/// Grouped-query attention's keys or values `[B, m, kv·d]` → `[B, m, H·d]`, each of the `kv`
+/// heads repeated for its `H / kv` query heads in turn (PyTorch's `repeat_interleave` over heads).
+fn repeat_kv_heads<O: Ops>(ops: &mut O, x: &O::Tensor, kv: usize, heads: usize) -> R<O> {
+    if kv == heads {
+        return Ok(x.clone());
+    }
+    let dims = ops.dims(x);
+    let (b, m, d) = (dims[0], dims[1], dims[2] / kv);
+    let x = ops.reshape(x, &[b, m, kv, 1, d])?;
+    let copies = vec![&x; heads / kv];
+    let x = ops.concat(&copies, 3)?;
+    ops.reshape(&x, &[b, m, heads * d])
 }
 
 /// Gated feed-forward (`ff.net.0.proj` → hidden ⊙ act(gate) → `ff.net.2`).

@@ -2,7 +2,7 @@
 //! UNet, so it is counted, trained and exported by the same interpreters.
 
 use serde::{Deserialize, Serialize};
-use unetlab_spec::{AttentionKernel, FeedForwardActivation, TransformerSpec};
+use unetlab_spec::TransformerSpec;
 
 use crate::blocks::{layer_norm, linear, transformer_block, LAYER_NORM_EPS};
 use crate::ops::{scoped, Init, Ops};
@@ -43,14 +43,10 @@ pub fn text_encoder_forward<O: Ops>(
         Init::FanIn(spec.width),
     )?;
     let mut x = ops.add(&x, &positions)?;
+    // CLIP's layer: diffusers' transformer block without cross-attention.
     let block = TransformerSpec {
-        self_attention: true,
         cross_attention: false,
-        shared_kv: false,
-        kernel: AttentionKernel::Softmax,
-        heads: spec.heads,
-        ff_mult: 4.0,
-        ff_activation: FeedForwardActivation::Gelu,
+        ..TransformerSpec::diffusers(spec.heads)
     };
     for i in 0..spec.layers {
         x = scoped(ops, &format!("layers.{i}"), |ops| {

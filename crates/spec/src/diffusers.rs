@@ -7,8 +7,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::resolve::{StageSpec, UnetSpec};
-use crate::schema::{AttentionKernel, ConvKind, FeedForwardActivation, Projection};
+use crate::resolve::{StageSpec, TransformerSpec, UnetSpec};
+use crate::schema::{ConvKind, Projection};
 
 use crate::error::FieldError;
 
@@ -365,14 +365,10 @@ pub fn diffusers_from_spec(spec: &UnetSpec) -> Result<Value, String> {
             (spec.mid.transformer_depths.iter().any(|&d| d > 0)).then_some(&spec.mid.transformer),
         );
     for t in stacks {
-        let diffusers_like = t.self_attention
-            && t.cross_attention
-            && !t.shared_kv
-            && t.kernel == AttentionKernel::Softmax
-            && t.ff_mult == 4.0
-            && t.ff_activation == FeedForwardActivation::Gelu;
-        if !diffusers_like {
-            problems.push("transformer blocks other than self+cross softmax attention, separate K/V and a GEGLU feed-forward of mult 4".to_string());
+        // Every option but the head count at diffusers' default: a new option is covered here
+        // by its default in `TransformerSpec::diffusers`.
+        if *t != TransformerSpec::diffusers(t.heads) {
+            problems.push("transformer blocks other than self+cross softmax attention, separate K/V with one K/V head per head and a GEGLU feed-forward of mult 4".to_string());
             break;
         }
     }

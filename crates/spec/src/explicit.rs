@@ -3,7 +3,10 @@
 
 use serde_json::{json, Value};
 
-use crate::resolve::{StageSpec, TransformerSpec, UnetSpec};
+use crate::resolve::{
+    LevelSpec, MidSpec, NormSpec, StageSpec, TextTimeSpec, TimeEmbeddingSpec, TransformerSpec,
+    UnetSpec,
+};
 use crate::schema::AdditionConfig;
 use crate::Config;
 
@@ -32,48 +35,83 @@ pub fn explicit_value(config: &Config) -> Value {
     doc
 }
 
+/// Every struct below is destructured exhaustively: a new field of the resolved spec fails to
+/// compile here until it is written out.
 fn unet_value(spec: &UnetSpec) -> Value {
-    let levels: Vec<Value> = spec
-        .levels
+    let UnetSpec {
+        in_channels,
+        out_channels,
+        latent_size,
+        text_dim,
+        text_tokens,
+        time,
+        addition,
+        norm,
+        proj,
+        levels,
+        mid,
+    } = spec;
+    let levels: Vec<Value> = levels
         .iter()
-        .map(|l| {
+        .map(|level| {
+            let LevelSpec {
+                channels,
+                conv,
+                down,
+                up,
+            } = level;
             json!({
-                "channels": l.channels,
-                "conv": l.conv,
-                "down": stage_value(&l.down),
-                "up": stage_value(&l.up),
+                "channels": channels,
+                "conv": conv,
+                "down": stage_value(down),
+                "up": stage_value(up),
             })
         })
         .collect();
-    let m = &spec.mid;
+    let MidSpec {
+        conv: mid_conv,
+        transformer_depths,
+        transformer,
+    } = mid;
     let mut mid = json!({
-        "res_blocks": m.res_blocks(),
-        "transformer_depth": m.transformer_depths,
-        "conv": m.conv,
+        "res_blocks": spec.mid.res_blocks(),
+        "transformer_depth": transformer_depths,
+        "conv": mid_conv,
     });
-    transformer_options(&mut mid, &m.transformer);
-    let t = &spec.time;
+    transformer_options(&mut mid, transformer);
+    let TimeEmbeddingSpec {
+        channels,
+        dim,
+        flip_sin_to_cos,
+        freq_shift,
+    } = time;
+    let NormSpec { groups, eps } = norm;
     let mut unet = json!({
-        "in_channels": spec.in_channels,
-        "out_channels": spec.out_channels,
-        "latent_size": spec.latent_size,
-        "text": {"dim": spec.text_dim, "tokens": spec.text_tokens},
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "latent_size": latent_size,
+        "text": {"dim": text_dim, "tokens": text_tokens},
         "time": {
-            "channels": t.channels,
-            "dim": t.dim,
-            "flip_sin_to_cos": t.flip_sin_to_cos,
-            "freq_shift": t.freq_shift,
+            "channels": channels,
+            "dim": dim,
+            "flip_sin_to_cos": flip_sin_to_cos,
+            "freq_shift": freq_shift,
         },
-        "norm": {"groups": spec.norm.groups, "eps": spec.norm.eps},
-        "proj": spec.proj,
+        "norm": {"groups": groups, "eps": eps},
+        "proj": proj,
         "levels": levels,
         "mid": mid,
     });
-    if let Some(a) = &spec.addition {
+    if let Some(a) = addition {
+        let TextTimeSpec {
+            time_channels,
+            text_embeds_dim,
+            time_ids,
+        } = a;
         let addition = AdditionConfig::TextTime {
-            time_channels: a.time_channels,
-            text_embeds_dim: a.text_embeds_dim,
-            time_ids: a.time_ids,
+            time_channels: *time_channels,
+            text_embeds_dim: *text_embeds_dim,
+            time_ids: *time_ids,
         };
         unet["addition"] = serde_json::to_value(addition).expect("always serialises");
     }
@@ -81,25 +119,21 @@ fn unet_value(spec: &UnetSpec) -> Value {
 }
 
 fn stage_value(stage: &StageSpec) -> Value {
+    let StageSpec {
+        transformer_depths,
+        transformer,
+    } = stage;
     let mut v = json!({
         "res_blocks": stage.res_blocks(),
-        "transformer_depth": stage.transformer_depths,
+        "transformer_depth": transformer_depths,
     });
-    transformer_options(&mut v, &stage.transformer);
+    transformer_options(&mut v, transformer);
     v
 }
 
 /// Writes a stage's resolved attention and feed-forward options (heads only where transformers exist).
 fn transformer_options(v: &mut Value, t: &TransformerSpec) {
-    let mut attention = json!({
-        "self": t.self_attention,
-        "cross": t.cross_attention,
-        "shared_kv": t.shared_kv,
-        "kernel": t.kernel,
-    });
-    if t.heads > 0 {
-        attention["heads"] = json!(t.heads);
-    }
-    v["attention"] = attention;
-    v["feed_forward"] = json!({"mult": t.ff_mult, "activation": t.ff_activation});
+    let (attention, feed_forward) = t.options();
+    v["attention"] = serde_json::to_value(attention).expect("always serialises");
+    v["feed_forward"] = serde_json::to_value(feed_forward).expect("always serialises");
 }

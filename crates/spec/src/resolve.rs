@@ -136,6 +136,10 @@ pub struct TransformerSpec {
     pub kernel: AttentionKernel,
     /// Number of heads (resolved from `heads` or `head_dim`; 0 if the stage has no transformers).
     pub heads: usize,
+    /// Key/value heads of grouped-query attention, fewer than `heads` and dividing them; `None`:
+    /// one per query head (multi-head attention, and the same hash as before the option existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
     /// Feed-forward multiplier.
     pub ff_mult: f64,
     /// Feed-forward gate activation.
@@ -143,9 +147,60 @@ pub struct TransformerSpec {
 }
 
 impl TransformerSpec {
+    /// diffusers' transformer block with `heads` heads, and the default of every option: self-
+    /// and cross-attention, separate keys and values, softmax, one K/V head per query head, a
+    /// GEGLU feed-forward of mult 4.
+    pub fn diffusers(heads: usize) -> Self {
+        TransformerSpec {
+            self_attention: true,
+            cross_attention: true,
+            shared_kv: false,
+            kernel: AttentionKernel::Softmax,
+            heads,
+            kv_heads: None,
+            ff_mult: 4.0,
+            ff_activation: FeedForwardActivation::Gelu,
+        }
+    }
+
     /// Inner width of the feed-forward for a block of width `dim` (`int(dim * mult)`, as diffusers).
     pub fn ff_inner(&self, dim: usize) -> usize {
         (dim as f64 * self.ff_mult) as usize
+    }
+
+    /// Key/value heads (= `heads` unless grouped-query attention).
+    pub fn kv_head_count(&self) -> usize {
+        self.kv_heads.unwrap_or(self.heads)
+    }
+
+    /// The YAML options that resolve to this spec, every one written (heads only where the stage
+    /// has transformers). Destructured exhaustively: a new option cannot be forgotten here.
+    pub fn options(&self) -> (AttentionOptions, FeedForwardOptions) {
+        let TransformerSpec {
+            self_attention,
+            cross_attention,
+            shared_kv,
+            kernel,
+            heads,
+            kv_heads,
+            ff_mult,
+            ff_activation,
+        } = self;
+        (
+            AttentionOptions {
+                self_attention: Some(*self_attention),
+                cross: Some(*cross_attention),
+                shared_kv: Some(*shared_kv),
+                kernel: Some(*kernel),
+                heads: (*heads > 0).then_some(*heads),
+                head_dim: None,
+                kv_heads: *kv_heads,
+            },
+            FeedForwardOptions {
+                mult: Some(*ff_mult),
+                activation: Some(*ff_activation),
+            },
+        )
     }
 }
 
@@ -367,6 +422,7 @@ impl Scope {
                 kernel: a.kernel.or(o.kernel),
                 heads: if sizes_given { a.heads } else { o.heads },
                 head_dim: if sizes_given { a.head_dim } else { o.head_dim },
+                kv_heads: a.kv_heads.or(o.kv_heads),
             },
             feed_forward: FeedForwardOptions {
                 mult: f.mult.or(self.feed_forward.mult),
@@ -440,14 +496,16 @@ impl Errors {
     ) -> TransformerSpec {
         let a = &scope.attention;
         let f = &scope.feed_forward;
+        let d = TransformerSpec::diffusers(0);
         let spec = TransformerSpec {
-            self_attention: a.self_attention.unwrap_or(true),
-            cross_attention: a.cross.unwrap_or(true),
-            shared_kv: a.shared_kv.unwrap_or(false),
-            kernel: a.kernel.unwrap_or(AttentionKernel::Softmax),
+            self_attention: a.self_attention.unwrap_or(d.self_attention),
+            cross_attention: a.cross.unwrap_or(d.cross_attention),
+            shared_kv: a.shared_kv.unwrap_or(d.shared_kv),
+            kernel: a.kernel.unwrap_or(d.kernel),
             heads: 0,
-            ff_mult: f.mult.unwrap_or(4.0),
-            ff_activation: f.activation.unwrap_or(FeedForwardActivation::Gelu),
+            kv_heads: d.kv_heads,
+            ff_mult: f.mult.unwrap_or(d.ff_mult),
+            ff_activation: f.activation.unwrap_or(d.ff_activation),
         };
         if depths.iter().all(|&d| d == 0) {
             return spec;
@@ -504,7 +562,23 @@ impl Errors {
                 }
             }
         };
-        TransformerSpec { heads, ..spec }
+        let kv_heads = match a.kv_heads {
+            Some(kv) if heads > 0 && (kv == 0 || !heads.is_multiple_of(kv)) => {
+                self.push(
+                    format!("{path}.attention.kv_heads"),
+                    format!("{kv} does not divide the {heads} heads"),
+                );
+                None
+            }
+            // As many K/V heads as heads is multi-head attention: the same network, the same hash.
+            Some(kv) if kv == heads => None,
+            kv => kv,
+        };
+        TransformerSpec {
+            heads,
+            kv_heads,
+            ..spec
+        }
     }
 
     fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {

@@ -270,18 +270,27 @@ fn default_eps() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct AttentionOptions {
     /// Self-attention (`attn1`) in each transformer block.
-    #[serde(rename = "self")]
+    #[serde(rename = "self", skip_serializing_if = "Option::is_none")]
     pub self_attention: Option<bool>,
     /// Cross-attention to the text (`attn2`) in each transformer block.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cross: Option<bool>,
     /// One projection for keys and values (`to_k` serves as `to_v`; no `to_v` weight).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_kv: Option<bool>,
     /// `softmax(QKᵀ·s)` or ReLU attention `relu(QKᵀ·s) / N_keys`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<AttentionKernel>,
     /// Number of heads (give this or `head_dim`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub heads: Option<usize>,
     /// Width of one head (give this or `heads`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
+    /// Grouped-query attention: key/value heads, fewer than `heads` and dividing them; each serves
+    /// `heads / kv_heads` query heads (default: one per query head).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<usize>,
 }
 
 /// Feed-forward options; inherit like [`AttentionOptions`].
@@ -289,8 +298,10 @@ pub struct AttentionOptions {
 #[serde(deny_unknown_fields)]
 pub struct FeedForwardOptions {
     /// diffusers `mult`: inner width = mult · dim, gated projection 2 · inner (SD: 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mult: Option<f64>,
     /// Gate activation: `gelu` (GEGLU) or `swish` (SwiGLU).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub activation: Option<FeedForwardActivation>,
 }
 

@@ -80,6 +80,22 @@ fn every_bad_config_names_its_field() {
         (
             variant(
                 "attention: {heads: 4}",
+                "attention: {heads: 4, kv_heads: 3}",
+            ),
+            "unet.levels[0].down.attention.kv_heads",
+            "3 does not divide the 4 heads",
+        ),
+        (
+            variant(
+                "attention: {heads: 4}",
+                "attention: {heads: 4, kv_heads: 0}",
+            ),
+            "unet.levels[0].down.attention.kv_heads",
+            "0 does not divide the 4 heads",
+        ),
+        (
+            variant(
+                "attention: {heads: 4}",
                 "attention: {heads: 4, head_dim: 8}",
             ),
             "unet.levels[0].down.attention",

@@ -5,7 +5,8 @@
 //! block, `text_time`). Scaled, deterministically:
 //! - channels: `c · base_width / c₀` (c₀ = the first level's channels), rounded to a multiple of
 //!   8 (at least 8), so relative widths survive (MobileDiffusion 320/640/1024 → 32/64/104);
-//! - heads: one per 8 channels (head width 8) wherever a stage has transformers;
+//! - heads: one per 8 channels (head width 8) wherever a stage has transformers; grouped-query
+//!   attention keeps its share of K/V heads;
 //! - norm groups: 8; time embedding: widths scaled like the channels;
 //! - text: width and tokens of the proxy text encoder; `text_time`: pooled width = text width,
 //!   sinusoid width scaled like the channels;
@@ -14,7 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 use unetlab_spec::{
-    NormSpec, StageSpec, TextTimeSpec, TimeEmbeddingSpec, TransformerSpec, UnetSpec,
+    LevelSpec, MidSpec, NormSpec, StageSpec, TextTimeSpec, TimeEmbeddingSpec, TransformerSpec,
+    UnetSpec,
 };
 
 /// The proxy's fixed sizes.
@@ -59,38 +61,57 @@ impl ProxyShape {
     }
 }
 
-/// The proxy of `spec`.
+/// The proxy of `spec`. Every spec struct is destructured exhaustively, so a new field of the
+/// resolved spec fails to compile here until the proxy decides whether to keep or scale it.
 pub fn proxy_spec(spec: &UnetSpec, p: &ProxyShape) -> UnetSpec {
-    let c0 = spec.levels.first().map_or(1, |l| l.channels).max(1) as f64;
+    let UnetSpec {
+        in_channels: _,
+        out_channels: _,
+        latent_size: _,
+        text_dim: _,
+        text_tokens: _,
+        time,
+        addition,
+        norm,
+        proj,
+        levels,
+        mid,
+    } = spec;
+    let c0 = levels.first().map_or(1, |l| l.channels).max(1) as f64;
     let scale = p.base_width as f64 / c0;
     let width = |c: usize| (((c as f64 * scale) / 8.0).round() as usize * 8).max(8);
     let even = |c: usize| (((c as f64 * scale) / 2.0).round() as usize * 2).max(2);
-    let transformer = |t: &TransformerSpec, channels: usize| TransformerSpec {
-        heads: if t.heads > 0 {
-            (channels / p.head_dim).max(1)
-        } else {
-            0
-        },
-        ..t.clone()
-    };
-    let stage = |s: &StageSpec, channels: usize| StageSpec {
-        transformer_depths: s.transformer_depths.clone(),
-        transformer: transformer(&s.transformer, channels),
-    };
-    let levels = spec
-        .levels
+    let levels = levels
         .iter()
         .map(|l| {
-            let c = width(l.channels);
-            unetlab_spec::LevelSpec {
+            let LevelSpec {
+                channels,
+                conv,
+                down,
+                up,
+            } = l;
+            let c = width(*channels);
+            LevelSpec {
                 channels: c,
-                conv: l.conv,
-                down: stage(&l.down, c),
-                up: stage(&l.up, c),
+                conv: *conv,
+                down: proxy_stage(down, c, p),
+                up: proxy_stage(up, c, p),
             }
         })
         .collect::<Vec<_>>();
     let last = levels.last().map_or(p.base_width, |l| l.channels);
+    let TimeEmbeddingSpec {
+        channels,
+        dim,
+        flip_sin_to_cos,
+        freq_shift,
+    } = time;
+    let NormSpec { groups: _, eps } = norm;
+    let MidSpec {
+        conv,
+        transformer_depths,
+        transformer,
+    } = mid;
     UnetSpec {
         in_channels: p.latent_channels(),
         out_channels: p.latent_channels(),
@@ -98,25 +119,82 @@ pub fn proxy_spec(spec: &UnetSpec, p: &ProxyShape) -> UnetSpec {
         text_dim: p.text_dim,
         text_tokens: p.tokens,
         time: TimeEmbeddingSpec {
-            channels: even(spec.time.channels),
-            dim: width(spec.time.dim),
-            ..spec.time.clone()
+            channels: even(*channels),
+            dim: width(*dim),
+            flip_sin_to_cos: *flip_sin_to_cos,
+            freq_shift: *freq_shift,
         },
-        addition: spec.addition.as_ref().map(|a| TextTimeSpec {
-            time_channels: even(a.time_channels),
-            text_embeds_dim: p.text_dim,
-            time_ids: a.time_ids,
+        addition: addition.as_ref().map(|a| {
+            let TextTimeSpec {
+                time_channels,
+                text_embeds_dim: _,
+                time_ids,
+            } = a;
+            TextTimeSpec {
+                time_channels: even(*time_channels),
+                text_embeds_dim: p.text_dim,
+                time_ids: *time_ids,
+            }
         }),
         norm: NormSpec {
             groups: p.norm_groups,
-            eps: spec.norm.eps,
+            eps: *eps,
         },
-        proj: spec.proj,
+        proj: *proj,
         levels,
-        mid: unetlab_spec::MidSpec {
-            conv: spec.mid.conv,
-            transformer_depths: spec.mid.transformer_depths.clone(),
-            transformer: transformer(&spec.mid.transformer, last),
+        mid: MidSpec {
+            conv: *conv,
+            transformer_depths: transformer_depths.clone(),
+            transformer: proxy_transformer(transformer, last, p),
         },
+    }
+}
+
+fn proxy_stage(s: &StageSpec, channels: usize, p: &ProxyShape) -> StageSpec {
+    let StageSpec {
+        transformer_depths,
+        transformer,
+    } = s;
+    StageSpec {
+        transformer_depths: transformer_depths.clone(),
+        transformer: proxy_transformer(transformer, channels, p),
+    }
+}
+
+/// One head per `head_dim` channels; grouped-query attention keeps its share of K/V heads (the
+/// largest divisor of the proxy's heads at most `heads · kv_heads / original heads`, at least 1).
+fn proxy_transformer(t: &TransformerSpec, channels: usize, p: &ProxyShape) -> TransformerSpec {
+    let TransformerSpec {
+        self_attention,
+        cross_attention,
+        shared_kv,
+        kernel,
+        heads,
+        kv_heads,
+        ff_mult,
+        ff_activation,
+    } = t;
+    let proxy_heads = if *heads > 0 {
+        (channels / p.head_dim).max(1)
+    } else {
+        0
+    };
+    let kv_heads = kv_heads.and_then(|kv| {
+        let share = (proxy_heads * kv / heads).max(1);
+        let kv = (1..=share)
+            .rev()
+            .find(|d| proxy_heads.is_multiple_of(*d))
+            .unwrap_or(1);
+        (kv < proxy_heads).then_some(kv)
+    });
+    TransformerSpec {
+        self_attention: *self_attention,
+        cross_attention: *cross_attention,
+        shared_kv: *shared_kv,
+        kernel: *kernel,
+        heads: proxy_heads,
+        kv_heads,
+        ff_mult: *ff_mult,
+        ff_activation: *ff_activation,
     }
 }

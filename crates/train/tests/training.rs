@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use unetlab_spec::Config;
+use unetlab_spec::{Config, TransformerSpec};
 use unetlab_train::data::DataSource;
 use unetlab_train::proxy::{proxy_spec, ProxyShape};
 use unetlab_train::{train, Budget, Recipe, RunOptions, TrainError};
@@ -82,25 +82,15 @@ fn the_proxy_keeps_structure_and_choices_and_shrinks_width() {
             assert_eq!(a.conv, b.conv);
             for (sa, sb) in [(&a.down, &b.down), (&a.up, &b.up)] {
                 assert_eq!(sa.transformer_depths, sb.transformer_depths);
+                // Every option but the head counts survives (a new option is kept unless the
+                // proxy scales it on purpose).
                 let (ta, tb) = (&sa.transformer, &sb.transformer);
-                assert_eq!(
-                    (
-                        ta.self_attention,
-                        ta.cross_attention,
-                        ta.shared_kv,
-                        ta.kernel,
-                        ta.ff_mult,
-                        ta.ff_activation
-                    ),
-                    (
-                        tb.self_attention,
-                        tb.cross_attention,
-                        tb.shared_kv,
-                        tb.kernel,
-                        tb.ff_mult,
-                        tb.ff_activation
-                    )
-                );
+                let kept = TransformerSpec {
+                    heads: ta.heads,
+                    kv_heads: ta.kv_heads,
+                    ..tb.clone()
+                };
+                assert_eq!(ta, &kept, "{name}");
             }
             assert_eq!(a.channels % 8, 0);
             // Relative widths survive within rounding to 8 channels.
@@ -120,6 +110,29 @@ fn the_proxy_keeps_structure_and_choices_and_shrinks_width() {
         );
         assert_eq!(p.addition.is_some(), full.addition.is_some());
         assert_eq!(p.proj, full.proj);
+    }
+    // Grouped-query attention keeps its share of K/V heads.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (base, kv, expected) in [
+        ("../../configs/fixtures/tiny-sd.yaml", 2, Some(2)),
+        ("../../configs/fixtures/tiny-sd.yaml", 1, Some(1)),
+        ("mobilediffusion", 1, Some(1)),
+    ] {
+        let yaml = format!("extends: {base}\nunet: {{attention: {{kv_heads: {kv}}}}}\n");
+        let full = Config::from_yaml(&yaml, "variant.yaml", Some(dir))
+            .unwrap()
+            .spec;
+        let p = proxy_spec(&full, &ProxyShape::default());
+        for t in p.levels.iter().flat_map(|l| [&l.down, &l.up]) {
+            if t.transformer_depths.iter().any(|&d| d > 0) {
+                assert_eq!(t.transformer.kv_heads, expected, "{base} kv {kv}");
+                assert!(t
+                    .transformer
+                    .heads
+                    .is_multiple_of(t.transformer.kv_head_count()));
+            }
+        }
+        unetlab_model::declared_params(&p).unwrap();
     }
     // MobileDiffusion and MD-Lite stay different networks.
     let md = proxy_spec(
