@@ -36,7 +36,7 @@ fn update(path: &Path, block: &str, body: &str, check: bool) -> Result<()> {
     } else if check {
         bail!("{} is out of date: run `cargo xtask docs`", path.display());
     } else {
-        std::fs::write(path, updated)?;
+        unetlab_files::write_file(path, updated)?;
         println!("rewrote {}", path.display());
     }
     Ok(())

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use unetlab_bench::Machine;
 
+use unetlab_files::write_file;
 use unetlab_provenance::{now_utc, Build, Code};
 
 const COMMAND: &str = "cargo xtask onnx-check --full";
@@ -48,11 +49,11 @@ pub fn write(root: &Path, bundles: &[PathBuf], ort_json: &Path) -> Result<()> {
         "machine": machine,
         "bundles": rows,
     });
-    std::fs::write(
-        dir.join("mobilediffusion.json"),
+    write_file(
+        &dir.join("mobilediffusion.json"),
         serde_json::to_string_pretty(&record)? + "\n",
     )?;
-    std::fs::write(dir.join("README.md"), readme(&record))?;
+    write_file(&dir.join("README.md"), readme(&record))?;
     println!("wrote {}", dir.display());
     Ok(())
 }

@@ -75,6 +75,6 @@ pub fn python_venv(root: &Path, target: &Path, requirements: &str, name: &str) -
             .arg(&requirements),
     )
     .with_context(|| format!("installing {} with pip", requirements.display()))?;
-    std::fs::write(&stamp, wanted)?;
+    unetlab_files::write_file(&stamp, wanted)?;
     Ok(python)
 }

@@ -53,7 +53,8 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     };
     match &args.out {
         Some(path) => {
-            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?;
+            unetlab_files::write_file(path, &text)
+                .with_context(|| format!("writing {}", path.display()))?;
             eprintln!(
                 "wrote {} ({}, hash {})",
                 path.display(),

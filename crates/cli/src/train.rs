@@ -1,12 +1,10 @@
 //! `unetlab train`: one short proxy training run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use polars::prelude::DataType;
 use unetlab_bench::prepare_process;
-use unetlab_report::{lines, read_csv, write_parquet};
 use unetlab_spec::Config;
 use unetlab_train::data::DataSource;
 use unetlab_train::evaluator::{default_cache_dir, EvaluatorRecipe};
@@ -222,11 +220,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             bar.set_message(format!("generating and scoring {images} images"));
         }
     };
-    let out = options.out.clone();
     let summary = train(&options, &mut on_progress);
     bar.finish_and_clear();
     let summary = summary?;
-    write_loss_report(&out, &summary.config)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -256,34 +252,5 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             );
         }
     }
-    Ok(())
-}
-
-/// `loss.parquet`, `validation.parquet` and the loss curves (`loss.svg`, `loss.png`) from the
-/// run's CSV logs.
-fn write_loss_report(run: &Path, name: &str) -> Result<()> {
-    let mut curves = Vec::new();
-    for (stem, column, label) in [
-        ("loss", "loss", "training loss"),
-        ("validation", "validation_loss", "validation loss (EMA)"),
-    ] {
-        let mut df = read_csv(&run.join(format!("{stem}.csv")))?;
-        write_parquet(&mut df, &run.join(format!("{stem}.parquet")))?;
-        let steps = df.column("step")?.cast(&DataType::Float64)?;
-        let values = df.column(column)?.cast(&DataType::Float64)?;
-        let points = steps
-            .f64()?
-            .into_no_null_iter()
-            .zip(values.f64()?.into_no_null_iter())
-            .collect();
-        curves.push((label.to_string(), points));
-    }
-    lines(
-        &run.join("loss"),
-        &format!("{name} (proxy): denoising loss"),
-        "step",
-        "MSE of the predicted noise",
-        &curves,
-    )?;
     Ok(())
 }

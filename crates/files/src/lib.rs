@@ -1,7 +1,9 @@
 //! Files that appear whole or not at all, and SHA-256 digests in hex.
 //!
 //! Every writer in unetlab that must not leave half a file behind (tables, plots, weights,
-//! checkpoints, image grids) goes through [`write_via_temp`].
+//! checkpoints, image grids, run files, docs) goes through [`write_via_temp`] or [`write_file`];
+//! `tests/writers.rs` lists the few that may not (append-only logs, files inside a staged bundle
+//! directory that is renamed into place whole).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,15 @@ pub fn write_via_temp<E>(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Writes `contents` to `path` through [`write_via_temp`]: the whole file or nothing.
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    write_via_temp(
+        path,
+        |tmp| std::fs::write(tmp, contents),
+        std::convert::identity,
+    )
 }
 
 /// Lower-case hex of `bytes`.

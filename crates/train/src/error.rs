@@ -14,6 +14,9 @@ pub enum TrainError {
     /// The data could not be read.
     #[error(transparent)]
     Data(#[from] unetlab_data::DataError),
+    /// The run's report (Parquet tables, loss curves) could not be written.
+    #[error("run report: {0}")]
+    Report(#[from] unetlab_report::ReportError),
     /// The tokenizer could not be built, loaded or used.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

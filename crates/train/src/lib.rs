@@ -20,6 +20,7 @@ pub mod model;
 pub mod optim;
 pub mod proxy;
 pub mod recipe;
+pub mod run_report;
 pub mod sample;
 pub mod schedule;
 pub mod step;

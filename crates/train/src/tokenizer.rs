@@ -87,9 +87,11 @@ impl TextTokenizer {
 
     /// Saves it as `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
-        self.tokenizer
-            .save(path, true)
-            .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", path.display())))
+        let json = self
+            .tokenizer
+            .to_string(true)
+            .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", path.display())))?;
+        unetlab_files::write_file(path, json).map_err(TrainError::io(path))
     }
 
     /// Vocabulary size (with special tokens).

@@ -6,6 +6,7 @@
 //! the data order. A checkpoint therefore only needs weights, EMA, AdamW moments and `s`; resuming
 //! from it replays exactly what an uninterrupted run does.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,9 +16,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use unetlab_data::Example;
+use unetlab_graph::TextEncoderSpec;
 use unetlab_provenance::{Code, Provenance};
 use unetlab_spec::explicit::explicit_yaml;
-use unetlab_spec::Config;
+use unetlab_spec::{Config, UnetSpec};
 
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::{DataSource, TrainData};
@@ -28,6 +30,7 @@ use crate::model::ProxyModel;
 use crate::optim::{ema_init, AdamW};
 use crate::proxy::proxy_spec;
 use crate::recipe::Recipe;
+use crate::run_report::write_loss_report;
 use crate::sample::write_grid;
 use crate::schedule::{NoiseSchedule, Prediction, TRAIN_STEPS};
 use crate::step::{denoising_loss, StepOutcome, Stepper};
@@ -175,290 +178,409 @@ pub struct RunSummary {
     pub provenance: Provenance,
 }
 
-/// Runs (or resumes) a training run.
+/// Runs (or resumes) a training run: [`Session::open`] (tokenizer, identity, weights, files),
+/// [`Session::run_steps`] (the loop, validation, curve points, checkpoints), [`Session::finish`]
+/// (costs, scoring, `run.json`, the loss report). The run directory's contents are the same
+/// whichever frontend calls this.
 pub fn train(
     opts: &RunOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RunSummary, TrainError> {
-    let recipe = &opts.recipe;
-    let out = &opts.out;
-    recipe.validate().map_err(|message| TrainError::Run {
-        run: out.clone(),
-        message,
-    })?;
-    std::fs::create_dir_all(out).map_err(TrainError::io(out))?;
-    let proxy = proxy_spec(&opts.config.spec, &recipe.proxy);
-    let (data, skipped) = TrainData::open(&opts.data, recipe.proxy.image_size, recipe.seed)?;
-    for reason in skipped.reasons.iter().take(5) {
-        eprintln!("skipped: {reason}");
-    }
-    if skipped.count > 0 {
-        eprintln!("skipped {} unreadable input(s) in total", skipped.count);
-    }
+    let mut session = Session::open(opts)?;
+    session.run_steps(progress)?;
+    session.finish(progress)
+}
 
-    let checkpoint_path = out.join("checkpoint.safetensors");
-    let resuming = checkpoint_path.is_file() && !opts.restart;
-    let tokenizer_path = out.join("tokenizer.json");
-    let tokens = recipe.proxy.tokens;
-    let tokenizer = match (&opts.tokenizer, resuming && tokenizer_path.is_file()) {
-        (Some(path), _) => TextTokenizer::load(path, tokens)?,
-        (None, true) => TextTokenizer::load(&tokenizer_path, tokens)?,
-        (None, false) => {
-            let captions = data.vocabulary_captions();
-            TextTokenizer::train(captions.iter().map(String::as_str), tokens)?
-        }
-    };
-    let text_spec = recipe.text_encoder(tokenizer.vocab());
-    let parent = opts
-        .init_from
-        .as_deref()
-        .map(|source| checkpoint::load(&checkpoint_file(source)))
-        .transpose()?;
-    let initialised_from = parent.as_ref().map(|ck| ck.info.run_hash.clone());
-    let mut identity = serde_json::json!({
-        "config": opts.config.hash(),
-        "recipe": recipe,
-        "data": opts.data,
-        "text": text_spec,
-    });
-    if let Some(hash) = &initialised_from {
-        identity["init_from"] = serde_json::json!(hash);
-    }
-    let run_hash = unetlab_files::sha256_hex(identity.to_string().as_bytes());
+/// A run being trained: everything set up, and the figures the loop accumulates.
+struct Session<'a> {
+    opts: &'a RunOptions,
+    proxy: UnetSpec,
+    data: TrainData,
+    skipped_inputs: usize,
+    tokenizer: TextTokenizer,
+    text_spec: TextEncoderSpec,
+    run_hash: String,
+    initialised_from: Option<String>,
+    model: ProxyModel,
+    ema: BTreeMap<String, Tensor>,
+    adam: AdamW,
+    /// The step the session started at (> 0 when resuming).
+    start: u64,
+    logs: Logs,
+    schedule: NoiseSchedule,
+    validation: Vec<Example>,
+    initial_validation_loss: Option<f64>,
+    validation_loss: f64,
+    /// Training losses of every step so far (kept rows of a resumed run first).
+    losses: Vec<f64>,
+    training_time: f64,
+}
 
-    let (model, mut ema, mut adam, start) = if resuming {
-        let ck = checkpoint::load(&checkpoint_path)?;
-        if ck.info.run_hash != run_hash {
-            return Err(TrainError::Run {
-                run: out.clone(),
-                message: "holds a checkpoint of a different run (config, recipe or data changed): \
-                          pass --restart to start over, or choose another --out"
-                    .into(),
-            });
+/// The run's CSV logs.
+struct Logs {
+    loss: Log,
+    validation: Log,
+    /// `quality.csv`, when the run is scored.
+    quality: Option<Log>,
+}
+
+impl<'a> Session<'a> {
+    /// Validates the recipe, opens the data, loads or trains the tokenizer, computes the run's
+    /// identity, and resumes from the checkpoint or initialises (from a parent run if asked),
+    /// writing `tokenizer.json`, `config.yaml` and `proxy.yaml` for a new run.
+    fn open(opts: &'a RunOptions) -> Result<Self, TrainError> {
+        let recipe = &opts.recipe;
+        let out = &opts.out;
+        recipe.validate().map_err(|message| TrainError::Run {
+            run: out.clone(),
+            message,
+        })?;
+        std::fs::create_dir_all(out).map_err(TrainError::io(out))?;
+        let proxy = proxy_spec(&opts.config.spec, &recipe.proxy);
+        let (data, skipped) = TrainData::open(&opts.data, recipe.proxy.image_size, recipe.seed)?;
+        for reason in skipped.reasons.iter().take(5) {
+            eprintln!("skipped: {reason}");
         }
-        let model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ck.weights)?;
-        let adam = AdamW::from_tensors(recipe.optimizer, ck.adam_step, ck.adam_m, ck.adam_v)?;
-        (model, ck.ema, adam, ck.info.step)
-    } else {
-        let model = ProxyModel::init(proxy.clone(), text_spec, recipe.seed)?;
-        if let (Some(source), Some(parent)) = (&opts.init_from, &parent) {
-            init_from(&model, source, parent)?;
+        if skipped.count > 0 {
+            eprintln!("skipped {} unreadable input(s) in total", skipped.count);
         }
-        let vars = model.named_vars();
-        let adam = AdamW::new(recipe.optimizer, vars.iter().map(|(n, v)| (n.as_str(), v)))?;
-        let ema = ema_init(&vars)?;
-        // Also a given --tokenizer: the run directory alone must be enough to sample from.
-        if opts.tokenizer.as_deref() != Some(tokenizer_path.as_path()) {
-            tokenizer.save(&tokenizer_path)?;
-        }
-        write(&out.join("config.yaml"), &explicit_yaml(&opts.config))?;
-        let proxy_config = Config {
-            name: format!("{} (proxy)", opts.config.name),
-            spec: proxy.clone(),
-            ..opts.config.clone()
+
+        let resuming = checkpoint_path(out).is_file() && !opts.restart;
+        let tokenizer_path = out.join("tokenizer.json");
+        let tokens = recipe.proxy.tokens;
+        let tokenizer = match (&opts.tokenizer, resuming && tokenizer_path.is_file()) {
+            (Some(path), _) => TextTokenizer::load(path, tokens)?,
+            (None, true) => TextTokenizer::load(&tokenizer_path, tokens)?,
+            (None, false) => {
+                let captions = data.vocabulary_captions();
+                TextTokenizer::train(captions.iter().map(String::as_str), tokens)?
+            }
         };
-        write(&out.join("proxy.yaml"), &explicit_yaml(&proxy_config))?;
-        (model, ema, adam, 0)
-    };
-    let vars = model.named_vars();
-    let mut loss_log = Log::open(&out.join("loss.csv"), "step,loss,lr,grad_norm", start)?;
-    let mut val_log = Log::open(&out.join("validation.csv"), "step,validation_loss", start)?;
-    let scoring = match (&opts.metrics, &opts.data) {
-        (Some(setup), DataSource::Shapes) => Some(setup),
-        _ => None,
-    };
-    let mut quality_log = match scoring {
-        Some(_) => Some(Log::open(
-            &out.join("quality.csv"),
-            "step,images,fd,attribute_alignment,text_alignment",
-            // A finished run is scored again: its last row is written anew.
-            start.min(recipe.steps.saturating_sub(1)),
-        )?),
-        None => None,
-    };
+        let text_spec = recipe.text_encoder(tokenizer.vocab());
+        let parent = opts
+            .init_from
+            .as_deref()
+            .map(|source| checkpoint::load(&checkpoint_file(source)))
+            .transpose()?;
+        let initialised_from = parent.as_ref().map(|ck| ck.info.run_hash.clone());
+        let run_hash = run_identity(opts, text_spec, initialised_from.as_deref());
 
-    let schedule = NoiseSchedule::new(recipe.schedule);
-    let validation = data.validation(recipe.val_examples);
-    let validate = |m: &ProxyModel| {
-        validation_loss(
-            m,
-            &tokenizer,
-            &validation,
-            &schedule,
-            recipe.prediction,
-            recipe.batch,
-        )
-    };
-    let initial_validation_loss = if start == 0 {
-        let v = validate(&model)?;
-        val_log.line(&format!("0,{v}"))?;
-        Some(v)
-    } else {
-        val_log
+        let (model, ema, adam, start) = if resuming {
+            let ck = checkpoint::load(&checkpoint_path(out))?;
+            if ck.info.run_hash != run_hash {
+                return Err(TrainError::Run {
+                    run: out.clone(),
+                    message: "holds a checkpoint of a different run (config, recipe or data \
+                              changed): pass --restart to start over, or choose another --out"
+                        .into(),
+                });
+            }
+            let model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ck.weights)?;
+            let adam = AdamW::from_tensors(recipe.optimizer, ck.adam_step, ck.adam_m, ck.adam_v)?;
+            (model, ck.ema, adam, ck.info.step)
+        } else {
+            let model = ProxyModel::init(proxy.clone(), text_spec, recipe.seed)?;
+            if let (Some(source), Some(parent)) = (&opts.init_from, &parent) {
+                init_from(&model, source, parent)?;
+            }
+            let vars = model.named_vars();
+            let adam = AdamW::new(recipe.optimizer, vars.iter().map(|(n, v)| (n.as_str(), v)))?;
+            let ema = ema_init(&vars)?;
+            // Also a given --tokenizer: the run directory alone must be enough to sample from.
+            if opts.tokenizer.as_deref() != Some(tokenizer_path.as_path()) {
+                tokenizer.save(&tokenizer_path)?;
+            }
+            write(&out.join("config.yaml"), &explicit_yaml(&opts.config))?;
+            let proxy_config = Config {
+                name: format!("{} (proxy)", opts.config.name),
+                spec: proxy.clone(),
+                ..opts.config.clone()
+            };
+            write(&out.join("proxy.yaml"), &explicit_yaml(&proxy_config))?;
+            (model, ema, adam, 0)
+        };
+
+        let scored = scoring(opts).is_some();
+        let logs = Logs {
+            loss: Log::open(&out.join("loss.csv"), "step,loss,lr,grad_norm", start)?,
+            validation: Log::open(&out.join("validation.csv"), "step,validation_loss", start)?,
+            quality: scored
+                .then(|| {
+                    Log::open(
+                        &out.join("quality.csv"),
+                        "step,images,fd,attribute_alignment,text_alignment",
+                        // A finished run is scored again: its last row is written anew.
+                        start.min(recipe.steps.saturating_sub(1)),
+                    )
+                })
+                .transpose()?,
+        };
+        // A resumed run's figures continue from its logs.
+        let losses = logs.loss.kept.iter().map(|(_, v)| *v).collect();
+        let initial_validation_loss = logs
+            .validation
             .kept
             .first()
             .filter(|(s, _)| *s == 0)
-            .map(|(_, v)| *v)
-    };
-    progress(Progress::Started {
-        start,
-        total: recipe.steps,
-    });
-
-    let mut last_checkpoint = start;
-    // A resumed run's figures continue from its logs.
-    let mut recent: Vec<f64> = loss_log.kept.iter().map(|(_, v)| *v).collect();
-    let mut validation_loss_now = val_log
-        .kept
-        .last()
-        .map(|(_, v)| *v)
-        .or(initial_validation_loss)
-        .unwrap_or(f64::NAN);
-    let mut training_time = 0.0;
-    let stepper = Stepper {
-        model: &model,
-        vars: &vars,
-        tokenizer: &tokenizer,
-        data: &data,
-        schedule: &schedule,
-        recipe,
-    };
-    for step in start..recipe.steps {
-        let began = Instant::now();
-        let (loss_value, lr, norm) = match stepper.step(&mut adam, &mut ema, step)? {
-            StepOutcome::Updated {
-                loss,
-                lr,
-                grad_norm,
-                ..
-            } => (loss, lr, grad_norm),
-            StepOutcome::Diverged { value } => {
-                return Err(diverged(step, value, last_checkpoint, out))
-            }
-        };
-        training_time += began.elapsed().as_secs_f64();
-
-        let done = step + 1;
-        loss_log.line(&format!("{done},{loss_value},{lr},{norm}"))?;
-        recent.push(loss_value);
-        let steps_per_s = (done - start) as f64 / training_time.max(1e-9);
-        progress(Progress::Step {
-            done,
-            loss: loss_value,
-            steps_per_s,
-        });
-        let last = done == recipe.steps;
-        if done % recipe.val_every == 0 || last {
-            let ema_model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ema)?;
-            validation_loss_now = validate(&ema_model)?;
-            val_log.line(&format!("{done},{validation_loss_now}"))?;
-            progress(Progress::Validation {
-                done,
-                loss: validation_loss_now,
-            });
-        }
-        let curve_point = scoring
-            .and_then(|s| s.every)
-            .is_some_and(|every| done % every == 0 && !last);
-        if let (true, Some(setup), Some(log)) = (curve_point, scoring, quality_log.as_mut()) {
-            let ema_model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ema)?;
-            let m = score(setup, &ema_model, &tokenizer, recipe, None, progress)?;
-            log.line(&quality_line(done, recipe, &m))?;
-        }
-        if done % recipe.checkpoint_every == 0 || last {
-            let weights: Vec<(String, Tensor)> = vars
-                .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-                .collect();
-            let info = CheckpointInfo {
-                step: done,
-                run_hash: run_hash.clone(),
-            };
-            checkpoint::save(&checkpoint_path, &info, &weights, &ema, &adam)?;
-            last_checkpoint = done;
-        }
+            .map(|(_, v)| *v);
+        let validation_loss = logs.validation.kept.last().map_or(f64::NAN, |(_, v)| *v);
+        Ok(Session {
+            opts,
+            proxy,
+            skipped_inputs: skipped.count,
+            validation: data.validation(recipe.val_examples),
+            data,
+            tokenizer,
+            text_spec,
+            run_hash,
+            initialised_from,
+            model,
+            ema,
+            adam,
+            start,
+            logs,
+            schedule: NoiseSchedule::new(recipe.schedule),
+            initial_validation_loss,
+            validation_loss,
+            losses,
+            training_time: 0.0,
+        })
     }
 
-    let tail = &recent[recent.len().saturating_sub(20)..];
-    let proxy_cost = unetlab_cost::count(
-        &proxy,
-        unetlab_cost::Conditions {
-            batch: 1,
-            latent_size: proxy.latent_size,
-            tokens,
-        },
-    )
-    .map_err(unetlab_model::ModelError::from)?;
-    let full = &opts.config.spec;
-    let full_cost = unetlab_cost::count(
-        full,
-        unetlab_cost::Conditions {
-            batch: 1,
-            latent_size: full.latent_size,
-            tokens: full.text_tokens,
-        },
-    )
-    .map_err(unetlab_model::ModelError::from)?;
-    let summary = RunSummary {
-        config: opts.config.name.clone(),
-        config_hash: opts.config.hash(),
-        run_hash: run_hash.clone(),
-        initialised_from,
-        recipe: recipe.clone(),
-        data: opts.data.clone(),
-        skipped_inputs: skipped.count,
-        vocab: tokenizer.vocab(),
-        full_params: full_cost.params(),
-        full_macs: full_cost.macs.total(),
-        proxy_params: proxy_cost.params(),
-        proxy_macs: proxy_cost.macs.total(),
-        text_encoder_params: model.text.vars().map(|(_, v)| v.elem_count() as u64).sum(),
-        steps: recipe.steps,
-        resumed_from: (start > 0).then_some(start),
-        final_train_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
-        validation_loss: validation_loss_now,
-        initial_validation_loss,
-        steps_per_s: if start < recipe.steps {
-            (recipe.steps - start) as f64 / training_time.max(1e-9)
-        } else {
-            // Nothing left to train: the finished run's own throughput.
-            previous_throughput(out, &run_hash).unwrap_or(f64::NAN)
-        },
-        metrics: match (scoring, quality_log.as_mut()) {
-            (Some(setup), Some(log)) => {
-                let ema_model = ProxyModel::from_tensors(proxy.clone(), text_spec, &ema)?;
+    /// Validation loss of `model` on the run's validation examples.
+    fn validate(&self, model: &ProxyModel) -> Result<f64, TrainError> {
+        let recipe = &self.opts.recipe;
+        validation_loss(
+            model,
+            &self.tokenizer,
+            &self.validation,
+            &self.schedule,
+            recipe.prediction,
+            recipe.batch,
+        )
+    }
+
+    /// The EMA weights as a model.
+    fn ema_model(&self) -> Result<ProxyModel, TrainError> {
+        ProxyModel::from_tensors(self.proxy.clone(), self.text_spec, &self.ema)
+    }
+
+    /// Trains from the session's start to the recipe's last step: logs every step, validates the
+    /// EMA weights every `val_every` steps and at the end, scores curve points, checkpoints.
+    fn run_steps(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<(), TrainError> {
+        let recipe = &self.opts.recipe;
+        let out = &self.opts.out;
+        if self.start == 0 {
+            let v = self.validate(&self.model)?;
+            self.logs.validation.line(&format!("0,{v}"))?;
+            self.initial_validation_loss = Some(v);
+            self.validation_loss = v;
+        }
+        progress(Progress::Started {
+            start: self.start,
+            total: recipe.steps,
+        });
+        let vars = self.model.named_vars();
+        let mut last_checkpoint = self.start;
+        for step in self.start..recipe.steps {
+            let began = Instant::now();
+            let stepper = Stepper {
+                model: &self.model,
+                vars: &vars,
+                tokenizer: &self.tokenizer,
+                data: &self.data,
+                schedule: &self.schedule,
+                recipe,
+            };
+            let (loss, lr, norm) = match stepper.step(&mut self.adam, &mut self.ema, step)? {
+                StepOutcome::Updated {
+                    loss,
+                    lr,
+                    grad_norm,
+                    ..
+                } => (loss, lr, grad_norm),
+                StepOutcome::Diverged { value } => {
+                    return Err(diverged(step, value, last_checkpoint, out))
+                }
+            };
+            self.training_time += began.elapsed().as_secs_f64();
+
+            let done = step + 1;
+            self.logs.loss.line(&format!("{done},{loss},{lr},{norm}"))?;
+            self.losses.push(loss);
+            progress(Progress::Step {
+                done,
+                loss,
+                steps_per_s: (done - self.start) as f64 / self.training_time.max(1e-9),
+            });
+            let last = done == recipe.steps;
+            if done % recipe.val_every == 0 || last {
+                self.validation_loss = self.validate(&self.ema_model()?)?;
+                self.logs
+                    .validation
+                    .line(&format!("{done},{}", self.validation_loss))?;
+                progress(Progress::Validation {
+                    done,
+                    loss: self.validation_loss,
+                });
+            }
+            let every = scoring(self.opts).and_then(|s| s.every);
+            if let (Some(setup), Some(every)) = (scoring(self.opts), every) {
+                if done % every == 0 && !last {
+                    let m = score(
+                        setup,
+                        &self.ema_model()?,
+                        &self.tokenizer,
+                        recipe,
+                        None,
+                        progress,
+                    )?;
+                    self.quality_line(done, &m)?;
+                }
+            }
+            if done % recipe.checkpoint_every == 0 || last {
+                let weights: Vec<(String, Tensor)> = vars
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                    .collect();
+                let info = CheckpointInfo {
+                    step: done,
+                    run_hash: self.run_hash.clone(),
+                };
+                checkpoint::save(
+                    &checkpoint_path(out),
+                    &info,
+                    &weights,
+                    &self.ema,
+                    &self.adam,
+                )?;
+                last_checkpoint = done;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a `quality.csv` line: step, images seen, FD, attribute and text alignment.
+    fn quality_line(&mut self, step: u64, m: &RunMetrics) -> Result<(), TrainError> {
+        let Some(log) = self.logs.quality.as_mut() else {
+            return Ok(());
+        };
+        let q = m.quality;
+        log.line(&format!(
+            "{step},{},{},{},{}",
+            step * self.opts.recipe.batch as u64,
+            q.fd,
+            q.attribute_alignment,
+            q.text_alignment
+        ))
+    }
+
+    /// Counts the proxy and the full network, scores the EMA weights (with `samples.png`),
+    /// writes `run.json` and the loss report (`loss.parquet`, `validation.parquet`, the loss
+    /// curves).
+    fn finish(mut self, progress: &mut dyn FnMut(Progress)) -> Result<RunSummary, TrainError> {
+        let opts = self.opts;
+        let recipe = &opts.recipe;
+        let out = &opts.out;
+        let count = |spec: &UnetSpec, latent_size, tokens| {
+            let conditions = unetlab_cost::Conditions {
+                batch: 1,
+                latent_size,
+                tokens,
+            };
+            unetlab_cost::count(spec, conditions).map_err(unetlab_model::ModelError::from)
+        };
+        let proxy_cost = count(&self.proxy, self.proxy.latent_size, recipe.proxy.tokens)?;
+        let full = &opts.config.spec;
+        let full_cost = count(full, full.latent_size, full.text_tokens)?;
+        let metrics = match scoring(opts) {
+            Some(setup) => {
+                let samples = out.join("samples.png");
+                let model = self.ema_model()?;
                 let m = score(
                     setup,
-                    &ema_model,
-                    &tokenizer,
+                    &model,
+                    &self.tokenizer,
                     recipe,
-                    Some(&out.join("samples.png")),
+                    Some(&samples),
                     progress,
                 )?;
-                log.line(&quality_line(recipe.steps, recipe, &m))?;
+                self.quality_line(recipe.steps, &m)?;
                 Some(m)
             }
-            _ => None,
-        },
-        provenance: Provenance::now(Code::Training),
-    };
-    write(
-        &out.join("run.json"),
-        &(serde_json::to_string_pretty(&summary).expect("JSON always prints") + "\n"),
-    )?;
-    Ok(summary)
+            None => None,
+        };
+        let tail = &self.losses[self.losses.len().saturating_sub(20)..];
+        let summary = RunSummary {
+            config: opts.config.name.clone(),
+            config_hash: opts.config.hash(),
+            run_hash: self.run_hash.clone(),
+            initialised_from: self.initialised_from,
+            recipe: recipe.clone(),
+            data: opts.data.clone(),
+            skipped_inputs: self.skipped_inputs,
+            vocab: self.tokenizer.vocab(),
+            full_params: full_cost.params(),
+            full_macs: full_cost.macs.total(),
+            proxy_params: proxy_cost.params(),
+            proxy_macs: proxy_cost.macs.total(),
+            text_encoder_params: self
+                .model
+                .text
+                .vars()
+                .map(|(_, v)| v.elem_count() as u64)
+                .sum(),
+            steps: recipe.steps,
+            resumed_from: (self.start > 0).then_some(self.start),
+            final_train_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
+            validation_loss: self.validation_loss,
+            initial_validation_loss: self.initial_validation_loss,
+            steps_per_s: if self.start < recipe.steps {
+                (recipe.steps - self.start) as f64 / self.training_time.max(1e-9)
+            } else {
+                // Nothing left to train: the finished run's own throughput.
+                previous_throughput(out, &self.run_hash).unwrap_or(f64::NAN)
+            },
+            metrics,
+            provenance: Provenance::now(Code::Training),
+        };
+        write(
+            &out.join("run.json"),
+            &(serde_json::to_string_pretty(&summary).expect("JSON always prints") + "\n"),
+        )?;
+        write_loss_report(out, &summary.config)?;
+        Ok(summary)
+    }
 }
 
-/// A `quality.csv` line: step, images seen, FD, attribute and text alignment.
-fn quality_line(step: u64, recipe: &Recipe, m: &RunMetrics) -> String {
-    let q = m.quality;
-    format!(
-        "{step},{},{},{},{}",
-        step * recipe.batch as u64,
-        q.fd,
-        q.attribute_alignment,
-        q.text_alignment
-    )
+/// The run's identity: config hash, recipe, data, text encoder and the parent run's hash.
+fn run_identity(
+    opts: &RunOptions,
+    text_spec: TextEncoderSpec,
+    initialised_from: Option<&str>,
+) -> String {
+    let mut identity = serde_json::json!({
+        "config": opts.config.hash(),
+        "recipe": opts.recipe,
+        "data": opts.data,
+        "text": text_spec,
+    });
+    if let Some(hash) = initialised_from {
+        identity["init_from"] = serde_json::json!(hash);
+    }
+    unetlab_files::sha256_hex(identity.to_string().as_bytes())
+}
+
+/// How the run is scored: only runs on `shapes` with metrics asked for.
+fn scoring(opts: &RunOptions) -> Option<&MetricsSetup> {
+    match (&opts.metrics, &opts.data) {
+        (Some(setup), DataSource::Shapes) => Some(setup),
+        _ => None,
+    }
+}
+
+fn checkpoint_path(run: &Path) -> PathBuf {
+    run.join("checkpoint.safetensors")
 }
 
 /// `steps_per_s` of the run.json in `out`, if it belongs to this run.
@@ -583,8 +705,9 @@ fn diverged(step: u64, loss: f64, checkpoint_step: u64, run: &Path) -> TrainErro
     }
 }
 
+/// Writes a whole file atomically (beside it, then renamed into place).
 fn write(path: &Path, text: &str) -> Result<(), TrainError> {
-    std::fs::write(path, text).map_err(TrainError::io(path))
+    unetlab_files::write_file(path, text).map_err(TrainError::io(path))
 }
 
 /// An append-only CSV log whose rows are keyed by step; rows at or after the resume step (written

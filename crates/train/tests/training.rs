@@ -53,17 +53,31 @@ fn validation_loss_falls_within_forty_steps() {
         summary.validation_loss
     );
     assert!(summary.steps_per_s > 0.0);
-    for file in [
-        "loss.csv",
-        "validation.csv",
-        "run.json",
-        "tokenizer.json",
-        "config.yaml",
-        "proxy.yaml",
-        "checkpoint.safetensors",
-    ] {
-        assert!(tmp.path().join(file).is_file(), "{file}");
-    }
+    // The library writes the whole run directory, whichever frontend calls it, and nothing
+    // half-written (no temporary files) is left.
+    let mut files: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "checkpoint.safetensors",
+            "config.yaml",
+            "loss.csv",
+            "loss.parquet",
+            "loss.png",
+            "loss.svg",
+            "proxy.yaml",
+            "run.json",
+            "tokenizer.json",
+            "validation.csv",
+            "validation.parquet",
+        ]
+    );
+    let parquet = unetlab_report::read_parquet(&tmp.path().join("loss.parquet")).unwrap();
+    assert_eq!(parquet.height(), 40, "one row per step");
     let losses = std::fs::read_to_string(tmp.path().join("loss.csv")).unwrap();
     assert_eq!(losses.lines().count(), 41, "header + one row per step");
 }
