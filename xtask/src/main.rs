@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Count and time every config (the MobileDiffusion study and yours); tables, plots and
-    /// run.json in results/<study>/. Measurements are cached: re-runs measure only what changed.
+    /// run.json in `results/<study>/`. Measurements are cached: re-runs measure only what changed.
     Ablate(ablate::AblateArgs),
     /// Regenerate the generated tables in the docs: Table 1 in configs/README.md (from the cost
     /// interpreter) and the results table in README.md (from results/ablate/table.md).
@@ -44,7 +44,7 @@ enum Command {
     PeerBench(peer_bench::PeerBenchArgs),
     /// The training-recipe study: train each experiment of a recipe file (default
     /// ablations/recipe.yaml) with quality scored along the way; curves against images seen,
-    /// a table, plots and README in results/<study>/. Resumable: finished runs are read.
+    /// a table, plots and README in `results/<study>/`. Resumable: finished runs are read.
     Recipe(recipe::RecipeArgs),
     /// The test suite: setup, `cargo test --workspace --release`, then `onnx-check`.
     Test,

@@ -17,13 +17,13 @@ use unetlab_report::{lines, to_markdown, write_tables, write_text};
 use unetlab_train::RunSummary;
 
 /// Train the experiments of a recipe file (`ablations/recipe.yaml`) and compare their quality
-/// against images seen: curves, table, plots and README in results/<study>/.
+/// against images seen: curves, table, plots and README in `results/<study>/`.
 #[derive(clap::Args)]
 pub struct RecipeArgs {
     /// The recipe file.
     #[arg(default_value = "ablations/recipe.yaml")]
     file: PathBuf,
-    /// Output folder (default: results/<study>).
+    /// Output folder (default: `results/<study>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Where runs are kept (default: target/recipe-runs).

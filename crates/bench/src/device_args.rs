@@ -8,7 +8,7 @@ use crate::process::prepare_process;
 /// Where and how to run the model.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DeviceArgs {
-    /// cpu, cuda[:N] or metal[:N] (cuda/metal need the matching cargo feature).
+    /// `cpu`, `cuda[:N]` or `metal[:N]` (cuda/metal need the matching cargo feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// f32, f16 or bf16.

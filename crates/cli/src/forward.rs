@@ -14,7 +14,7 @@ use unetlab_spec::Config;
 
 /// Run one UNet evaluation (for golden tests and debugging).
 ///
-/// INPUTS holds `sample` [B, C, S, S], `timestep` [B], `encoder_hidden_states` [B, T, D], and for
+/// INPUTS holds `sample` `[B, C, S, S]`, `timestep` `[B]`, `encoder_hidden_states` `[B, T, D]`, and for
 /// `text_time` configs `text_embeds` and `time_ids`. OUTPUT gets `output` (f32).
 ///
 /// With --export BUNDLE the network and weights come from a bundle written by `unetlab export`

@@ -76,7 +76,7 @@ pub struct TrainArgs {
     /// ReLU attention, as the paper fine-tunes); the parent's run hash becomes part of this run's.
     #[arg(long, value_name = "CHECKPOINT_OR_RUN")]
     init_from: Option<PathBuf>,
-    /// The run directory (default: runs/<config name>).
+    /// The run directory (default: `runs/<config name>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Ignore a checkpoint in --out and start over.

@@ -1,6 +1,6 @@
 //! The ONNX interpreter of the UNet forward: symbolic tensors in, graph nodes out.
 //!
-//! [`OnnxOps`] implements [`Ops`] by recording one or a few ONNX nodes per op, so the exported graph
+//! `OnnxOps` implements [`Ops`] by recording one or a few ONNX nodes per op, so the exported graph
 //! is the same walk of `unet_forward` that the counter and the candle model make. Two choices keep
 //! it portable:
 //! - **Dynamic batch.** The walk runs with the batch set to [`BATCH`], a prime no static dimension

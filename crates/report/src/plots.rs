@@ -130,7 +130,7 @@ fn plot_err<E: std::fmt::Display>(e: E) -> String {
 }
 
 /// The series legend every chart uses, at `position`.
-fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
     position: SeriesLabelPosition,
 ) -> Result<(), String> {

@@ -1,7 +1,7 @@
 //! The unetlab design space.
 //!
 //! One YAML file describes one UNet ([`schema`]); presets live under `configs/` ([`presets`]);
-//! `extends` chains are merged by the rule documented in [`load`]; [`resolve`] validates the result
+//! `extends` chains are merged by the rule documented in `load.rs`; [`resolve`] validates the result
 //! into a [`UnetSpec`] with every default explicit. Every error names its field path.
 
 pub mod diffusers;

@@ -178,9 +178,9 @@ pub struct RunSummary {
     pub provenance: Provenance,
 }
 
-/// Runs (or resumes) a training run: [`Session::open`] (tokenizer, identity, weights, files),
-/// [`Session::run_steps`] (the loop, validation, curve points, checkpoints), [`Session::finish`]
-/// (costs, scoring, `run.json`, the loss report). The run directory's contents are the same
+/// Runs (or resumes) a training run in three parts: set-up (tokenizer, identity, weights, run
+/// files), the step loop (validation, curve points, checkpoints) and the finish (costs, scoring,
+/// `run.json`, the loss report). The run directory's contents are the same
 /// whichever frontend calls this.
 pub fn train(
     opts: &RunOptions,

@@ -126,7 +126,7 @@ fn the_proxy_keeps_structure_and_choices_and_shrinks_width() {
         assert_eq!(p.proj, full.proj);
     }
     // Grouped-query attention keeps its share of K/V heads.
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (base, kv, expected) in [
         ("../../configs/fixtures/tiny-sd.yaml", 2, Some(2)),
         ("../../configs/fixtures/tiny-sd.yaml", 1, Some(1)),

@@ -74,24 +74,24 @@ impl Budget {
     }
 }
 
-/// Count, time and train every config; write results/<study>/.
+/// Count, time and train every config; write `results/<study>/`.
 ///
 /// Each config's proxy is trained under the budget's recipe by `unetlab train` (one process per
 /// run, --jobs at a time) and scored (validation loss, FD, text alignment); a run that diverges
 /// is a failed row and the sweep goes on. Finished measurements and runs are cached in
-/// <out>/cache/, so an interrupted sweep resumes where it stopped.
+/// `<out>/cache/`, so an interrupted sweep resumes where it stopped.
 #[derive(clap::Args)]
 pub struct AblateArgs {
     /// Config files (e.g. configs/*.yaml), preset names, or study files (ablations/*.yaml).
     #[arg(required = true)]
     files: Vec<String>,
-    /// Study name: the output folder results/<study> (default: the study file's name, else "ablate").
+    /// Study name: the output folder `results/<study>` (default: the study file's name, else "ablate").
     #[arg(long)]
     study: Option<String>,
     /// How much to measure.
     #[arg(long, value_enum, default_value_t = Budget::Quick)]
     budget: Budget,
-    /// Output folder (default: results/<study> in the workspace).
+    /// Output folder (default: `results/<study>` in the workspace).
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]

@@ -191,7 +191,7 @@ impl CustomOp3 for FeedForwardIn {
 }
 
 /// Whether [`feed_forward_in`] takes these operands (f32 on the CPU; `w` `[2n, in]` of at most
-/// [`MAX_WEIGHT`] elements and `b` `[2n]` for `x` `[.., in]`, with rows).
+/// `MAX_WEIGHT` elements and `b` `[2n]` for `x` `[.., in]`, with rows).
 pub fn supported(x: &Tensor, w: &Tensor, b: &Tensor) -> bool {
     cpu_f32(&[x, w, b])
         && x.elem_count() > 0

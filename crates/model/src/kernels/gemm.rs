@@ -111,7 +111,8 @@ pub(super) unsafe fn matmul_strided(
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                std::slice::from_raw_parts_mut(dst.add(i * row_stride), n).fill(0.0);
+                // SAFETY: row `i` of the caller's m × n block at `row_stride`.
+                unsafe { std::slice::from_raw_parts_mut(dst.add(i * row_stride), n) }.fill(0.0);
             }
         }
         return;
@@ -123,27 +124,29 @@ pub(super) unsafe fn matmul_strided(
     };
     // SAFETY: every index gemm reads is inside `a` and `b` (checked above); every index it
     // writes is one of the caller's (m × n at `row_stride`), which nothing else accesses.
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        row_stride as isize,
-        accumulate,
-        a.data.as_ptr(),
-        a.col_stride as isize,
-        a.row_stride as isize,
-        b.data.as_ptr(),
-        b.col_stride as isize,
-        b.row_stride as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        parallelism,
-    )
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }
 
 /// This machine's f32 GEMM rate, GFLOP/s: the fastest of five `n × n × n` products (`n` = 1024)

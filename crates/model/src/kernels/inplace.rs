@@ -189,7 +189,7 @@ pub fn adam_update(
     w.inplace_op2(g, &op)
 }
 
-/// `Σ x²`: lane-wise in f32 within chunks of [`CHUNK`], in f64 across them.
+/// `Σ x²`: lane-wise in f32 within chunks of `CHUNK`, in f64 across them.
 pub fn sum_squares(x: &Tensor) -> Result<f64> {
     let sum = |c: &[f32]| vectorized!(rows::sum_sq_dev(c, 0.0) as f64);
     with_f32(&x.contiguous()?, |x| {

@@ -146,7 +146,8 @@ impl DisjointWrites {
     #[allow(clippy::mut_from_ref)]
     pub(super) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
         assert!(offset + len <= self.len, "disjoint write out of bounds");
-        std::slice::from_raw_parts_mut(self.ptr.add(offset), len)
+        // SAFETY: in bounds (asserted); disjointness and lifetime are the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) }
     }
 
     /// A pointer to the `rows × cols` block at `offset` whose rows are `row_stride` apart (a
@@ -165,7 +166,8 @@ impl DisjointWrites {
             rows == 0 || offset + (rows - 1) * row_stride + cols <= self.len,
             "disjoint write out of bounds"
         );
-        self.ptr.add(offset)
+        // SAFETY: in bounds (asserted).
+        unsafe { self.ptr.add(offset) }
     }
 }
 
@@ -184,6 +186,7 @@ pub(super) unsafe fn uninit_output(len: usize) -> Vec<f32> {
         return vec![f32::NAN; len];
     }
     let mut v = Vec::with_capacity(len);
-    v.set_len(len);
+    // SAFETY: the capacity is `len`; the caller writes every element before reading any.
+    unsafe { v.set_len(len) };
     v
 }

@@ -290,7 +290,8 @@ unsafe fn write_block<const D: usize>(
 ) {
     let base = h.offset(p, tokens);
     for (l, i) in (start..tokens).take(LANES).enumerate() {
-        let row = dst.slice(base + i * h.width(), h.d);
+        // SAFETY: the caller's contract (this head's rows are written by this task only).
+        let row = unsafe { dst.slice(base + i * h.width(), h.d) };
         for (c, v) in row.iter_mut().enumerate() {
             *v = t[c][l];
         }
@@ -305,7 +306,8 @@ unsafe fn write_block<const D: usize>(
 unsafe fn write_transposed(h: &Heads, dst: &DisjointWrites, p: usize, tokens: usize, t: &[f32]) {
     let base = h.offset(p, tokens);
     for j in 0..tokens {
-        let row = dst.slice(base + j * h.width(), h.d);
+        // SAFETY: the caller's contract (this head's rows are written by this task only).
+        let row = unsafe { dst.slice(base + j * h.width(), h.d) };
         for (c, v) in row.iter_mut().enumerate() {
             *v = t[c * tokens + j];
         }
