@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use unetlab_bench::{bench, prepare_process, progress_bar, BenchOptions, MIN_RUNS};
 use unetlab_export::bundle::dtype_name;
 use unetlab_export::onnx::{candle_dtype, OPSETS};
@@ -74,44 +74,12 @@ pub struct ExportArgs {
 /// Runs `unetlab export`.
 pub fn run(args: &ExportArgs) -> Result<()> {
     prepare_process(args.threads).map_err(|e| anyhow!(e))?;
-    let dtype = match args.dtype.as_str() {
-        "f32" => ElemType::F32,
-        "f16" => ElemType::F16,
-        other => bail!("--dtype {other}: an export is f32 or f16"),
-    };
-    if !OPSETS.contains(&args.opset) {
-        bail!(
-            "--opset {}: supported opsets are {} to {}",
-            args.opset,
-            OPSETS.start(),
-            OPSETS.end()
-        );
-    }
-    if args.bench_runs != 0 && args.bench_runs < MIN_RUNS {
-        bail!("--bench-runs must be 0 (skip) or at least {MIN_RUNS}");
-    }
-    if args.out.exists() && !args.force {
-        bail!(
-            "{} already exists (pass --force to replace it)",
-            args.out.display()
-        );
-    }
+    let dtype = checked_flags(args)?;
     let device = Device::Cpu;
     let candle = candle_dtype(dtype);
     let trained = args.run.as_deref().map(TrainedRun::open).transpose()?;
     let config = match (&trained, &args.config) {
-        (Some(run), _) => Config {
-            name: format!("{}-proxy", run.config.name),
-            description: Some(format!(
-                "the unetlab proxy of {} trained for {} steps on {}",
-                run.config.name,
-                run.summary.steps,
-                serde_json::to_string(&run.summary.data)?
-            )),
-            origin: run.dir.display().to_string(),
-            paper: None,
-            spec: run.model.unet.spec.clone(),
-        },
+        (Some(run), _) => proxy_config(run)?,
         (None, Some(reference)) => Config::load(reference)?,
         (None, None) => unreachable!("clap requires a config or --run"),
     };
@@ -163,41 +131,9 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         ),
     };
 
-    let latency = if args.bench_runs == 0 {
-        None
-    } else {
-        let opts = BenchOptions {
-            batch: 1,
-            latent_size,
-            tokens,
-            warmup: 1,
-            runs: args.bench_runs,
-            max_seconds: 600.0,
-            per_block: false,
-            profile: false,
-            dtype: candle,
-            device: device.clone(),
-            device_name: "cpu".into(),
-            seed: args.seed,
-        };
-        let (bar, mut update) = progress_bar(&format!("{}: timing", config.name));
-        let result = bench(&config, &opts, &mut update);
-        bar.finish_and_clear();
-        let r = result?;
-        Some(Latency {
-            median_s: r.median_s,
-            runs: r.times_s.len(),
-            setting: format!(
-                "unetlab candle {}, {}, batch 1, {}x{} latent, {} ({} threads)",
-                r.machine.candle_version,
-                r.dtype,
-                latent_size,
-                latent_size,
-                r.machine.cpu_model,
-                r.machine.threads
-            ),
-        })
-    };
+    let latency = (args.bench_runs > 0)
+        .then(|| candle_latency(&config, args, latent_size, tokens, candle))
+        .transpose()?;
 
     let options = ExportOptions {
         dtype,
@@ -233,6 +169,90 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         print!("{}", summary(&manifest, &args.out));
     }
     Ok(())
+}
+
+/// The element type of `--dtype`, after checking the flags that need no files.
+fn checked_flags(args: &ExportArgs) -> Result<ElemType> {
+    let dtype = match args.dtype.as_str() {
+        "f32" => ElemType::F32,
+        "f16" => ElemType::F16,
+        other => bail!("--dtype {other}: an export is f32 or f16"),
+    };
+    if !OPSETS.contains(&args.opset) {
+        bail!(
+            "--opset {}: supported opsets are {} to {}",
+            args.opset,
+            OPSETS.start(),
+            OPSETS.end()
+        );
+    }
+    if args.bench_runs != 0 && args.bench_runs < MIN_RUNS {
+        bail!("--bench-runs must be 0 (skip) or at least {MIN_RUNS}");
+    }
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} already exists (pass --force to replace it)",
+            args.out.display()
+        );
+    }
+    Ok(dtype)
+}
+
+/// The config a trained run's bundle describes: its proxy, named after the full-size config.
+fn proxy_config(run: &TrainedRun) -> Result<Config> {
+    Ok(Config {
+        name: format!("{}-proxy", run.config.name),
+        description: Some(format!(
+            "the unetlab proxy of {} trained for {} steps on {}",
+            run.config.name,
+            run.summary.steps,
+            serde_json::to_string(&run.summary.data)?
+        )),
+        origin: run.dir.display().to_string(),
+        paper: None,
+        spec: run.model.unet.spec.clone(),
+    })
+}
+
+/// unetlab's own latency at batch 1, for the model card.
+fn candle_latency(
+    config: &Config,
+    args: &ExportArgs,
+    latent_size: usize,
+    tokens: usize,
+    candle: DType,
+) -> Result<Latency> {
+    let opts = BenchOptions {
+        batch: 1,
+        latent_size,
+        tokens,
+        warmup: 1,
+        runs: args.bench_runs,
+        max_seconds: 600.0,
+        per_block: false,
+        profile: false,
+        dtype: candle,
+        device: Device::Cpu,
+        device_name: "cpu".into(),
+        seed: args.seed,
+    };
+    let (bar, mut update) = progress_bar(&format!("{}: timing", config.name));
+    let result = bench(config, &opts, &mut update);
+    bar.finish_and_clear();
+    let r = result?;
+    Ok(Latency {
+        median_s: r.median_s,
+        runs: r.times_s.len(),
+        setting: format!(
+            "unetlab candle {}, {}, batch 1, {}x{} latent, {} ({} threads)",
+            r.machine.candle_version,
+            r.dtype,
+            latent_size,
+            latent_size,
+            r.machine.cpu_model,
+            r.machine.threads
+        ),
+    })
 }
 
 /// The command line as typed (for the model card).

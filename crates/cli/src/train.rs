@@ -12,7 +12,7 @@ use unetlab_train::metrics::MetricOptions;
 use unetlab_train::proxy::proxy_spec;
 use unetlab_train::schedule::{Prediction, ScheduleKind};
 use unetlab_train::trainer::MetricsSetup;
-use unetlab_train::{train, Budget, Progress, Recipe, RunOptions};
+use unetlab_train::{train, Budget, Progress, Recipe, RunOptions, RunSummary};
 
 /// Train a config's proxy: the same structure and design choices at a small width, on 32×32
 /// images with a small text encoder trained jointly (see `unetlab_train::proxy`).
@@ -105,40 +105,10 @@ pub struct TrainArgs {
 pub fn run(args: &TrainArgs) -> Result<()> {
     prepare_process(args.threads).map_err(|e| anyhow!(e))?;
     let config = Config::load(&args.config)?;
-    let mut recipe = Recipe::for_budget(args.budget);
-    recipe.seed = args.seed;
-    if let Some(s) = args.steps {
-        recipe.steps = s;
-    }
-    if let Some(b) = args.batch {
-        recipe.batch = b;
-    }
-    if let Some(lr) = args.lr {
-        recipe.optimizer.lr = lr;
-    }
-    if let Some(p) = args.prediction {
-        recipe.prediction = p;
-    }
-    if let Some(gamma) = args.min_snr_gamma {
-        recipe.min_snr_gamma = Some(gamma);
-    }
-    if args.uniform_weighting {
-        recipe.min_snr_gamma = None;
-    }
-    if let Some(schedule) = args.schedule {
-        recipe.schedule = schedule;
-    }
-    if let Some(decay) = args.ema_decay {
-        recipe.ema_decay = decay;
-    }
-    if let Some(c) = args.checkpoint_every {
-        recipe.checkpoint_every = c;
-    }
-    recipe.validate().map_err(|e| anyhow!(e))?;
+    let recipe = recipe(args)?;
     if args.score_every == Some(0) {
         bail!("--score-every must be at least 1");
     }
-    recipe.warmup = recipe.warmup.min(recipe.steps / 2).max(1);
     let data = DataSource::parse(&args.data).map_err(|e| anyhow!(e))?;
     let out = args
         .out
@@ -179,7 +149,56 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }),
     };
     let bar = ProgressBar::hidden();
-    let mut on_progress = |p: Progress| match p {
+    let summary = train(&options, &mut |p| show_progress(&bar, p));
+    bar.finish_and_clear();
+    let summary = summary?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+/// The budget's recipe with the flags' overrides, validated.
+fn recipe(args: &TrainArgs) -> Result<Recipe> {
+    let mut recipe = Recipe::for_budget(args.budget);
+    recipe.seed = args.seed;
+    if let Some(s) = args.steps {
+        recipe.steps = s;
+    }
+    if let Some(b) = args.batch {
+        recipe.batch = b;
+    }
+    if let Some(lr) = args.lr {
+        recipe.optimizer.lr = lr;
+    }
+    if let Some(p) = args.prediction {
+        recipe.prediction = p;
+    }
+    if let Some(gamma) = args.min_snr_gamma {
+        recipe.min_snr_gamma = Some(gamma);
+    }
+    if args.uniform_weighting {
+        recipe.min_snr_gamma = None;
+    }
+    if let Some(schedule) = args.schedule {
+        recipe.schedule = schedule;
+    }
+    if let Some(decay) = args.ema_decay {
+        recipe.ema_decay = decay;
+    }
+    if let Some(c) = args.checkpoint_every {
+        recipe.checkpoint_every = c;
+    }
+    recipe.validate().map_err(|e| anyhow!(e))?;
+    recipe.warmup = recipe.warmup.min(recipe.steps / 2).max(1);
+    Ok(recipe)
+}
+
+/// Shows one progress event on the terminal's bar.
+fn show_progress(bar: &ProgressBar, p: Progress) {
+    match p {
         Progress::Started { start, total } => {
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             bar.set_length(total);
@@ -219,38 +238,34 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             bar.set_prefix("scoring");
             bar.set_message(format!("generating and scoring {images} images"));
         }
-    };
-    let summary = train(&options, &mut on_progress);
-    bar.finish_and_clear();
-    let summary = summary?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        println!(
-            "{}: {} steps, train loss {:.4}, validation loss {:.4}{}, {:.2} steps/s; proxy {:.2} M params ({:.2} G MACs) for a {:.1} M-param full-size UNet",
-            summary.config,
-            summary.steps,
-            summary.final_train_loss,
-            summary.validation_loss,
-            summary
-                .initial_validation_loss
-                .map_or(String::new(), |v| format!(" (from {v:.4})")),
-            summary.steps_per_s,
-            summary.proxy_params as f64 / 1e6,
-            summary.proxy_macs as f64 / 1e9,
-            summary.full_params as f64 / 1e6,
-        );
-        if let Some(m) = &summary.metrics {
-            println!(
-                "metrics on {} validation captions: FD {:.1} (real images: {:.1}), text alignment {:.3}, attribute alignment {:.3} (evaluator accuracy {:.3}); samples.png",
-                m.options.images,
-                m.quality.fd,
-                m.real_fd,
-                m.quality.text_alignment,
-                m.quality.attribute_alignment,
-                m.evaluator_accuracy.attribute,
-            );
-        }
     }
-    Ok(())
+}
+
+/// The finished run in two lines.
+fn print_summary(summary: &RunSummary) {
+    println!(
+        "{}: {} steps, train loss {:.4}, validation loss {:.4}{}, {:.2} steps/s; proxy {:.2} M params ({:.2} G MACs) for a {:.1} M-param full-size UNet",
+        summary.config,
+        summary.steps,
+        summary.final_train_loss,
+        summary.validation_loss,
+        summary
+            .initial_validation_loss
+            .map_or(String::new(), |v| format!(" (from {v:.4})")),
+        summary.steps_per_s,
+        summary.proxy_params as f64 / 1e6,
+        summary.proxy_macs as f64 / 1e9,
+        summary.full_params as f64 / 1e6,
+    );
+    if let Some(m) = &summary.metrics {
+        println!(
+            "metrics on {} validation captions: FD {:.1} (real images: {:.1}), text alignment {:.3}, attribute alignment {:.3} (evaluator accuracy {:.3}); samples.png",
+            m.options.images,
+            m.quality.fd,
+            m.real_fd,
+            m.quality.text_alignment,
+            m.quality.attribute_alignment,
+            m.evaluator_accuracy.attribute,
+        );
+    }
 }
