@@ -8,9 +8,10 @@ mod ranking;
 mod study;
 mod training;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
+use candle_core::{DType, Device};
 use unetlab_bench::{bench, progress_bar, BenchOptions, BenchResult, DeviceArgs, Machine};
 use unetlab_cost::{count, Conditions, CostReport};
 use unetlab_spec::Config;
@@ -168,125 +169,27 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
     }
     let (build, started) = (Build::current(), now_utc());
     let machine = Machine::current();
-    let (warmup, runs, max_seconds) = args.budget.timing();
-    let mut rows = Vec::new();
-    for (i, config) in configs.into_iter().enumerate() {
-        let latent_size = args.budget.latent_size(config.spec.levels.len());
-        let tokens = config.spec.text_tokens;
-        let cost = count(
-            &config.spec,
-            Conditions {
-                batch: 1,
-                latent_size,
-                tokens,
-            },
-        )?;
-        let conditions = BenchConditions {
-            latent_size,
-            batch: 1,
-            tokens,
-            dtype: args.run_on.dtype.clone(),
-            device: args.run_on.device.clone(),
-            threads: machine.threads,
-            warmup,
-            runs,
-            max_seconds,
-            per_block: true,
-            cpu_model: machine.cpu_model.clone(),
-            code: Code::Latency.identity().into(),
-        };
-        let hash = config.hash();
-        let label = format!("[{}/{}] {}", i + 1, plan.configs.len(), config.name);
-        let cached = cache.get(&hash, &conditions).filter(|_| !args.force);
-        let bench_cached = cached.is_some();
-        let bench = match cached {
-            Some(cached) => {
-                eprintln!(
-                    "{label}: cached (measured by {} at {})",
-                    cached.provenance.build.label(),
-                    cached.provenance.measured_utc
-                );
-                Ok(cached)
-            }
-            None => {
-                let opts = BenchOptions {
-                    batch: 1,
-                    latent_size,
-                    tokens,
-                    warmup,
-                    runs,
-                    max_seconds,
-                    per_block: true,
-                    profile: false,
-                    dtype,
-                    device: device.clone(),
-                    device_name: args.run_on.device.clone(),
-                    seed: 0,
-                };
-                let (bar, mut update) = progress_bar(&label);
-                let result = bench(&config, &opts, &mut update);
-                bar.finish_and_clear();
-                match result {
-                    Ok(r) => {
-                        cache.put(&hash, &conditions, &r)?;
-                        eprintln!(
-                            "{label}: median {:.3} s ({:.1} GFLOP/s)",
-                            r.median_s, r.achieved_gflops_per_s
-                        );
-                        Ok(r)
-                    }
-                    Err(e) => {
-                        eprintln!("{label}: FAILED: {e}");
-                        Err(e.to_string())
-                    }
-                }
-            }
-        };
-        rows.push(Row {
-            config,
-            cost,
-            bench,
-            bench_cached,
-            trained: None,
-        });
-    }
-
-    let mut parallelism = None;
-    if !args.no_train {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = args.train_threads.max(1);
-        let plan_training = training::TrainPlan {
-            budget: args.budget.training(),
-            seeds: (0..args.seeds.unwrap_or(args.budget.seeds()).max(1)).collect(),
-            seeded_subset: args.seeded_subset.clone(),
-            jobs: args.jobs.unwrap_or((cores / threads).max(1)),
-            threads,
-            lr: args.lr,
-            runs: args
-                .runs
-                .clone()
-                .unwrap_or_else(|| crate::tools::target_dir(&workspace).join("ablate-runs")),
-            evaluator_cache: crate::tools::target_dir(&workspace).join("unetlab-cache"),
-            force: args.force,
-        };
-        let configs: Vec<(String, &Config)> = plan
-            .configs
-            .iter()
-            .cloned()
-            .zip(rows.iter().map(|r| &r.config))
-            .collect();
-        let trained = training::train_all(
-            &configs,
-            &plan_training,
+    let total = configs.len();
+    let mut rows = configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, config)| {
+            let label = format!("[{}/{total}] {}", i + 1, config.name);
+            measure(config, &label, args, &cache, &machine, (&device, dtype))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let parallelism = if args.no_train {
+        None
+    } else {
+        Some(train_rows(
+            args,
+            &plan.configs,
+            &mut rows,
             &cache,
-            &out.join("samples"),
+            &out,
             &workspace,
-        )?;
-        for (row, t) in rows.iter_mut().zip(trained) {
-            row.trained = Some(t);
-        }
-        parallelism = Some((plan_training.jobs, plan_training.threads));
-    }
+        )?)
+    };
 
     output::write(
         &out,
@@ -299,4 +202,137 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
     )?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// Counts and times one config (or takes its timing from the cache): its row, not yet trained.
+fn measure(
+    config: Config,
+    label: &str,
+    args: &AblateArgs,
+    cache: &Cache,
+    machine: &Machine,
+    (device, dtype): (&Device, DType),
+) -> Result<Row> {
+    let (warmup, runs, max_seconds) = args.budget.timing();
+    let latent_size = args.budget.latent_size(config.spec.levels.len());
+    let tokens = config.spec.text_tokens;
+    let cost = count(
+        &config.spec,
+        Conditions {
+            batch: 1,
+            latent_size,
+            tokens,
+        },
+    )?;
+    let conditions = BenchConditions {
+        latent_size,
+        batch: 1,
+        tokens,
+        dtype: args.run_on.dtype.clone(),
+        device: args.run_on.device.clone(),
+        threads: machine.threads,
+        warmup,
+        runs,
+        max_seconds,
+        per_block: true,
+        cpu_model: machine.cpu_model.clone(),
+        code: Code::Latency.identity().into(),
+    };
+    let hash = config.hash();
+    let cached = cache.get(&hash, &conditions).filter(|_| !args.force);
+    let bench_cached = cached.is_some();
+    let bench = match cached {
+        Some(cached) => {
+            eprintln!(
+                "{label}: cached (measured by {} at {})",
+                cached.provenance.build.label(),
+                cached.provenance.measured_utc
+            );
+            Ok(cached)
+        }
+        None => {
+            let opts = BenchOptions {
+                batch: 1,
+                latent_size,
+                tokens,
+                warmup,
+                runs,
+                max_seconds,
+                per_block: true,
+                profile: false,
+                dtype,
+                device: device.clone(),
+                device_name: args.run_on.device.clone(),
+                seed: 0,
+            };
+            let (bar, mut update) = progress_bar(label);
+            let result = bench(&config, &opts, &mut update);
+            bar.finish_and_clear();
+            match result {
+                Ok(r) => {
+                    cache.put(&hash, &conditions, &r)?;
+                    eprintln!(
+                        "{label}: median {:.3} s ({:.1} GFLOP/s)",
+                        r.median_s, r.achieved_gflops_per_s
+                    );
+                    Ok(r)
+                }
+                Err(e) => {
+                    eprintln!("{label}: FAILED: {e}");
+                    Err(e.to_string())
+                }
+            }
+        }
+    };
+    Ok(Row {
+        config,
+        cost,
+        bench,
+        bench_cached,
+        trained: None,
+    })
+}
+
+/// Trains and scores every row's proxy (cached like the measurements); returns the jobs and
+/// threads per job it ran with.
+fn train_rows(
+    args: &AblateArgs,
+    references: &[String],
+    rows: &mut [Row],
+    cache: &Cache,
+    out: &Path,
+    workspace: &Path,
+) -> Result<(usize, usize)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.train_threads.max(1);
+    let plan_training = training::TrainPlan {
+        budget: args.budget.training(),
+        seeds: (0..args.seeds.unwrap_or(args.budget.seeds()).max(1)).collect(),
+        seeded_subset: args.seeded_subset.clone(),
+        jobs: args.jobs.unwrap_or((cores / threads).max(1)),
+        threads,
+        lr: args.lr,
+        runs: args
+            .runs
+            .clone()
+            .unwrap_or_else(|| crate::tools::target_dir(workspace).join("ablate-runs")),
+        evaluator_cache: crate::tools::target_dir(workspace).join("unetlab-cache"),
+        force: args.force,
+    };
+    let configs: Vec<(String, &Config)> = references
+        .iter()
+        .cloned()
+        .zip(rows.iter().map(|r| &r.config))
+        .collect();
+    let trained = training::train_all(
+        &configs,
+        &plan_training,
+        cache,
+        &out.join("samples"),
+        workspace,
+    )?;
+    for (row, t) in rows.iter_mut().zip(trained) {
+        row.trained = Some(t);
+    }
+    Ok((plan_training.jobs, plan_training.threads))
 }

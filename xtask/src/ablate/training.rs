@@ -117,8 +117,6 @@ pub fn train_all(
         recipe.optimizer.lr = lr;
     }
     let evaluator = EvaluatorRecipe::for_budget(plan.budget);
-    let metrics = MetricOptions::for_budget(plan.budget);
-    let code = Code::Training.identity();
     let parents = parents(configs, recipe.steps)?;
     if let Some(unknown) = plan
         .seeded_subset
@@ -129,34 +127,7 @@ pub fn train_all(
         anyhow::bail!("--seeded-subset: {unknown} is not a config of this study");
     }
     let seeds = seed_counts(configs, plan, &parents);
-    // Cache keys, parents' first (a fine-tuning run's key includes its parent's).
-    let mut keys: Vec<Vec<Vec<u8>>> = vec![Vec::new(); configs.len()];
-    for c in (0..configs.len())
-        .filter(|&c| parents[c].is_none())
-        .chain((0..configs.len()).filter(|&c| parents[c].is_some()))
-    {
-        keys[c] = plan.seeds[..seeds[c]]
-            .iter()
-            .enumerate()
-            .map(|(s, &seed)| {
-                let mut recipe = recipe.clone();
-                recipe.seed = seed;
-                let fine_tune = parents[c].map(|(p, steps)| FineTuneKey {
-                    from: configs[p].1.hash(),
-                    from_key: unetlab_files::sha256_hex(&keys[p][s]),
-                    steps,
-                });
-                serde_json::to_vec(&TrainConditions {
-                    recipe: &recipe,
-                    metrics,
-                    evaluator: evaluator.hash(),
-                    code,
-                    fine_tune,
-                })
-                .expect("conditions serialise")
-            })
-            .collect();
-    }
+    let keys = cache_keys(configs, plan, &recipe, &parents, &seeds);
     let job = |c: usize, s: usize| {
         let (reference, config) = &configs[c];
         Job {
@@ -272,6 +243,45 @@ pub fn train_all(
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect())
+}
+
+/// Every run's cache key (config × seed), parents' first: a fine-tuning run's key includes its
+/// parent's.
+fn cache_keys(
+    configs: &[(String, &Config)],
+    plan: &TrainPlan,
+    recipe: &Recipe,
+    parents: &[Option<(usize, u64)>],
+    seeds: &[usize],
+) -> Vec<Vec<Vec<u8>>> {
+    let mut keys: Vec<Vec<Vec<u8>>> = vec![Vec::new(); configs.len()];
+    for c in (0..configs.len())
+        .filter(|&c| parents[c].is_none())
+        .chain((0..configs.len()).filter(|&c| parents[c].is_some()))
+    {
+        keys[c] = plan.seeds[..seeds[c]]
+            .iter()
+            .enumerate()
+            .map(|(s, &seed)| {
+                let mut recipe = recipe.clone();
+                recipe.seed = seed;
+                let fine_tune = parents[c].map(|(p, steps)| FineTuneKey {
+                    from: configs[p].1.hash(),
+                    from_key: unetlab_files::sha256_hex(&keys[p][s]),
+                    steps,
+                });
+                serde_json::to_vec(&TrainConditions {
+                    recipe: &recipe,
+                    metrics: MetricOptions::for_budget(plan.budget),
+                    evaluator: EvaluatorRecipe::for_budget(plan.budget).hash(),
+                    code: Code::Training.identity(),
+                    fine_tune,
+                })
+                .expect("conditions serialise")
+            })
+            .collect();
+    }
+    keys
 }
 
 /// Seeds per config: all of the plan's, or only for the seeded subset (and the parents of its
