@@ -301,6 +301,42 @@ fn write(
     started: &str,
 ) -> Result<()> {
     std::fs::create_dir_all(out)?;
+    write_curves(out, done)?;
+    let mut table = runs_table(done)?;
+    write_tables(&mut table, out, "table")?;
+    let sampler_section = sampler_section(out, file, rescored)?;
+    let real_fd = done
+        .iter()
+        .find_map(|(_, _, s)| s.metrics.as_ref().map(|m| m.real_fd));
+    let machine = unetlab_bench::Machine::current();
+    let readme = format!(
+        "# Study `{}`\n\n{}\n\nProduced by `cargo xtask recipe {}` on {} (build {}, {} UTC); each run is `unetlab train` \
+         with the arguments in `table.md`, scored every {} images seen on the quick scoring (128 validation captions, 10 DDIM \
+         steps, guidance 3){}. Runs read from an earlier invocation name their build in `trained by`. Nothing here is \
+         edited by hand.\n\n## Runs\n\n{}\n\nThe attribute columns (`count` … `size`) split the attribute alignment by kind. \
+         `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
+         - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
+         value) along each run.\n- `sampler.{{md,csv,parquet}}`: the sampler settings, if the file asks for them.\n\
+         - `fd`, `attribute_alignment`, `validation_loss` (`.svg`, `.png`): the curves.\n",
+        file.study,
+        file.description.trim(),
+        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
+        machine.cpu_model,
+        build.label(),
+        started,
+        file.score_every_images,
+        real_fd.map_or(String::new(), |f| format!(
+            "; real images against other real ones score FD {f:.1}"
+        )),
+        to_markdown(&table),
+        sampler_section,
+    );
+    write_text(&out.join("README.md"), &readme)?;
+    Ok(())
+}
+
+/// `curves.{md,csv,parquet}` (experiment, images seen, metric, value) and the curve plots.
+fn write_curves(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Result<()> {
     // Long curves: experiment, images seen, metric, value.
     let (mut names, mut images, mut metrics, mut values) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -361,6 +397,11 @@ fn write(
         lines(&out.join(metric), title, "images seen", metric, &series)?;
     }
 
+    Ok(())
+}
+
+/// One row per run: its arguments, images, training time and final metrics.
+fn runs_table(done: &[(Experiment, PathBuf, RunSummary)]) -> Result<DataFrame> {
     let summary = |f: &dyn Fn(&RunSummary) -> Option<f64>| -> Vec<Option<f64>> {
         done.iter().map(|(_, _, s)| f(s)).collect()
     };
@@ -370,7 +411,7 @@ fn write(
     let text = |f: &dyn Fn(&Experiment, &RunSummary) -> String| -> Vec<String> {
         done.iter().map(|(e, _, s)| f(e, s)).collect()
     };
-    let mut table = DataFrame::new(
+    Ok(DataFrame::new(
         done.len(),
         vec![
             Column::new("experiment".into(), text(&|e, _| e.name.clone())),
@@ -412,9 +453,16 @@ fn write(
             ),
             Column::new("note".into(), text(&|e, _| e.note.clone())),
         ],
-    )?;
-    write_tables(&mut table, out, "table")?;
-    let mut sampler_section = String::new();
+    )?)
+}
+
+/// `sampler.{md,csv,parquet}` from the rescored sampler settings, and the README's section on
+/// them (empty when the file asks for none).
+fn sampler_section(
+    out: &Path,
+    file: &RecipeFile,
+    rescored: &[(usize, f64, unetlab_train::trainer::RunMetrics)],
+) -> Result<String> {
     if let (Some(r), false) = (&file.rescore, rescored.is_empty()) {
         let q = |f: fn(&unetlab_train::metrics::Quality) -> f64| {
             rescored
@@ -439,39 +487,12 @@ fn write(
             ],
         )?;
         write_tables(&mut sampler, out, "sampler")?;
-        sampler_section = format!(
+        return Ok(format!(
             "\n## Sampler settings\n\nThe final weights of `{}` scored with other DDIM step counts and guidance scales \
              (`unetlab score`; same captions, noise and evaluator):\n\n{}\n",
             r.experiment,
             to_markdown(&sampler)
-        );
+        ));
     }
-    let real_fd = done
-        .iter()
-        .find_map(|(_, _, s)| s.metrics.as_ref().map(|m| m.real_fd));
-    let machine = unetlab_bench::Machine::current();
-    let readme = format!(
-        "# Study `{}`\n\n{}\n\nProduced by `cargo xtask recipe {}` on {} (build {}, {} UTC); each run is `unetlab train` \
-         with the arguments in `table.md`, scored every {} images seen on the quick scoring (128 validation captions, 10 DDIM \
-         steps, guidance 3){}. Runs read from an earlier invocation name their build in `trained by`. Nothing here is \
-         edited by hand.\n\n## Runs\n\n{}\n\nThe attribute columns (`count` … `size`) split the attribute alignment by kind. \
-         `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
-         - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
-         value) along each run.\n- `sampler.{{md,csv,parquet}}`: the sampler settings, if the file asks for them.\n\
-         - `fd`, `attribute_alignment`, `validation_loss` (`.svg`, `.png`): the curves.\n",
-        file.study,
-        file.description.trim(),
-        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
-        machine.cpu_model,
-        build.label(),
-        started,
-        file.score_every_images,
-        real_fd.map_or(String::new(), |f| format!(
-            "; real images against other real ones score FD {f:.1}"
-        )),
-        to_markdown(&table),
-        sampler_section,
-    );
-    write_text(&out.join("README.md"), &readme)?;
-    Ok(())
+    Ok(String::new())
 }
