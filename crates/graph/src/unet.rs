@@ -37,7 +37,7 @@ impl UnetInputs<Vec<usize>> {
             timestep: vec![batch],
             encoder_hidden_states: vec![batch, tokens, spec.text_dim],
             text_embeds: addition.map(|a| vec![batch, a.text_embeds_dim]),
-            time_ids: addition.map(|a| vec![batch, a.time_ids]),
+            time_ids: addition.map(|a| vec![batch, a.time_id_count]),
         }
     }
 }
@@ -200,7 +200,7 @@ where
     let ids = inputs.time_ids.as_ref().ok_or(MissingInput("time_ids"))?;
     let batch = ops.dims(ids)[0];
     let ids = ops.sinusoidal(ids, add.time_channels, t.flip_sin_to_cos, t.freq_shift)?;
-    let ids = ops.reshape(&ids, &[batch, add.time_ids * add.time_channels])?;
+    let ids = ops.reshape(&ids, &[batch, add.time_id_count * add.time_channels])?;
     let cond = ops.concat(&[text, &ids], 1)?;
     let aug = scoped_as(ops, "add_embedding", EMBEDDING, |ops| {
         embedding_mlp(ops, &cond, t.dim)

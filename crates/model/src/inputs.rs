@@ -4,7 +4,7 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use unetlab_graph::UnetInputs;
-use unetlab_spec::UnetSpec;
+use unetlab_spec::{UnetSpec, SDXL_TIME_IDS};
 
 use crate::error::ModelError;
 
@@ -23,7 +23,13 @@ pub fn standard_normal(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 /// time ids (original height and width, crop top and left, target height and width).
 pub fn size_conditioning(n: usize, side: f32) -> Vec<f32> {
     (0..n)
-        .map(|i| if (i % 6) / 2 == 1 { 0.0 } else { side })
+        .map(|i| {
+            if (i % SDXL_TIME_IDS) / 2 == 1 {
+                0.0
+            } else {
+                side
+            }
+        })
         .collect()
 }
 

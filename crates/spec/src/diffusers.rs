@@ -8,13 +8,13 @@
 use serde_json::{json, Map, Value};
 
 use crate::resolve::{StageSpec, TransformerSpec, UnetSpec};
-use crate::schema::{ConvKind, Projection};
+use crate::schema::{ConvKind, Projection, SDXL_TIME_IDS};
 
 use crate::error::FieldError;
 
 /// Number of SDXL time ids (`original_size + crops_coords_top_left + target_size`); diffusers' config
 /// does not store it, only `projection_class_embeddings_input_dim`.
-const TEXT_TIME_IDS: u64 = 6;
+const TEXT_TIME_IDS: u64 = SDXL_TIME_IDS as u64;
 
 /// Fields that only change numerics or training, not the network: accepted and ignored.
 const IGNORED: &[&str] = &["upcast_attention", "dropout"];
@@ -509,7 +509,7 @@ fn diffusers_depths(spec: &UnetSpec) -> Result<(Vec<usize>, Vec<usize>), String>
     if spec
         .addition
         .as_ref()
-        .is_some_and(|a| a.time_ids != TEXT_TIME_IDS as usize)
+        .is_some_and(|a| a.time_id_count != SDXL_TIME_IDS)
     {
         problems.push(format!(
             "text_time with other than {TEXT_TIME_IDS} time ids"

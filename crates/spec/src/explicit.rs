@@ -106,12 +106,12 @@ fn unet_value(spec: &UnetSpec) -> Value {
         let TextTimeSpec {
             time_channels,
             text_embeds_dim,
-            time_ids,
+            time_id_count,
         } = a;
         let addition = AdditionConfig::TextTime {
             time_channels: *time_channels,
             text_embeds_dim: *text_embeds_dim,
-            time_ids: *time_ids,
+            time_ids: *time_id_count,
         };
         unet["addition"] = serde_json::to_value(addition).expect("always serialises");
     }

@@ -23,7 +23,7 @@ pub use resolve::{
 };
 pub use schema::{
     AttentionKernel, ClaimDirection, ClaimMetric, ConvKind, FeedForwardActivation, FineTune,
-    PaperNote, Projection,
+    PaperNote, Projection, SDXL_TIME_IDS,
 };
 
 /// A loaded, validated config.

@@ -56,14 +56,16 @@ pub struct TextTimeSpec {
     pub time_channels: usize,
     /// Pooled text embedding width.
     pub text_embeds_dim: usize,
-    /// Number of time ids.
-    pub time_ids: usize,
+    /// How many time ids the `time_ids` input holds per image (its YAML and hash key is
+    /// `time_ids`, like the input).
+    #[serde(rename = "time_ids")]
+    pub time_id_count: usize,
 }
 
 impl TextTimeSpec {
     /// Input width of `add_embedding.linear_1`.
     pub fn input_dim(&self) -> usize {
-        self.text_embeds_dim + self.time_ids * self.time_channels
+        self.text_embeds_dim + self.time_id_count * self.time_channels
     }
 }
 
@@ -311,7 +313,7 @@ pub fn resolve(config: &ConfigFile) -> Result<UnetSpec, Vec<FieldError>> {
             TextTimeSpec {
                 time_channels: *time_channels,
                 text_embeds_dim: *text_embeds_dim,
-                time_ids: *time_ids,
+                time_id_count: *time_ids,
             }
         }
     });

@@ -231,8 +231,12 @@ pub enum AdditionConfig {
     },
 }
 
+/// SDXL's time ids per image: original height and width, crop top and left, target height and
+/// width (the default of `addition.time_ids`).
+pub const SDXL_TIME_IDS: usize = 6;
+
 fn default_time_ids() -> usize {
-    6
+    SDXL_TIME_IDS
 }
 
 /// GroupNorm settings.

@@ -103,8 +103,8 @@ impl ProxyModel {
             Some(a) => {
                 // Original and target size = the image (twice the latent side), no crop.
                 let side = (2 * spec.latent_size) as f32;
-                let ids = size_conditioning(batch * a.time_ids, side);
-                let ids = Tensor::from_vec(ids, (batch, a.time_ids), x_t.device())?;
+                let ids = size_conditioning(batch * a.time_id_count, side);
+                let ids = Tensor::from_vec(ids, (batch, a.time_id_count), x_t.device())?;
                 (Some(pooled), Some(ids))
             }
             None => (None, None),

@@ -128,12 +128,12 @@ pub fn proxy_spec(spec: &UnetSpec, p: &ProxyShape) -> UnetSpec {
             let TextTimeSpec {
                 time_channels,
                 text_embeds_dim: _,
-                time_ids,
+                time_id_count,
             } = a;
             TextTimeSpec {
                 time_channels: even(*time_channels),
                 text_embeds_dim: p.text_dim,
-                time_ids: *time_ids,
+                time_id_count: *time_id_count,
             }
         }),
         norm: NormSpec {
