@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use unetlab_cost::{count, BlockCost, Conditions, CostReport, Macs};
+use unetlab_cost::{count, BlockCost, Conditions, CostReport, Macs, Place, PlaceCost};
 use unetlab_spec::{check_latent_size, Config};
 
 use crate::table::{billions, mebibytes, millions, Table};
@@ -29,6 +29,11 @@ pub struct CountArgs {
     /// Nesting depth of the per-block breakdown (1: conv_in, down_blocks.i, mid_block, ...; 0: none).
     #[arg(long, default_value_t = 1)]
     depth: usize,
+    /// Also print params and MACs by place in the structure: embeddings, in/out convs, and each
+    /// level's down and up stages and the mid block, split into res blocks, transformer stacks
+    /// and samplers (always in `--json`, as `places`).
+    #[arg(long)]
+    by_place: bool,
     /// Print JSON (an array, one object per config) instead of tables.
     #[arg(long)]
     json: bool,
@@ -50,6 +55,28 @@ struct Counted {
     activation_bytes: ActivationJson,
     blocks: BlocksJson,
     breakdown: Vec<BlockJson>,
+    places: Vec<PlaceJson>,
+}
+
+/// Cost at one place of the structure.
+#[derive(Serialize)]
+struct PlaceJson {
+    #[serde(flatten)]
+    place: Place,
+    label: String,
+    params: u64,
+    macs: MacsJson,
+}
+
+impl From<PlaceCost> for PlaceJson {
+    fn from(p: PlaceCost) -> Self {
+        PlaceJson {
+            label: p.place.label(),
+            place: p.place,
+            params: p.params,
+            macs: p.macs.into(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -139,6 +166,9 @@ pub fn run(args: &CountArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print!("{}", render(&counted, args.depth));
+        if args.by_place {
+            print!("{}", render_places(&counted));
+        }
     }
     Ok(())
 }
@@ -172,6 +202,7 @@ fn to_json(config: &Config, report: &CostReport, depth: usize) -> Counted {
             .into_iter()
             .map(Into::into)
             .collect(),
+        places: report.by_place().into_iter().map(Into::into).collect(),
     }
 }
 
@@ -244,6 +275,33 @@ fn render(counted: &[(Config, CostReport)], depth: usize) -> String {
                 t.render()
             ));
         }
+    }
+    out
+}
+
+/// Per config, a table of params and MACs by place, in execution order.
+fn render_places(counted: &[(Config, CostReport)]) -> String {
+    let mut out = String::new();
+    for (config, r) in counted {
+        let mut t = Table::new([
+            "place",
+            "params (M)",
+            "conv GMACs",
+            "linear GMACs",
+            "attn GMACs",
+            "GMACs",
+        ]);
+        for p in r.by_place() {
+            t.row(vec![
+                p.place.label(),
+                millions(p.params),
+                billions(p.macs.conv),
+                billions(p.macs.linear),
+                billions(p.macs.attention),
+                billions(p.macs.total()),
+            ]);
+        }
+        out.push_str(&format!("\n{} by place:\n{}", config.name, t.render()));
     }
     out
 }

@@ -65,6 +65,22 @@ fn json_has_one_object_per_config_with_every_field() {
     assert!(breakdown
         .iter()
         .any(|b| b["path"] == "down_blocks.1.attentions.0"));
+    // Places: they partition the parameters, and the mid block's transformer stack is the
+    // breakdown's `mid_block.attentions.0`.
+    let places = sd15["places"].as_array().unwrap();
+    let total: u64 = places.iter().map(|p| p["params"].as_u64().unwrap()).sum();
+    assert_eq!(total, 859_520_964);
+    let mid = places
+        .iter()
+        .find(|p| p["direction"] == "mid" && p["kind"] == "transformer")
+        .unwrap();
+    assert_eq!(mid["level"], 3);
+    assert_eq!(mid["label"], "mid block · transformer");
+    let stack = breakdown
+        .iter()
+        .find(|b| b["path"] == "mid_block.attentions.0")
+        .unwrap();
+    assert_eq!(mid["params"], stack["params"]);
     assert_eq!(rows[1]["name"], "md-lite");
     assert_eq!(rows[1]["blocks"]["cross_attention"], 15);
 }
@@ -103,7 +119,14 @@ fn conditions_flags_change_the_count() {
 
 #[test]
 fn the_human_table_lists_every_config_and_the_convention() {
-    let out = unetlab(&["count", "sd15", "sdxl", "mobilediffusion", "md-lite"]);
+    let out = unetlab(&[
+        "count",
+        "sd15",
+        "sdxl",
+        "mobilediffusion",
+        "md-lite",
+        "--by-place",
+    ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
@@ -115,6 +138,8 @@ fn the_human_table_lists_every_config_and_the_convention() {
         "2567.46",
         "FLOPs = 2 × MACs",
         "up_blocks.2",
+        "mobilediffusion by place",
+        "down level 1 · transformer",
     ] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
