@@ -250,24 +250,13 @@ fn render(counted: &[(Config, CostReport)], depth: usize) -> String {
     ));
     if depth > 0 {
         for (config, r) in counted {
-            let mut t = Table::new([
+            let t = cost_table(
                 "block",
-                "params (M)",
-                "conv GMACs",
-                "linear GMACs",
-                "attn GMACs",
-                "GMACs",
-            ]);
-            for b in r.breakdown(depth) {
-                t.row(vec![
-                    format!("{}{}", "  ".repeat(b.depth - 1), b.path),
-                    millions(b.params),
-                    billions(b.macs.conv),
-                    billions(b.macs.linear),
-                    billions(b.macs.attention),
-                    billions(b.macs.total()),
-                ]);
-            }
+                r.breakdown(depth).into_iter().map(|b| {
+                    let name = format!("{}{}", "  ".repeat(b.depth - 1), b.path);
+                    (name, b.params, b.macs)
+                }),
+            );
             out.push_str(&format!(
                 "\n{} ({}):\n{}",
                 config.name,
@@ -283,25 +272,36 @@ fn render(counted: &[(Config, CostReport)], depth: usize) -> String {
 fn render_places(counted: &[(Config, CostReport)]) -> String {
     let mut out = String::new();
     for (config, r) in counted {
-        let mut t = Table::new([
+        let t = cost_table(
             "place",
-            "params (M)",
-            "conv GMACs",
-            "linear GMACs",
-            "attn GMACs",
-            "GMACs",
-        ]);
-        for p in r.by_place() {
-            t.row(vec![
-                p.place.label(),
-                millions(p.params),
-                billions(p.macs.conv),
-                billions(p.macs.linear),
-                billions(p.macs.attention),
-                billions(p.macs.total()),
-            ]);
-        }
+            r.by_place()
+                .into_iter()
+                .map(|p| (p.place.label(), p.params, p.macs)),
+        );
         out.push_str(&format!("\n{} by place:\n{}", config.name, t.render()));
     }
     out
+}
+
+/// A table of (name, params, MACs by kind) rows under a first column called `first`.
+fn cost_table(first: &str, rows: impl Iterator<Item = (String, u64, Macs)>) -> Table {
+    let mut t = Table::new([
+        first,
+        "params (M)",
+        "conv GMACs",
+        "linear GMACs",
+        "attn GMACs",
+        "GMACs",
+    ]);
+    for (name, params, macs) in rows {
+        t.row(vec![
+            name,
+            millions(params),
+            billions(macs.conv),
+            billions(macs.linear),
+            billions(macs.attention),
+            billions(macs.total()),
+        ]);
+    }
+    t
 }
