@@ -211,6 +211,10 @@ pub fn check_latent_size(levels: usize, size: usize) -> Result<(), String> {
     }
 }
 
+/// The most res blocks one stage may have: far beyond any UNet, and a bound on what a config can
+/// make the tools allocate and walk.
+pub const MAX_RES_BLOCKS: usize = 1024;
+
 /// Validates `config` and resolves every default; returns all problems found, each with its field path.
 pub fn resolve(config: &ConfigFile) -> Result<UnetSpec, Vec<FieldError>> {
     let mut errs = Errors::default();
@@ -412,6 +416,13 @@ impl Errors {
 
     /// Expands a depth to one entry per slot, checking a list's length.
     fn depths(&mut self, path: &str, depth: &Depth, slots: usize, slots_name: &str) -> Vec<usize> {
+        if slots > MAX_RES_BLOCKS {
+            self.push(
+                format!("{path}.res_blocks"),
+                format!("{slots_name} is {slots}; a stage has at most {MAX_RES_BLOCKS} res blocks"),
+            );
+            return Vec::new();
+        }
         match depth {
             Depth::Uniform(d) => vec![*d; slots],
             Depth::PerBlock(list) => {
