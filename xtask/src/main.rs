@@ -3,6 +3,7 @@
 mod ablate;
 mod docs;
 mod export_results;
+mod fuzz;
 mod onnx_check;
 mod peer_bench;
 mod recipe;
@@ -32,6 +33,10 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Fuzz every reader of user files (configs, study files, weights, checkpoints, bundles,
+    /// Parquet, image folders, tokenizers) from valid seeds; panics, hangs and crashes are
+    /// findings, saved under target/fuzz/findings/.
+    Fuzz(fuzz::FuzzArgs),
     /// Install the system packages the build and tests need, if missing (protoc for the
     /// test-only ONNX evaluator, a TrueType font for plots).
     Setup,
@@ -54,6 +59,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Ablate(args) => ablate::run(&args, docs::workspace()),
         Command::Docs { check } => docs::run(check),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Setup => setup::run(),
         Command::OnnxCheck(args) => onnx_check::run(&args),
         Command::PeerBench(args) => peer_bench::run(&args),
