@@ -215,6 +215,10 @@ pub fn check_latent_size(levels: usize, size: usize) -> Result<(), String> {
 /// make the tools allocate and walk.
 pub const MAX_RES_BLOCKS: usize = 1024;
 
+/// The most transformer blocks after one res block (SDXL has 10): a bound on what a config can
+/// make the tools walk.
+pub const MAX_TRANSFORMER_DEPTH: usize = 1024;
+
 /// Validates `config` and resolves every default; returns all problems found, each with its field path.
 pub fn resolve(config: &ConfigFile) -> Result<UnetSpec, Vec<FieldError>> {
     let mut errs = Errors::default();
@@ -423,7 +427,7 @@ impl Errors {
             );
             return Vec::new();
         }
-        match depth {
+        let depths = match depth {
             Depth::Uniform(d) => vec![*d; slots],
             Depth::PerBlock(list) => {
                 if list.len() != slots {
@@ -437,7 +441,16 @@ impl Errors {
                 }
                 list.clone()
             }
+        };
+        if let Some(d) = depths.iter().find(|&&d| d > MAX_TRANSFORMER_DEPTH) {
+            self.push(
+                format!("{path}.transformer_depth"),
+                format!(
+                    "{d} is more than {MAX_TRANSFORMER_DEPTH} transformer blocks after a res block"
+                ),
+            );
         }
+        depths
     }
 
     /// Resolves a stage's transformer options, validating them only where transformers exist.
