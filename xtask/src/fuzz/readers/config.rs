@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use rand::seq::IndexedRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use unetlab_cost::{count, Conditions};
 use unetlab_spec::Config;
 
 use super::{Failure, Outcome, Target};
@@ -44,6 +45,19 @@ const EXTENDS: &[&str] = &[
     "sd15",
     "sdxl",
 ];
+
+/// What every command does with a loaded config first: count it (`unetlab count`), walking the
+/// network the config describes at its own latent size and token count.
+fn counted(config: &Config) -> Outcome {
+    let conditions = Conditions {
+        batch: 1,
+        latent_size: config.spec.latent_size,
+        tokens: config.spec.text_tokens,
+    };
+    count(&config.spec, conditions)
+        .map(|_| None)
+        .map_err(|e| Failure::of(&e))
+}
 
 struct YamlConfigs {
     /// Every config of `configs/` and `configs/fixtures/`.
@@ -101,9 +115,8 @@ impl Target for YamlConfigs {
 
     fn read(&self, dir: &Path) -> Outcome {
         let entry = dir.join("config.yaml");
-        Config::load(&entry.to_string_lossy())
-            .map(|_| None)
-            .map_err(|e| Failure::of(&e))
+        let config = Config::load(&entry.to_string_lossy()).map_err(|e| Failure::of(&e))?;
+        counted(&config)
     }
 }
 
@@ -149,8 +162,8 @@ impl Target for DiffusersConfigs {
     }
 
     fn read(&self, dir: &Path) -> Outcome {
-        Config::from_diffusers_file(&dir.join("config.json"))
-            .map(|_| None)
-            .map_err(|e| Failure::of(&e))
+        let (config, _) =
+            Config::from_diffusers_file(&dir.join("config.json")).map_err(|e| Failure::of(&e))?;
+        counted(&config)
     }
 }
