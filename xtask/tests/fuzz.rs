@@ -54,7 +54,7 @@ fn total(counts: &Value) -> u64 {
 
 #[test]
 fn a_seeded_run_over_every_reader_finds_only_reads_and_named_errors() {
-    let cases = 1000;
+    let cases = 500;
     let summary = fuzz(&["--cases", &cases.to_string(), "--seed", "14"]);
     let readers = summary["readers"].as_array().unwrap();
     let names: Vec<&str> = readers

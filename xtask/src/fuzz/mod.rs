@@ -78,8 +78,8 @@ pub struct FuzzArgs {
     /// Run cases of this reader in this process for a supervising `cargo xtask fuzz`.
     #[arg(long, hide = true)]
     pub worker: Option<String>,
-    /// The worker's first case.
-    #[arg(long, hide = true, default_value_t = 0)]
+    /// First case number: `--from I --cases I+1` regenerates and reruns case I alone.
+    #[arg(long, default_value_t = 0)]
     pub from: u64,
 }
 
@@ -335,8 +335,11 @@ fn supervise(
     replay: Option<&[String]>,
 ) -> Result<ReaderReport> {
     let started = Instant::now();
-    let total = replay.map_or(args.cases, |names| names.len() as u64);
-    let bar = ProgressBar::new(total);
+    let (first, total) = match replay {
+        Some(names) => (0, names.len() as u64),
+        None => (args.from.min(args.cases), args.cases),
+    };
+    let bar = ProgressBar::new(total - first);
     bar.set_style(
         ProgressStyle::with_template("{prefix:>17} [{bar:30}] {pos}/{len} {msg} ({eta})")
             .expect("valid template")
@@ -356,7 +359,7 @@ fn supervise(
         (Some(names), Some(dir)) => dir.join(reader.name).join(&names[index as usize]),
         _ => work.join("cases").join(reader.name),
     };
-    let mut next = 0;
+    let mut next = first;
     while next < total {
         let mut command = Command::new(std::env::current_exe()?);
         command
@@ -396,7 +399,8 @@ fn supervise(
         });
         let tail_text = || {
             let tail = stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
-            one_line(&tail.iter().cloned().collect::<Vec<_>>().join(" | "))
+            let last: Vec<String> = tail.iter().rev().take(2).rev().cloned().collect();
+            one_line(&last.join(" | "))
         };
         match rx.recv_timeout(SEED_TIMEOUT) {
             Ok(Heard::Line(line)) if line == "ready" => {}
@@ -460,7 +464,7 @@ fn supervise(
         }
     }
     bar.finish_and_clear();
-    report.cases = total;
+    report.cases = total - first;
     report.wall_s = started.elapsed().as_secs_f64();
     Ok(report)
 }
