@@ -41,17 +41,6 @@ const SEED_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Arguments of `cargo xtask fuzz`.
 #[derive(clap::Args, Debug, Clone)]
-#[command(
-    long_about = "Fuzz every reader of user files: config YAML (with extends chains), diffusers \
-config.json, study files, safetensors weights, training checkpoints, bundles, Parquet files, \
-image folders and tokenizer.json.\n\nEach case mutates a valid seed input (byte flips, \
-truncation, insertions, deletions, splices, and format-aware edits of YAML/JSON trees, \
-safetensors headers, PNG chunks and bundle manifests) and runs the real reader on it. A panic, a \
-case running longer than --hang-seconds or a crashed worker is a finding: its input is saved \
-under target/fuzz/findings/<reader>/ and the command fails. Every other outcome is either a \
-successful read or a named error, counted by kind. Cases are numbered and derived from --seed, \
-so any case can be regenerated."
-)]
 pub struct FuzzArgs {
     /// Cases per reader.
     #[arg(long, default_value_t = 1000)]
