@@ -3,6 +3,7 @@
 mod ablate;
 mod docs;
 mod export_results;
+mod fuzz;
 mod onnx_check;
 mod peer_bench;
 mod recipe;
@@ -32,6 +33,18 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Fuzz every reader of user files (configs, study files, weights, checkpoints, bundles,
+    /// Parquet, image folders, tokenizers) from valid seeds; panics, hangs and crashes are
+    /// findings, saved under target/fuzz/findings/.
+    ///
+    /// Each case mutates a valid seed input written by the project's own code (byte flips,
+    /// truncation, insertions, deletions, splices, and format-aware edits of YAML/JSON trees,
+    /// safetensors headers, PNG chunks and bundle manifests) and runs the real reader on it in a
+    /// worker process. A panic, a case running longer than --hang-seconds or a crashed worker (an
+    /// abort, an allocation past its 8 GiB) is a finding: its input is saved and the command
+    /// fails. Every other case is a successful read or a named error, counted by kind. Case I is
+    /// a function of --seed and I, so `--from I --cases I+1` reruns it alone.
+    Fuzz(fuzz::FuzzArgs),
     /// Install the system packages the build and tests need, if missing (protoc for the
     /// test-only ONNX evaluator, a TrueType font for plots).
     Setup,
@@ -54,6 +67,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Ablate(args) => ablate::run(&args, docs::workspace()),
         Command::Docs { check } => docs::run(check),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Setup => setup::run(),
         Command::OnnxCheck(args) => onnx_check::run(&args),
         Command::PeerBench(args) => peer_bench::run(&args),

@@ -28,6 +28,28 @@ pub fn read_parquet(
     size: usize,
     caption_column: Option<&str>,
 ) -> Result<(Vec<Example>, Skipped), DataError> {
+    // polars panics on some malformed files (thrift fields out of range, page lengths past their
+    // buffers): a bad file is an error naming it, not a crash.
+    std::panic::catch_unwind(|| read_unguarded(path, size, caption_column)).unwrap_or_else(
+        |panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(DataError::Parquet {
+                path: path.to_path_buf(),
+                message: format!("malformed file (the Parquet decoder panicked: {message})"),
+            })
+        },
+    )
+}
+
+fn read_unguarded(
+    path: &Path,
+    size: usize,
+    caption_column: Option<&str>,
+) -> Result<(Vec<Example>, Skipped), DataError> {
     let size = check_size(path, size)?;
     let file = std::fs::File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),

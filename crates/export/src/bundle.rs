@@ -628,13 +628,13 @@ impl Bundle {
         let Some(spec) = self.manifest.text_encoder else {
             return Ok(None);
         };
+        let weights = self.dir.join("text_encoder.safetensors");
+        check_text_encoder(&spec, &weights).map_err(|message| ExportError::Bundle {
+            dir: self.dir.clone(),
+            message,
+        })?;
         let declared = text_encoder_params(&spec).map_err(unetlab_model::ModelError::from)?;
-        let params = ParamStore::load(
-            &declared,
-            &self.dir.join("text_encoder.safetensors"),
-            device,
-            DType::F32,
-        )?;
+        let params = ParamStore::load(&declared, &weights, device, DType::F32)?;
         Ok(Some((spec, params, self.dir.join("tokenizer.json"))))
     }
 
@@ -645,6 +645,53 @@ impl Bundle {
             device,
         )?)
     }
+}
+
+/// Checks the manifest's text encoder against the tensors of its weights before the encoder is
+/// walked: a manifest claiming 2^40 layers would be walked for ever, 0 heads would divide by zero.
+fn check_text_encoder(spec: &TextEncoderSpec, weights: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(weights).map_err(|e| format!("{}: {e}", weights.display()))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("text_encoder.safetensors is not a safetensors file: {e}"))?;
+    let tensors = metadata.tensors();
+    let shape = |name: &str| tensors.get(name).map(|t| t.shape.clone());
+    let layers = (0..)
+        .take_while(|i| {
+            let prefix = format!("layers.{i}.");
+            tensors.keys().any(|k| k.starts_with(&prefix))
+        })
+        .count();
+    let mismatch = |what: &str, manifest: String, file: String| {
+        Err(format!(
+            "the manifest's text encoder has {what} {manifest}, text_encoder.safetensors {file}"
+        ))
+    };
+    let embedding = vec![spec.width, spec.vocab];
+    if shape("token_embedding.weight").as_ref() != Some(&embedding) {
+        return mismatch(
+            "[width, vocab]",
+            format!("{embedding:?}"),
+            format!("{:?}", shape("token_embedding.weight")),
+        );
+    }
+    let positions = vec![spec.tokens, spec.width];
+    if shape("position_embedding").as_ref() != Some(&positions) {
+        return mismatch(
+            "[tokens, width]",
+            format!("{positions:?}"),
+            format!("{:?}", shape("position_embedding")),
+        );
+    }
+    if spec.layers != layers {
+        return mismatch("layers", spec.layers.to_string(), layers.to_string());
+    }
+    if spec.heads == 0 || !spec.width.is_multiple_of(spec.heads) {
+        return Err(format!(
+            "the manifest's text encoder has {} heads, which do not divide its width {}",
+            spec.heads, spec.width
+        ));
+    }
+    Ok(())
 }
 
 /// The config hash recorded in a safetensors file's [`WEIGHTS_METADATA_KEY`] metadata.

@@ -268,6 +268,14 @@ pub fn check_latent_size(levels: usize, size: usize) -> Result<(), String> {
     }
 }
 
+/// The most res blocks one stage may have: far beyond any UNet, and a bound on what a config can
+/// make the tools allocate and walk.
+pub const MAX_RES_BLOCKS: usize = 1024;
+
+/// The most transformer blocks after one res block (SDXL has 10): a bound on what a config can
+/// make the tools walk.
+pub const MAX_TRANSFORMER_DEPTH: usize = 1024;
+
 /// Validates `config` and resolves every default; returns all problems found, each with its field path.
 pub fn resolve(config: &ConfigFile) -> Result<UnetSpec, Vec<FieldError>> {
     let mut errs = Errors::default();
@@ -470,7 +478,14 @@ impl Errors {
 
     /// Expands a depth to one entry per slot, checking a list's length.
     fn depths(&mut self, path: &str, depth: &Depth, slots: usize, slots_name: &str) -> Vec<usize> {
-        match depth {
+        if slots > MAX_RES_BLOCKS {
+            self.push(
+                format!("{path}.res_blocks"),
+                format!("{slots_name} is {slots}; a stage has at most {MAX_RES_BLOCKS} res blocks"),
+            );
+            return Vec::new();
+        }
+        let depths = match depth {
             Depth::Uniform(d) => vec![*d; slots],
             Depth::PerBlock(list) => {
                 if list.len() != slots {
@@ -484,7 +499,16 @@ impl Errors {
                 }
                 list.clone()
             }
+        };
+        if let Some(d) = depths.iter().find(|&&d| d > MAX_TRANSFORMER_DEPTH) {
+            self.push(
+                format!("{path}.transformer_depth"),
+                format!(
+                    "{d} is more than {MAX_TRANSFORMER_DEPTH} transformer blocks after a res block"
+                ),
+            );
         }
+        depths
     }
 
     /// Resolves a stage's transformer options, validating them only where transformers exist.

@@ -60,8 +60,20 @@ impl TextTokenizer {
     /// Loads a `tokenizer.json`; it must define a padding token (`[PAD]`, `<pad>` or
     /// `<|endoftext|>`) and a first token (`[CLS]`, `<s>` or `<|startoftext|>`).
     pub fn load(path: &Path, tokens: usize) -> Result<Self, TrainError> {
-        let tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| TrainError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let error =
+            |e: &dyn std::fmt::Display| TrainError::Tokenizer(format!("{}: {e}", path.display()));
+        // The `tokenizers` crate panics on some malformed files (e.g. `expect("Helper")` on a
+        // decoder nested past serde_json's recursion limit): a bad file is an error, not a crash.
+        let tokenizer = std::panic::catch_unwind(|| Tokenizer::from_file(path))
+            .map_err(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("the tokenizers library panicked");
+                error(&format!("not a valid tokenizer.json ({message})"))
+            })?
+            .map_err(|e| error(&e))?;
         Self::wrap(tokenizer, tokens, &path.display().to_string())
     }
 
@@ -77,6 +89,17 @@ impl TextTokenizer {
                 "{what}: no first token ([CLS], <s> or <|startoftext|>)"
             ))
         })?;
+        // One-hot rows are indexed by id, so every id must be below the vocabulary size.
+        let vocab = tokenizer.get_vocab_size(true);
+        if let Some((token, id)) = tokenizer
+            .get_vocab(true)
+            .into_iter()
+            .find(|&(_, id)| id as usize >= vocab)
+        {
+            return Err(TrainError::Tokenizer(format!(
+                "{what}: token `{token}` has id {id}, but the vocabulary has {vocab} entries (ids must be 0..{vocab})"
+            )));
+        }
         Ok(TextTokenizer {
             tokenizer,
             pad,

@@ -5,7 +5,7 @@ mod claims;
 mod origins;
 mod output;
 mod ranking;
-mod study;
+pub(crate) mod study;
 mod training;
 
 use std::path::{Path, PathBuf};
