@@ -3,6 +3,9 @@
 use std::path::Path;
 
 use polars::prelude::*;
+use polars_buffer::Buffer;
+use polars_parquet::parquet::page::CompressedPage;
+use polars_parquet::parquet::read::{get_page_iterator, read_metadata};
 
 use crate::{check_size, decode_image, DataError, Example, Skipped};
 
@@ -45,17 +48,55 @@ pub fn read_parquet(
     )
 }
 
+/// Checks every data page's value count against its column chunk's before polars decodes the
+/// file: polars sizes a page's validity bitmap from that count, so a corrupt one (negative, read
+/// as 2⁶¹) asks for exabytes, and a failed allocation aborts the process instead of unwinding.
+fn check_page_counts(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    let malformed = |message: String| DataError::Parquet {
+        path: path.to_path_buf(),
+        message,
+    };
+    let metadata =
+        read_metadata(&mut std::io::Cursor::new(bytes)).map_err(|e| malformed(e.to_string()))?;
+    let buffer = Buffer::from(bytes.to_vec());
+    for group in &metadata.row_groups {
+        for column in group.parquet_columns() {
+            let total = usize::try_from(column.num_values()).map_err(|_| {
+                malformed(format!("column chunk with {} values", column.num_values()))
+            })?;
+            let reader = std::io::Cursor::new(buffer.clone());
+            let pages = get_page_iterator(column, reader, Vec::new(), bytes.len())
+                .map_err(|e| malformed(e.to_string()))?;
+            for page in pages {
+                if let CompressedPage::Data(page) = page.map_err(|e| malformed(e.to_string()))? {
+                    if page.num_values() > total {
+                        return Err(malformed(format!(
+                            "a data page claims {} values in a column chunk of {total}",
+                            page.num_values() as i32
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn read_unguarded(
     path: &Path,
     size: usize,
     caption_column: Option<&str>,
 ) -> Result<(Vec<Example>, Skipped), DataError> {
     let size = check_size(path, size)?;
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let df = ParquetReader::new(file)
+    check_page_counts(path, &bytes)?;
+    // Decoded on this thread: a panic inside polars' thread pool aborts the process (rayon's
+    // spawned jobs have no one to unwind to), one on this thread is caught above.
+    let df = ParquetReader::new(std::io::Cursor::new(bytes))
+        .read_parallel(ParallelStrategy::None)
         .finish()
         .map_err(|e| DataError::Parquet {
             path: path.to_path_buf(),
