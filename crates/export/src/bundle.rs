@@ -560,6 +560,15 @@ impl Bundle {
             return Err(fail(format!("format {} is not {FORMAT}", manifest.format)));
         }
         for (name, want) in &manifest.files {
+            // A manifest names files inside its bundle: nothing absolute, nothing through `..`.
+            let inside = Path::new(name)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside || name.is_empty() {
+                return Err(fail(format!(
+                    "the manifest names {name:?}, outside the bundle"
+                )));
+            }
             let path = dir.join(name);
             if !path.is_file() {
                 return Err(fail(format!("{name} is missing")));

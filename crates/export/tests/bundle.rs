@@ -214,6 +214,22 @@ fn altered_bundles_are_named_errors() {
     let err = bundle_error(&out);
     assert!(err.contains("config.yaml hashes to"), "{err}");
 
+    // Files outside the bundle are never read, even when the manifest records their hash.
+    let outside = tmp.path().join("outside.txt");
+    std::fs::write(&outside, "x").unwrap();
+    let entry = unetlab_export::bundle::FileEntry {
+        bytes: 1,
+        sha256: unetlab_files::sha256_hex(b"x"),
+    };
+    for name in ["../outside.txt", outside.to_str().unwrap()] {
+        let mut tampered = manifest.clone();
+        tampered["files"][name] = serde_json::to_value(&entry).unwrap();
+        std::fs::write(&manifest_path, tampered.to_string()).unwrap();
+        let err = bundle_error(&out);
+        assert!(err.contains("outside the bundle"), "{name}: {err}");
+    }
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+
     std::fs::remove_file(out.join("example_io.safetensors")).unwrap();
     assert!(bundle_error(&out).contains("example_io.safetensors is missing"));
     std::fs::remove_file(&manifest_path).unwrap();
