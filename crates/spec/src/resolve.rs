@@ -351,15 +351,16 @@ pub fn resolve(config: &ConfigFile) -> Result<UnetSpec, Vec<FieldError>> {
         };
         let down = stage("down", &level.down);
         let up = stage("up", &level.up);
-        let skips = down.res_blocks() + 1;
-        if up.res_blocks() < skips {
+        // Judged on the counts as written: a count over the cap is reported once, above.
+        let (down_blocks, up_blocks) = (level.down.res_blocks, level.up.res_blocks);
+        let skips = down_blocks.saturating_add(1);
+        let within_cap = down_blocks <= MAX_RES_BLOCKS && up_blocks <= MAX_RES_BLOCKS;
+        if within_cap && up_blocks < skips {
             errs.push(
                 format!("{path}.up.res_blocks"),
                 format!(
-                    "{} leaves skip connections unused: level {i} pushes {skips} (down.res_blocks {} + 1), \
-                     and each up res block takes one",
-                    up.res_blocks(),
-                    down.res_blocks()
+                    "{up_blocks} leaves skip connections unused: level {i} pushes {skips} \
+                     (down.res_blocks {down_blocks} + 1), and each up res block takes one"
                 ),
             );
         }

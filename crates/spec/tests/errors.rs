@@ -280,6 +280,31 @@ fn all_problems_are_reported_at_once() {
 }
 
 #[test]
+fn a_res_block_count_over_the_cap_is_one_error() {
+    for (from, to, path) in [
+        (
+            "down: {res_blocks: 2, transformer_depth: 1}",
+            "down: {res_blocks: 1099511627776, transformer_depth: 1}",
+            "unet.levels[0].down.res_blocks",
+        ),
+        (
+            "up: {res_blocks: 3, transformer_depth: 1}",
+            "up: {res_blocks: 1099511627776, transformer_depth: 1}",
+            "unet.levels[0].up.res_blocks",
+        ),
+    ] {
+        let err = parse(&variant(from, to)).unwrap_err();
+        let errors = err.field_errors();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert_eq!(errors[0].path, path);
+        assert!(
+            errors[0].message.contains("at most 1024 res blocks"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn missing_files_and_unknown_presets_are_errors() {
     let err = Config::load("no/such/file.yaml").unwrap_err();
     assert!(matches!(err, SpecError::NotFound { .. }), "{err}");
