@@ -341,12 +341,12 @@ fn places_agree_with_the_names_and_sum_to_the_totals() {
         assert_eq!(ours, expected, "{preset}: parameters by place");
         // Every MAC happens inside a block: no op runs outside the declared structure.
         assert!(places.iter().all(|p| p.place.kind.is_some()), "{preset}");
-        let attention_levels: Vec<_> = places
+        let attention_kinds: Vec<_> = places
             .iter()
             .filter(|p| p.macs.attention > 0)
             .map(|p| p.place.kind)
             .collect();
-        assert!(attention_levels
+        assert!(attention_kinds
             .iter()
             .all(|k| *k == Some(BlockKind::Transformer)));
     }
