@@ -16,7 +16,7 @@ pub mod schema;
 use std::path::Path;
 
 pub use error::{FieldError, SpecError};
-pub use load::merge;
+pub use load::{merge, ConfigTree};
 pub use resolve::{
     check_latent_size, LevelSpec, MidSpec, NormSpec, StageSpec, TextTimeSpec, TimeEmbeddingSpec,
     TransformerSpec, UnetSpec,
@@ -44,7 +44,7 @@ pub struct Config {
 impl Config {
     /// Loads a preset name or a YAML file path, following `extends`.
     pub fn load(reference: &str) -> Result<Config, SpecError> {
-        Self::build(load::load_merged(reference)?)
+        Self::build(ConfigTree::load(reference)?)
     }
 
     /// Parses YAML text; relative `extends` paths resolve against `base_dir` (default: the
@@ -84,7 +84,12 @@ impl Config {
         Ok((config, yaml))
     }
 
-    fn build(merged: load::Merged) -> Result<Config, SpecError> {
+    /// Types and validates a merged tree (e.g. one a search has patched with [`ConfigTree::set`]).
+    pub fn from_tree(tree: ConfigTree) -> Result<Config, SpecError> {
+        Self::build(tree)
+    }
+
+    fn build(merged: ConfigTree) -> Result<Config, SpecError> {
         let file = load::typed(&merged)?;
         let spec = resolve::resolve(&file).map_err(|errors| SpecError::Invalid {
             origin: merged.origin.clone(),

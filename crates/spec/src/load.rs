@@ -92,15 +92,54 @@ impl Source {
     }
 }
 
-/// A config tree after `extends` merging, not yet typed.
-pub(crate) struct Merged {
+/// A config's YAML tree after `extends` merging, not yet typed: what a search patches before
+/// [`crate::Config::from_tree`] validates it.
+#[derive(Debug, Clone)]
+pub struct ConfigTree {
+    /// Where it came from (file path or `preset:<name>`), for error messages.
     pub origin: String,
+    /// The config's name.
     pub name: String,
+    /// The merged tree (`name` and `paper` included, `extends` gone).
     pub value: Value,
 }
 
+impl ConfigTree {
+    /// Loads `reference` (a file path or a preset name) and merges its `extends` chain.
+    pub fn load(reference: &str) -> Result<ConfigTree, SpecError> {
+        load_merged(reference)
+    }
+
+    /// Sets the field at a dotted `path` (`unet.levels.1.down.res_blocks`; integer segments index
+    /// lists) to `value`, by the merge rule: a mapping value merges into what is there.
+    pub fn set(&mut self, path: &str, value: Value) -> Result<(), FieldError> {
+        let mut patch = value;
+        for segment in path.rsplit('.') {
+            if segment.is_empty() {
+                return Err(FieldError::new(path, "empty segment in a field path"));
+            }
+            let key = match segment.parse::<u64>() {
+                Ok(i) => Value::Number(i.into()),
+                Err(_) => Value::String(segment.to_string()),
+            };
+            let mut map = serde_norway::Mapping::new();
+            map.insert(key, patch);
+            patch = Value::Mapping(map);
+        }
+        self.value = merge(std::mem::take(&mut self.value), patch, "")?;
+        Ok(())
+    }
+
+    /// Checks field names and types only (no validation of values): a search's axis that names
+    /// a field no config has fails here, while a value that is invalid only beside other choices
+    /// fails later, in [`crate::Config::from_tree`].
+    pub fn check_types(&self) -> Result<(), SpecError> {
+        typed(self).map(drop)
+    }
+}
+
 /// Loads `reference` (a file path or a preset name) and merges its `extends` chain.
-pub(crate) fn load_merged(reference: &str) -> Result<Merged, SpecError> {
+fn load_merged(reference: &str) -> Result<ConfigTree, SpecError> {
     let source = Source::find(reference, None)?;
     merged_from(&source, &source.text()?, &mut Vec::new())
 }
@@ -110,7 +149,7 @@ pub(crate) fn merged_from_text(
     text: &str,
     origin: &str,
     base_dir: Option<&Path>,
-) -> Result<Merged, SpecError> {
+) -> Result<ConfigTree, SpecError> {
     let source = Source::File(base_dir.unwrap_or(Path::new(".")).join(origin));
     let mut chain = Vec::new();
     let mut merged = merge_text(text, &source, origin, &mut chain)?;
@@ -118,7 +157,11 @@ pub(crate) fn merged_from_text(
     Ok(merged)
 }
 
-fn merged_from(source: &Source, text: &str, chain: &mut Vec<String>) -> Result<Merged, SpecError> {
+fn merged_from(
+    source: &Source,
+    text: &str,
+    chain: &mut Vec<String>,
+) -> Result<ConfigTree, SpecError> {
     merge_text(text, source, &source.origin(), chain)
 }
 
@@ -127,7 +170,7 @@ fn merge_text(
     source: &Source,
     origin: &str,
     chain: &mut Vec<String>,
-) -> Result<Merged, SpecError> {
+) -> Result<ConfigTree, SpecError> {
     let key = source.key();
     if chain.contains(&key) {
         let mut cycle = chain.clone();
@@ -180,7 +223,7 @@ fn merge_text(
             map.insert("paper".into(), paper);
         }
     }
-    Ok(Merged {
+    Ok(ConfigTree {
         origin: origin.to_string(),
         name,
         value,
@@ -249,7 +292,7 @@ fn join(path: &str, key: &Value) -> String {
 }
 
 /// Types a merged tree, reporting the path of any unknown field or wrong type.
-pub(crate) fn typed(merged: &Merged) -> Result<ConfigFile, SpecError> {
+pub(crate) fn typed(merged: &ConfigTree) -> Result<ConfigFile, SpecError> {
     serde_path_to_error::deserialize(merged.value.clone()).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
