@@ -2,11 +2,12 @@
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::rc::Rc;
 
 use unetlab_graph::{Conv2dParams, Init, MissingInput, Ops, Role, ScopeStack, Unary};
 
-use crate::report::{Conditions, CostReport, Macs, ParamInfo, ScopeCost};
+use crate::report::{BlockSignature, Conditions, CostReport, Macs, ParamInfo, ScopeCost};
 
 const BYTES_PER_ELEMENT: u64 = 4;
 
@@ -91,6 +92,9 @@ pub struct Counter {
     live: Rc<Cell<u64>>,
     peak: u64,
     total: u64,
+    blocks: Vec<BlockSignature>,
+    /// The blocks being traced: (scope depth, index into `blocks`, the trace so far).
+    open: Vec<(usize, usize, String)>,
 }
 
 impl Default for Counter {
@@ -111,6 +115,8 @@ impl Counter {
             live: Rc::new(Cell::new(0)),
             peak: 0,
             total: 0,
+            blocks: Vec::new(),
+            open: Vec::new(),
         }
     }
 
@@ -132,6 +138,7 @@ impl Counter {
             peak_activation_bytes: self.peak,
             total_activation_bytes: self.total,
             scopes: self.scopes,
+            blocks: self.blocks,
         }
     }
 
@@ -169,6 +176,19 @@ impl Counter {
         };
         self.scopes[i].params += params;
         self.scopes[i].macs.add(&macs);
+        if let Some(&(_, b, _)) = self.open.last() {
+            self.blocks[b].params += params;
+            self.blocks[b].macs.add(&macs);
+        }
+    }
+
+    /// Appends one op and the shapes it works on to the innermost open block's trace: two
+    /// blocks with equal traces run the same ops on the same shapes.
+    fn trace(&mut self, op: &str, shapes: &[&[usize]], detail: std::fmt::Arguments<'_>) {
+        if let Some((_, _, text)) = self.open.last_mut() {
+            // Writing to a String cannot fail.
+            let _ = write!(text, "{op}{shapes:?}{detail};");
+        }
     }
 
     fn err(&self, op: &'static str, message: impl Into<String>) -> CostError {
@@ -230,9 +250,28 @@ impl Ops for Counter {
 
     fn push_scope(&mut self, name: &str, role: Option<Role>) {
         self.scope.push(name, role);
+        if let Some(Role::Block(_)) = role {
+            self.blocks.push(BlockSignature {
+                path: self.scope.path(),
+                place: self.scope.place(),
+                signature: String::new(),
+                params: 0,
+                macs: Macs::default(),
+            });
+            self.open
+                .push((self.scope.depth(), self.blocks.len() - 1, String::new()));
+        }
     }
 
     fn pop_scope(&mut self) {
+        if self
+            .open
+            .last()
+            .is_some_and(|(depth, _, _)| *depth == self.scope.depth())
+        {
+            let (_, b, text) = self.open.pop().expect("checked");
+            self.blocks[b].signature = unetlab_files::sha256_hex(text.as_bytes())[..16].to_string();
+        }
         self.scope.pop();
     }
 
@@ -297,6 +336,11 @@ impl Ops for Counter {
             ));
         };
         let out = vec![xd[0], wd[0], h, wo];
+        self.trace(
+            "conv2d",
+            &[xd, wd],
+            format_args!("s{}p{}g{}b{}", p.stride, p.padding, p.groups, b.is_some()),
+        );
         let macs = numel(&out) * (wd[1] * k * k) as u64;
         self.record(
             0,
@@ -318,6 +362,11 @@ impl Ops for Counter {
                 format!("bias {:?} for weight {:?}", b.dims, w.dims)
             })?;
         }
+        self.trace(
+            "linear",
+            &[&x.dims, &w.dims],
+            format_args!("b{}", b.is_some()),
+        );
         let mut out = x.dims.clone();
         *out.last_mut().expect("checked non-empty") = w.dims[0];
         let macs = numel(&out) * cin as u64;
@@ -339,6 +388,7 @@ impl Ops for Counter {
             "matmul",
             || format!("{ad:?} × {bd:?} do not multiply"),
         )?;
+        self.trace("matmul", &[ad, bd], format_args!(""));
         let mut out = ad[..n - 1].to_vec();
         out.push(bd[n - 1]);
         let macs = numel(&out) * ad[n - 1] as u64;
@@ -365,32 +415,39 @@ impl Ops for Counter {
             format!("{c} channels do not split into {groups} groups")
         })?;
         self.norm_params("group_norm", c, w, b)?;
+        self.trace("group_norm", &[&x.dims], format_args!("g{groups}"));
         Ok(self.same_shape(x))
     }
 
     fn layer_norm(&mut self, x: &Sym, _eps: f64, w: &Sym, b: &Sym) -> Result<Sym, CostError> {
         let c = *x.dims.last().unwrap_or(&0);
         self.norm_params("layer_norm", c, w, b)?;
+        self.trace("layer_norm", &[&x.dims], format_args!(""));
         Ok(self.same_shape(x))
     }
 
     fn softmax_last(&mut self, x: &Sym) -> Result<Sym, CostError> {
+        self.trace("softmax", &[&x.dims], format_args!(""));
         Ok(self.same_shape(x))
     }
 
-    fn unary(&mut self, x: &Sym, _op: Unary) -> Result<Sym, CostError> {
+    fn unary(&mut self, x: &Sym, op: Unary) -> Result<Sym, CostError> {
+        self.trace("unary", &[&x.dims], format_args!("{op:?}"));
         Ok(self.same_shape(x))
     }
 
     fn scale(&mut self, x: &Sym, _scale: f64) -> Result<Sym, CostError> {
+        self.trace("scale", &[&x.dims], format_args!(""));
         Ok(self.same_shape(x))
     }
 
     fn add(&mut self, a: &Sym, b: &Sym) -> Result<Sym, CostError> {
+        self.trace("add", &[&a.dims, &b.dims], format_args!(""));
         self.broadcast("add", a, b)
     }
 
     fn mul(&mut self, a: &Sym, b: &Sym) -> Result<Sym, CostError> {
+        self.trace("mul", &[&a.dims, &b.dims], format_args!(""));
         self.broadcast("mul", a, b)
     }
 
@@ -418,6 +475,7 @@ impl Ops for Counter {
             "permute",
             || format!("{perm:?} is not a permutation of {:?}", x.dims),
         )?;
+        self.trace("permute", &[&x.dims, perm], format_args!(""));
         Ok(x.view(perm.iter().map(|&p| x.dims[p]).collect()))
     }
 
@@ -440,6 +498,7 @@ impl Ops for Counter {
             })?;
             out[dim] += x.dims[dim];
         }
+        self.trace("concat", &[&out], format_args!("d{dim}n{}", xs.len()));
         Ok(self.alloc(out))
     }
 
@@ -458,7 +517,8 @@ impl Ops for Counter {
         self.ensure(x.dims.len() == 4, "upsample", || {
             format!("{:?} is not NCHW", x.dims)
         })?;
-        let d = &x.dims;
+        let d = x.dims.clone();
+        self.trace("upsample", &[&d], format_args!(""));
         Ok(self.alloc(vec![d[0], d[1], 2 * d[2], 2 * d[3]]))
     }
 
@@ -469,6 +529,7 @@ impl Ops for Counter {
         _flip: bool,
         _shift: f64,
     ) -> Result<Sym, CostError> {
+        self.trace("sinusoidal", &[&x.dims], format_args!("c{channels}"));
         let mut out = x.dims.clone();
         out.push(channels);
         Ok(self.alloc(out))

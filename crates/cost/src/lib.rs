@@ -14,7 +14,7 @@ mod counter;
 mod report;
 
 pub use counter::{CostError, Counter, Sym};
-pub use report::{BlockCost, Conditions, CostReport, Macs, ParamInfo, PlaceCost};
+pub use report::{BlockCost, BlockSignature, Conditions, CostReport, Macs, ParamInfo, PlaceCost};
 pub use unetlab_graph::{BlockKind, Direction, Place};
 
 use unetlab_graph::{text_encoder_forward, unet_forward, TextEncoderSpec, UnetInputs};

@@ -104,6 +104,25 @@ pub struct CostReport {
     /// All activation bytes allocated (f32).
     pub total_activation_bytes: u64,
     pub(crate) scopes: Vec<ScopeCost>,
+    pub(crate) blocks: Vec<BlockSignature>,
+}
+
+/// One block of the forward (a scope entered with a `Role::Block`: a res block, a transformer
+/// stack, a sampler, an embedding, an in/out conv) and what it computes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlockSignature {
+    /// Module path (`down_blocks.1.resnets.0`).
+    pub path: String,
+    /// Where it sits.
+    pub place: Place,
+    /// 16 hex digits of SHA-256 over the block's ops in order, each with the shapes it works on
+    /// and its settings (conv stride and groups, activation, norm groups, ...): blocks with equal
+    /// signatures run the same computation, wherever they sit and whichever config holds them.
+    pub signature: String,
+    /// Parameters.
+    pub params: u64,
+    /// MACs by kind.
+    pub macs: Macs,
 }
 
 impl CostReport {
@@ -140,6 +159,12 @@ impl CostReport {
             }
         }
         out
+    }
+
+    /// Every block of the forward in execution order, with its signature (what a latency table
+    /// is keyed on).
+    pub fn blocks(&self) -> &[BlockSignature] {
+        &self.blocks
     }
 
     /// Modules down to `depth` levels of nesting, in execution order, parents before children.
