@@ -4,7 +4,8 @@
 //! forwards until `runs` are done, or until `max_seconds` have passed and at least 3 are done.
 //! Reported: median, p10, p90 (linear interpolation), achieved GFLOP/s (the cost interpreter's FLOPs
 //! ÷ median), peak RSS, and the machine. `per_block` adds separate timed forwards that synchronise
-//! the device at every top-level block boundary and report each block's median.
+//! the device at every block boundary (res block, transformer stack, sampler, embedding, in/out
+//! conv) and report each block's median.
 
 mod device_args;
 mod machine;
@@ -43,7 +44,7 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Stop timing after this many seconds once at least 3 runs are done.
     pub max_seconds: f64,
-    /// Also time each top-level block.
+    /// Also time each block (res block, transformer stack, sampler, embedding, in/out conv).
     pub per_block: bool,
     /// Also time each kind of op over as many forwards as were timed ([`BenchResult::profile`]).
     pub profile: bool,
@@ -60,10 +61,11 @@ pub struct BenchOptions {
 /// Minimum timed runs before `max_seconds` may stop the loop.
 pub const MIN_RUNS: usize = 3;
 
-/// Median time of one top-level block.
+/// Median time of one block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlockTime {
-    /// `conv_in`, `down_blocks.0`, ..., or `(between blocks)` for ops outside any block.
+    /// The block's module path (`conv_in`, `down_blocks.1.resnets.0`, ...), or `(between
+    /// blocks)` for ops outside any block (the skip connections' concatenations, for one).
     pub block: String,
     /// Where the block sits in the structure (direction and level of a stage; the kind of the
     /// embeddings and in/out convs; nothing for time between blocks).

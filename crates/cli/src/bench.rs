@@ -70,7 +70,7 @@ pub struct BenchArgs {
     /// Stop timing after this many seconds, once 3 runs are done.
     #[arg(long, default_value_t = 120.0)]
     max_seconds: f64,
-    /// Also time each top-level block (conv_in, down_blocks.i, mid_block, up_blocks.i, ...).
+    /// Also time each block (conv_in, each res block, transformer stack and sampler, conv_out).
     #[arg(long)]
     per_block: bool,
     /// Seed of the random weights and inputs.

@@ -29,11 +29,13 @@ pub struct CandleOps<'a> {
     block_timer: Option<BlockTimer>,
 }
 
-/// Wall time per top-level block (`conv_in`, `down_blocks.0`, ..., `conv_out`), measured by
-/// synchronising the device when the forward enters and leaves each one.
+/// Wall time per block (each scope entered with a `Role::Block`: `conv_in`,
+/// `down_blocks.1.resnets.0`, `down_blocks.1.attentions.0`, ...), measured by synchronising the
+/// device when the forward enters and leaves each one.
 #[derive(Debug, Default)]
 struct BlockTimer {
-    entered: Option<Instant>,
+    /// The blocks entered and not yet left: scope depth, path, place, start.
+    entered: Vec<(usize, String, Place, Instant)>,
     times: Vec<(String, Place, Duration)>,
 }
 
@@ -50,7 +52,7 @@ impl<'a> CandleOps<'a> {
         }
     }
 
-    /// An inference interpreter that also times each top-level block (see [`Self::block_times`]).
+    /// An inference interpreter that also times each block (see [`Self::block_times`]).
     pub fn timed(store: &'a ParamStore) -> Self {
         CandleOps {
             block_timer: Some(BlockTimer::default()),
@@ -58,8 +60,9 @@ impl<'a> CandleOps<'a> {
         }
     }
 
-    /// Time spent in each top-level block with its place in the structure, in execution order
-    /// (empty unless built with [`Self::timed`]).
+    /// Time spent in each block (a res block, transformer stack, sampler, embedding or in/out
+    /// conv) with its path and place in the structure, in execution order (empty unless built with
+    /// [`Self::timed`]).
     pub fn block_times(&self) -> &[(String, Place, Duration)] {
         self.block_timer.as_ref().map_or(&[], |t| &t.times)
     }
@@ -188,26 +191,36 @@ impl Ops for CandleOps<'_> {
     }
 
     fn push_scope(&mut self, name: &str, role: Option<Role>) {
-        if self.scope.depth() == 0 && self.block_timer.is_some() {
+        self.scope.push(name, role);
+        if matches!(role, Some(Role::Block(_))) && self.block_timer.is_some() {
             self.sync();
+            let entry = (
+                self.scope.depth(),
+                self.scope.path(),
+                self.scope.place(),
+                Instant::now(),
+            );
             if let Some(t) = &mut self.block_timer {
-                t.entered = Some(Instant::now());
+                t.entered.push(entry);
             }
         }
-        self.scope.push(name, role);
     }
 
     fn pop_scope(&mut self) {
-        let place = self.scope.place();
-        let left = self.scope.pop();
-        if self.scope.depth() == 0 && self.block_timer.is_some() {
+        let depth = self.scope.depth();
+        let leaves_block = self
+            .block_timer
+            .as_ref()
+            .and_then(|t| t.entered.last())
+            .is_some_and(|(d, ..)| *d == depth);
+        if leaves_block {
             self.sync();
-            if let (Some(t), Some(name)) = (&mut self.block_timer, left) {
-                if let Some(start) = t.entered.take() {
-                    t.times.push((name, place, start.elapsed()));
-                }
+            if let Some(t) = &mut self.block_timer {
+                let (_, path, place, start) = t.entered.pop().expect("checked");
+                t.times.push((path, place, start.elapsed()));
             }
         }
+        self.scope.pop();
     }
 
     fn param(&mut self, name: &str, shape: &[usize], _init: Init) -> Result<Tensor, ModelError> {
