@@ -58,14 +58,8 @@ pub fn measurements_frame(rows: &[Measurement]) -> Result<DataFrame, ReportError
 
 /// Writes `dir/stem.csv`, `dir/stem.parquet` and `dir/stem.md`.
 pub fn write_tables(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<(), ReportError> {
-    atomic_write(&dir.join(format!("{stem}.csv")), |out| {
-        CsvWriter::new(out).finish(df)?;
-        Ok(())
-    })?;
-    atomic_write(&dir.join(format!("{stem}.parquet")), |out| {
-        ParquetWriter::new(out).finish(df)?;
-        Ok(())
-    })?;
+    write_csv(df, &dir.join(format!("{stem}.csv")))?;
+    write_parquet(df, &dir.join(format!("{stem}.parquet")))?;
     let md = to_markdown(df);
     atomic_write(&dir.join(format!("{stem}.md")), |out| {
         use std::io::Write;
@@ -74,6 +68,14 @@ pub fn write_tables(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<(), Re
                 path: format!("{stem}.md"),
                 source,
             })
+    })
+}
+
+/// Writes one DataFrame as CSV, atomically.
+pub fn write_csv(df: &mut DataFrame, path: &Path) -> Result<(), ReportError> {
+    atomic_write(path, |out| {
+        CsvWriter::new(out).finish(df)?;
+        Ok(())
     })
 }
 

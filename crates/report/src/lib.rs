@@ -10,10 +10,12 @@ mod plots;
 
 pub use files::{atomic_write, write_text};
 pub use frame::{
-    measurements_frame, read_csv, read_parquet, to_markdown, write_parquet, write_tables,
-    Measurement,
+    measurements_frame, read_csv, read_parquet, to_markdown, write_csv, write_parquet,
+    write_tables, Measurement,
 };
-pub use plots::{effects, grouped_bars, lines, scatter, stacked_bars, Effect, Point, Series};
+pub use plots::{
+    cloud, effects, grouped_bars, lines, scatter, stacked_bars, Effect, Point, Series,
+};
 
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]

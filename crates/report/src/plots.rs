@@ -460,6 +460,10 @@ struct Scatter<'a> {
     x_label: &'a str,
     y_label: &'a str,
     points: &'a [Point],
+    /// Unlabelled points drawn small and grey beneath the numbered ones.
+    background: &'a [(f64, f64)],
+    /// Draw the line y = x (predicted against measured).
+    diagonal: bool,
 }
 
 /// One point of a [`scatter`] plot.
@@ -529,11 +533,17 @@ impl Chart for Scatter<'_> {
         let (w, _) = root.dim_in_pixel();
         let (plot, key) = root.split_horizontally(w.saturating_sub(key_width));
         let err = |p: &Point| p.y_err.unwrap_or(0.0);
-        let xs = fitted(self.points.iter().map(|p| p.x));
+        let xs = fitted(
+            self.points
+                .iter()
+                .map(|p| p.x)
+                .chain(self.background.iter().map(|b| b.0)),
+        );
         let ys = fitted(
             self.points
                 .iter()
-                .flat_map(|p| [p.y - err(p), p.y + err(p)]),
+                .flat_map(|p| [p.y - err(p), p.y + err(p)])
+                .chain(self.background.iter().map(|b| b.1)),
         );
         let mut chart = ChartBuilder::on(&plot)
             .margin(12)
@@ -550,6 +560,30 @@ impl Chart for Scatter<'_> {
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(plot_err)?;
+        chart
+            .draw_series(
+                self.background
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 2, RGBColor(190, 190, 190).filled())),
+            )
+            .map_err(plot_err)?;
+        if self.diagonal {
+            let lo = xs.start.max(ys.start);
+            let hi = xs.end.min(ys.end);
+            if lo < hi {
+                chart
+                    .draw_series(LineSeries::new(
+                        [(lo, lo), (hi, hi)],
+                        RGBColor(120, 120, 120).stroke_width(1),
+                    ))
+                    .map_err(plot_err)?
+                    .label("y = x")
+                    .legend(|(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], RGBColor(120, 120, 120))
+                    });
+                legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+            }
+        }
         let mut front: Vec<(f64, f64)> = self
             .points
             .iter()
@@ -620,6 +654,31 @@ pub fn scatter(
             x_label,
             y_label,
             points,
+            background: &[],
+            diagonal: false,
+        },
+    )
+}
+
+/// A [`scatter`] of numbered points over a cloud of unlabelled ones (e.g. a search's front over
+/// every feasible candidate), optionally with the line y = x (e.g. predicted against measured).
+pub fn cloud(
+    stem: &Path,
+    (title, x_label, y_label): (&str, &str, &str),
+    background: &[(f64, f64)],
+    points: &[Point],
+    diagonal: bool,
+) -> Result<(), ReportError> {
+    not_empty(stem, points)?;
+    render(
+        stem,
+        &Scatter {
+            title,
+            x_label,
+            y_label,
+            points,
+            background,
+            diagonal,
         },
     )
 }
