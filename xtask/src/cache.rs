@@ -1,15 +1,19 @@
-//! Measurements cached by config hash and measurement conditions, one JSON file each, written
-//! atomically: an interrupted run keeps everything it finished, and a re-run measures only what is
-//! new or changed. The conditions include the identity of the source code that measures
-//! (`unetlab_provenance::Code`), so a build with other kernels or another trainer never reuses
-//! an older build's numbers; a change to report-only code (tables, plots) keeps them.
+//! Measurements cached by config hash and measurement conditions (by `ablate` and `search`), one
+//! JSON file each, written atomically: an interrupted run keeps everything it finished, and a
+//! re-run measures only what is new or changed. The conditions include the identity of the source
+//! code that measures (`unetlab_provenance::Code`), so a build with other kernels or another
+//! trainer never reuses an older build's numbers; a change to report-only code (tables, plots)
+//! keeps them.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use candle_core::{DType, Device};
 use serde::{de::DeserializeOwned, Serialize};
-use unetlab_bench::BenchResult;
+use unetlab_bench::{bench, progress_bar, BenchOptions, BenchResult, DeviceArgs, Machine};
+use unetlab_provenance::Code;
 use unetlab_report::{atomic_write, ReportError};
+use unetlab_spec::Config;
 
 /// Everything a latency depends on besides the network.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -100,6 +104,91 @@ impl Cache {
     }
 }
 
+/// How one config is timed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    /// Latent height = width.
+    pub latent_size: usize,
+    /// Untimed forwards first.
+    pub warmup: usize,
+    /// Timed forwards.
+    pub runs: usize,
+    /// Stop after this many seconds once 3 runs are done.
+    pub max_seconds: f64,
+    /// Also time every block.
+    pub per_block: bool,
+}
+
+/// Times `config` (batch 1, its own token count) on the device, or takes the result from the
+/// cache when the same code measured it under the same conditions; returns it and whether it was
+/// cached. A failed measurement is the error's text (the caller's row records it).
+pub fn cached_bench(
+    config: &Config,
+    timing: &Timing,
+    (run_on, device, dtype): (&DeviceArgs, &Device, DType),
+    (cache, force): (&Cache, bool),
+    machine: &Machine,
+    label: &str,
+) -> Result<(BenchResult, bool), String> {
+    let tokens = config.spec.text_tokens;
+    let conditions = BenchConditions {
+        latent_size: timing.latent_size,
+        batch: 1,
+        tokens,
+        dtype: run_on.dtype.clone(),
+        device: run_on.device.clone(),
+        threads: machine.threads,
+        warmup: timing.warmup,
+        runs: timing.runs,
+        max_seconds: timing.max_seconds,
+        per_block: timing.per_block,
+        cpu_model: machine.cpu_model.clone(),
+        code: Code::Latency.identity().into(),
+    };
+    let hash = config.hash();
+    if let Some(cached) = cache.get(&hash, &conditions).filter(|_| !force) {
+        eprintln!(
+            "{label}: cached (measured by {} at {})",
+            cached.provenance.build.label(),
+            cached.provenance.measured_utc
+        );
+        return Ok((cached, true));
+    }
+    let opts = BenchOptions {
+        batch: 1,
+        latent_size: timing.latent_size,
+        tokens,
+        warmup: timing.warmup,
+        runs: timing.runs,
+        max_seconds: timing.max_seconds,
+        per_block: timing.per_block,
+        profile: false,
+        dtype,
+        device: device.clone(),
+        device_name: run_on.device.clone(),
+        seed: 0,
+    };
+    let (bar, mut update) = progress_bar(label);
+    let result = bench(config, &opts, &mut update);
+    bar.finish_and_clear();
+    match result {
+        Ok(r) => {
+            cache
+                .put(&hash, &conditions, &r)
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "{label}: median {:.3} s ({:.1} GFLOP/s)",
+                r.median_s, r.achieved_gflops_per_s
+            );
+            Ok((r, false))
+        }
+        Err(e) => {
+            eprintln!("{label}: FAILED: {e}");
+            Err(e.to_string())
+        }
+    }
+}
+
 fn key(conditions: &BenchConditions) -> Vec<u8> {
     serde_json::to_vec(conditions).expect("conditions serialise")
 }
@@ -107,7 +196,7 @@ fn key(conditions: &BenchConditions) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use unetlab_provenance::{Code, Provenance};
+    use unetlab_provenance::Provenance;
 
     fn conditions(code: &str) -> BenchConditions {
         BenchConditions {
@@ -146,7 +235,7 @@ mod tests {
             per_block: Vec::new(),
             profile: Vec::new(),
             gemm_peak_gflops_per_s: None,
-            machine: unetlab_bench::Machine::current(),
+            machine: Machine::current(),
             provenance: Provenance::now(Code::Latency),
         }
     }

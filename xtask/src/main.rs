@@ -1,12 +1,14 @@
 //! Project automation: `cargo xtask <command>`.
 
 mod ablate;
+mod cache;
 mod docs;
 mod export_results;
 mod fuzz;
 mod onnx_check;
 mod peer_bench;
 mod recipe;
+mod search;
 mod setup;
 mod tools;
 
@@ -59,6 +61,10 @@ enum Command {
     /// ablations/recipe.yaml) with quality scored along the way; curves against images seen,
     /// a table, plots and README in `results/<study>/`. Resumable: finished runs are read.
     Recipe(recipe::RecipeArgs),
+    /// Walk a search file's design space (searches/*.yaml): count every candidate, predict its
+    /// latency from a per-block table measured here, and write the Pareto front as configs ready
+    /// for ablate, bench and export, in `results/<name>/`. Resumable: measurements are cached.
+    Search(search::SearchArgs),
     /// The test suite: setup, `cargo test --workspace --release`, then `onnx-check`.
     Test,
 }
@@ -72,6 +78,7 @@ fn main() -> Result<()> {
         Command::OnnxCheck(args) => onnx_check::run(&args),
         Command::PeerBench(args) => peer_bench::run(&args),
         Command::Recipe(args) => recipe::run(&args, docs::workspace()),
+        Command::Search(args) => search::run(&args, docs::workspace()),
         Command::Test => test(),
     }
 }

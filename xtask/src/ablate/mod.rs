@@ -1,6 +1,5 @@
 //! `cargo xtask ablate`: count and time every config, then write tables, plots and `run.json`.
 
-mod cache;
 mod claims;
 mod origins;
 mod output;
@@ -12,12 +11,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use candle_core::{DType, Device};
-use unetlab_bench::{bench, progress_bar, BenchOptions, BenchResult, DeviceArgs, Machine};
+use unetlab_bench::{BenchResult, DeviceArgs, Machine};
 use unetlab_cost::{count, Conditions, CostReport};
 use unetlab_spec::Config;
 
-use cache::{BenchConditions, Cache};
-use unetlab_provenance::{now_utc, Build, Code};
+use crate::cache::{cached_bench, Cache, Timing};
+use unetlab_provenance::{now_utc, Build};
 
 /// How much measuring to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -31,7 +30,7 @@ pub enum Budget {
 }
 
 impl Budget {
-    fn latent_size(self, levels: usize) -> usize {
+    pub(crate) fn latent_size(self, levels: usize) -> usize {
         match self {
             Budget::Smoke => (1usize << levels.saturating_sub(1)).max(8),
             Budget::Quick | Budget::Full => 64,
@@ -39,7 +38,7 @@ impl Budget {
     }
 
     /// (warm-up, runs, max seconds)
-    fn timing(self) -> (usize, usize, f64) {
+    pub(crate) fn timing(self) -> (usize, usize, f64) {
         match self {
             Budget::Smoke => (0, 3, 5.0),
             Budget::Quick => (1, 3, 60.0),
@@ -47,7 +46,7 @@ impl Budget {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Budget::Smoke => "smoke",
             Budget::Quick => "quick",
@@ -215,74 +214,31 @@ fn measure(
 ) -> Result<Row> {
     let (warmup, runs, max_seconds) = args.budget.timing();
     let latent_size = args.budget.latent_size(config.spec.levels.len());
-    let tokens = config.spec.text_tokens;
     let cost = count(
         &config.spec,
         Conditions {
             batch: 1,
             latent_size,
-            tokens,
+            tokens: config.spec.text_tokens,
         },
     )?;
-    let conditions = BenchConditions {
+    let timing = Timing {
         latent_size,
-        batch: 1,
-        tokens,
-        dtype: args.run_on.dtype.clone(),
-        device: args.run_on.device.clone(),
-        threads: machine.threads,
         warmup,
         runs,
         max_seconds,
         per_block: true,
-        cpu_model: machine.cpu_model.clone(),
-        code: Code::Latency.identity().into(),
     };
-    let hash = config.hash();
-    let cached = cache.get(&hash, &conditions).filter(|_| !args.force);
-    let bench_cached = cached.is_some();
-    let bench = match cached {
-        Some(cached) => {
-            eprintln!(
-                "{label}: cached (measured by {} at {})",
-                cached.provenance.build.label(),
-                cached.provenance.measured_utc
-            );
-            Ok(cached)
-        }
-        None => {
-            let opts = BenchOptions {
-                batch: 1,
-                latent_size,
-                tokens,
-                warmup,
-                runs,
-                max_seconds,
-                per_block: true,
-                profile: false,
-                dtype,
-                device: device.clone(),
-                device_name: args.run_on.device.clone(),
-                seed: 0,
-            };
-            let (bar, mut update) = progress_bar(label);
-            let result = bench(&config, &opts, &mut update);
-            bar.finish_and_clear();
-            match result {
-                Ok(r) => {
-                    cache.put(&hash, &conditions, &r)?;
-                    eprintln!(
-                        "{label}: median {:.3} s ({:.1} GFLOP/s)",
-                        r.median_s, r.achieved_gflops_per_s
-                    );
-                    Ok(r)
-                }
-                Err(e) => {
-                    eprintln!("{label}: FAILED: {e}");
-                    Err(e.to_string())
-                }
-            }
-        }
+    let (bench, bench_cached) = match cached_bench(
+        &config,
+        &timing,
+        (&args.run_on, device, dtype),
+        (cache, args.force),
+        machine,
+        label,
+    ) {
+        Ok((result, cached)) => (Ok(result), cached),
+        Err(e) => (Err(e), false),
     };
     Ok(Row {
         config,

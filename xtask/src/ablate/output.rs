@@ -575,7 +575,7 @@ fn plots(out: &Path, rows: &[Row]) -> Result<()> {
             .collect();
         stacked_bars(
             &out.join("per_block"),
-            "Latency per top-level block (medians)",
+            "Latency per stage (sums of per-block medians)",
             &format!("seconds ({conditions})"),
             &names,
             &series,

@@ -23,7 +23,7 @@ use unetlab_train::evaluator::{Evaluator, EvaluatorRecipe};
 use unetlab_train::metrics::MetricOptions;
 use unetlab_train::{Budget, Recipe, RunSummary};
 
-use super::cache::Cache;
+use crate::cache::Cache;
 
 /// How the configs are trained.
 pub struct TrainPlan {

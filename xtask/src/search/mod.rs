@@ -1,0 +1,195 @@
+//! `cargo xtask search`: from a search file to a Pareto front of real configs.
+//!
+//! The space is walked by the file's strategy, every candidate counted by the cost interpreter in
+//! parallel; latency comes from a per-block table measured on this machine (`latency.rs`: the
+//! base and `compare` configs first, then the front's candidates whose blocks the table lacks,
+//! then a check against whole-forward benchmarks of configs the table did not see); the outputs
+//! are written by `output.rs`. Measurements are cached in `<out>/cache/` by config hash and
+//! conditions, so an interrupted search resumes where it stopped.
+
+mod latency;
+mod output;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use unetlab_bench::Machine;
+use unetlab_provenance::{now_utc, Build};
+use unetlab_search::{evaluate_reference, Evaluated, Exploration, Explorer, SearchFile, Strategy};
+use unetlab_spec::Config;
+
+use crate::ablate::Budget;
+use crate::cache::Cache;
+
+/// Walk a search file's space, predict latency from a measured per-block table, and write the
+/// Pareto front as configs ready for `ablate`, `bench` and `export`.
+///
+/// Output in `results/<name>/` (or --out): candidates.{csv,parquet} (one row per distinct
+/// config), front/*.yaml, pareto.{svg,png}, predictor.{svg,png} and predictor.{csv,parquet}
+/// (when latency is measured), run.json and README.md. Latency measurements are cached in
+/// <out>/cache, so an interrupted search resumes where it stopped.
+#[derive(clap::Args)]
+pub struct SearchArgs {
+    /// The search file (searches/*.yaml; the format is in searches/README.md).
+    file: PathBuf,
+    /// How much to measure: `smoke` counts and times at the smallest latent the configs allow
+    /// (minutes, for tests), `quick` at the file's latent size with 1 warm-up + 3 runs, `full`
+    /// with 2 warm-ups + 10 runs.
+    #[arg(long, value_enum, default_value_t = Budget::Quick)]
+    budget: Budget,
+    /// Output folder (default: `results/<name>` in the workspace).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Measure again even what is cached.
+    #[arg(long)]
+    force: bool,
+    /// CPU threads for counting and timing (default: all).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// A config outside the space, placed beside the candidates.
+pub struct Reference {
+    /// The config.
+    pub config: Config,
+    /// Counted, predicted, judged.
+    pub evaluated: Evaluated,
+}
+
+/// Runs `cargo xtask search`.
+pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
+    let mut file = SearchFile::load(&args.file).map_err(|e| anyhow!("{e}"))?;
+    let references = reference_configs(&file)?;
+    if args.budget == Budget::Smoke {
+        file.latent_size = references
+            .iter()
+            .map(|c| args.budget.latent_size(c.spec.levels.len()))
+            .max()
+            .unwrap_or(file.latent_size);
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| workspace.join("results").join(&file.name));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let cache = Cache::open(&out)?;
+    let (build, started) = (Build::current(), now_utc());
+
+    let mut explorer = Explorer::new(&file);
+    let mut stage = match &file.latency {
+        Some(settings) => Some(latency::Stage::open(
+            settings,
+            (args.budget, file.latent_size, args.threads),
+            (&cache, args.force),
+        )?),
+        None => {
+            unetlab_bench::DeviceArgs {
+                device: "cpu".into(),
+                dtype: "f32".into(),
+                threads: args.threads,
+            }
+            .open()
+            .map_err(|e| anyhow!(e))?;
+            None
+        }
+    };
+    let machine = Machine::current();
+    let (exploration, walk_seconds) = match &mut stage {
+        Some(stage) => {
+            for config in &references {
+                stage.probe(&file, config)?;
+            }
+            stage.cover_front(&file, &mut explorer)?
+        }
+        None => explore(&file, &mut explorer, None),
+    };
+    let predictor = stage.as_ref().map(|s| s.table.predictor());
+    let references = references
+        .into_iter()
+        .map(|config| {
+            let evaluated = evaluate_reference(&file, &config, predictor.as_ref())?;
+            Ok(Reference { config, evaluated })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let check = match &mut stage {
+        Some(stage) => Some(stage.check(&file, &exploration)?),
+        None => None,
+    };
+    output::write(
+        &out,
+        &file,
+        &output::Found {
+            exploration: &exploration,
+            speed: output::Speed {
+                genomes_counted: explorer.genomes_counted(),
+                configs_counted: explorer.configs_counted(),
+                counting_seconds: explorer.counting_seconds,
+                walk_seconds,
+            },
+            references: &references,
+            stage: stage.as_ref(),
+            check: check.as_deref(),
+        },
+        (args.budget, &machine, &build, &started),
+    )?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The base config and the `compare` configs, each once.
+fn reference_configs(file: &SearchFile) -> Result<Vec<Config>> {
+    let mut out = vec![Config::from_tree(file.space.base.clone()).map_err(|e| anyhow!("{e}"))?];
+    for r in &file.compare {
+        let c = Config::load(r).with_context(|| format!("loading {r}"))?;
+        if !out.iter().any(|o| o.hash() == c.hash()) {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Walks the space once with a progress bar; returns what it found and the seconds it took.
+pub fn explore(
+    file: &SearchFile,
+    explorer: &mut Explorer<'_>,
+    predictor: Option<&unetlab_search::Predictor>,
+) -> (Exploration, f64) {
+    let expected = match file.strategy {
+        Strategy::Exhaustive => file.space.size() as u64,
+        Strategy::Random { samples, .. } => (samples as u128).min(file.space.size()) as u64,
+        Strategy::Evolutionary {
+            population,
+            generations,
+            ..
+        } => (population * (generations + 1)) as u64,
+    };
+    let bar = ProgressBar::new(expected);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} genomes ({per_sec}, {eta} left)",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("search");
+    let started = Instant::now();
+    let exploration = explorer.run(predictor, &|n| bar.set_position(n as u64));
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{}: {} genomes in {seconds:.1} s: {} distinct configs counted, {} feasible, {} on the front",
+        file.name,
+        exploration.evaluated,
+        exploration.candidates.len(),
+        exploration.feasible(),
+        exploration.front().len()
+    );
+    (exploration, seconds)
+}
+
+/// A candidate's name: the search's and the first 8 digits of its config hash.
+pub fn candidate_name(file: &SearchFile, hash: &str) -> String {
+    format!("{}-{}", file.name, &hash[..8])
+}
