@@ -11,6 +11,7 @@ mod recipe;
 mod search;
 mod setup;
 mod tools;
+mod training;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

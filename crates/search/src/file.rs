@@ -63,7 +63,7 @@ struct ObjectivesText {
 }
 
 /// Limits on one metric: `min`, `max`, or `near` a value `within` a relative tolerance.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bound {
     /// Smallest allowed value.
@@ -74,6 +74,11 @@ pub struct Bound {
     pub near: Option<f64>,
     /// Relative tolerance around `near` (0.02 = ±2 %).
     pub within: Option<f64>,
+    /// The largest allowed value is this reference config's (the base or a `compare` config, by
+    /// name): its measured latency, or its count. Resolved once the references are measured.
+    pub max_of: Option<String>,
+    /// The smallest allowed value is this reference config's.
+    pub min_of: Option<String>,
 }
 
 impl Bound {
@@ -101,7 +106,31 @@ impl Bound {
         }
     }
 
-    fn check(&self, path: &str, errors: &mut Vec<FieldError>) {
+    fn check(&self, path: &str, references: &[String], errors: &mut Vec<FieldError>) {
+        for (field, name, plain) in [
+            ("max_of", &self.max_of, self.max),
+            ("min_of", &self.min_of, self.min),
+        ] {
+            let Some(name) = name else { continue };
+            if plain.is_some() || self.near.is_some() {
+                errors.push(FieldError::new(
+                    format!("{path}.{field}"),
+                    "give the limit once: a number or a reference",
+                ));
+            }
+            if !references.contains(name) {
+                errors.push(FieldError::new(
+                    format!("{path}.{field}"),
+                    format!(
+                        "{name} is not the base or a compare config (those are: {})",
+                        references.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.max_of.is_some() || self.min_of.is_some() {
+            return;
+        }
         let ranged = self.min.is_some() || self.max.is_some();
         match (self.near, self.within) {
             (Some(_), Some(w)) if !ranged && (0.0..1.0).contains(&w) => {}
@@ -322,8 +351,33 @@ impl SearchFile {
         let mut errors = Vec::new();
         let axes = axes(&file.axes, &base, &mut errors);
         let objectives = objectives(&file.objectives, &mut errors);
+        let mut reference_names = vec![base_config.name.clone()];
+        let compare: Vec<String> = file
+            .compare
+            .iter()
+            .map(|r| config_reference(r, dir))
+            .collect();
+        for (i, r) in compare.iter().enumerate() {
+            match unetlab_spec::Config::load(r) {
+                Ok(c) => reference_names.push(c.name),
+                Err(e) => errors.push(FieldError::new(format!("compare[{i}]"), e.to_string())),
+            }
+        }
         for (m, b) in &file.constraints {
-            b.check(&format!("constraints.{m}"), &mut errors);
+            b.check(&format!("constraints.{m}"), &reference_names, &mut errors);
+            if b.max_of.is_some() || b.min_of.is_some() {
+                if m.needs_training() {
+                    errors.push(FieldError::new(
+                        format!("constraints.{m}"),
+                        "a quality limit cannot come from a reference (it is known only after training)",
+                    ));
+                } else if *m == Metric::LatencyS && file.latency.is_none() {
+                    errors.push(FieldError::new(
+                        format!("constraints.{m}"),
+                        "a reference's latency needs a latency section",
+                    ));
+                }
+            }
         }
         let used: Vec<Metric> = objectives
             .iter()
@@ -347,16 +401,6 @@ impl SearchFile {
         }
         check_strategy(&file.strategy, &axes, &mut errors);
         check_stages(&file, &mut errors);
-        let compare: Vec<String> = file
-            .compare
-            .iter()
-            .map(|r| config_reference(r, dir))
-            .collect();
-        for (i, r) in compare.iter().enumerate() {
-            if let Err(e) = unetlab_spec::Config::load(r) {
-                errors.push(FieldError::new(format!("compare[{i}]"), e.to_string()));
-            }
-        }
         if !errors.is_empty() {
             return Err(invalid(errors));
         }
@@ -381,6 +425,23 @@ impl SearchFile {
             quality: file.quality,
             compare,
         })
+    }
+
+    /// Replaces every `max_of` / `min_of` limit by the named reference's value of the metric
+    /// (`value(name, metric)`); fails if a value is unknown.
+    pub fn resolve_limits(
+        &mut self,
+        value: impl Fn(&str, Metric) -> Option<f64>,
+    ) -> Result<(), String> {
+        for (m, b) in &mut self.constraints {
+            if let Some(name) = b.max_of.take() {
+                b.max = Some(value(&name, *m).ok_or(format!("{m} of {name} is not known"))?);
+            }
+            if let Some(name) = b.min_of.take() {
+                b.min = Some(value(&name, *m).ok_or(format!("{m} of {name} is not known"))?);
+            }
+        }
+        Ok(())
     }
 
     /// The objectives the structural stage optimises: those that need no training.

@@ -189,11 +189,13 @@ impl<'f> Explorer<'f> {
 }
 
 /// A config from outside the space (the base, a `compare` config) counted, predicted and judged
-/// like a candidate (its genome is empty).
+/// like a candidate (its genome is empty); with `measured` latency (it was benchmarked whole),
+/// that is its `latency_s`, the prediction kept beside it.
 pub fn evaluate_reference(
     file: &SearchFile,
     config: &unetlab_spec::Config,
     predictor: Option<&Predictor>,
+    measured: Option<f64>,
 ) -> Result<Evaluated, unetlab_cost::CostError> {
     let cost = unetlab_cost::count(
         &config.spec,
@@ -209,7 +211,13 @@ pub fn evaluate_reference(
         values: Values::counted(&config.spec, &cost),
         blocks: cost.blocks().to_vec(),
     };
-    Ok(assess(file, &file.cost_objectives(), candidate, predictor))
+    let objectives = file.cost_objectives();
+    let mut evaluated = assess(file, &objectives, candidate, predictor);
+    if let Some(seconds) = measured {
+        evaluated.candidate.values.set(Metric::LatencyS, seconds);
+        evaluated.fitness = fitness(file, &objectives, &evaluated.candidate.values);
+    }
+    Ok(evaluated)
 }
 
 impl Exploration {

@@ -5,7 +5,6 @@ mod origins;
 mod output;
 mod ranking;
 pub(crate) mod study;
-mod training;
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +15,7 @@ use unetlab_cost::{count, Conditions, CostReport};
 use unetlab_spec::Config;
 
 use crate::cache::{cached_bench, Cache, Timing};
+use crate::training;
 use unetlab_provenance::{now_utc, Build};
 
 /// How much measuring to do.
@@ -55,7 +55,7 @@ impl Budget {
     }
 
     /// The training recipe of the same name.
-    fn training(self) -> unetlab_train::Budget {
+    pub(crate) fn training(self) -> unetlab_train::Budget {
         match self {
             Budget::Smoke => unetlab_train::Budget::Smoke,
             Budget::Quick => unetlab_train::Budget::Quick,
@@ -268,6 +268,7 @@ fn train_rows(
         jobs: args.jobs.unwrap_or((cores / threads).max(1)),
         threads,
         lr: args.lr,
+        steps: None,
         runs: args
             .runs
             .clone()

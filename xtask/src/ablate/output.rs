@@ -17,8 +17,8 @@ use unetlab_train::RunSummary;
 use super::claims;
 use super::origins;
 use super::ranking;
-use super::training::Run;
 use super::{AblateArgs, Row};
+use crate::training::Run;
 use unetlab_provenance::{Build, Provenance};
 
 use polars::prelude::{Column, DataFrame};

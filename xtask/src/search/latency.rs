@@ -159,6 +159,14 @@ impl<'c> Stage<'c> {
         Ok(())
     }
 
+    /// The whole-forward median of a probed config, by hash.
+    pub fn measured(&self, hash: &str) -> Option<f64> {
+        self.probes
+            .iter()
+            .find(|p| p.hash == hash)
+            .map(|p| p.result.median_s)
+    }
+
     fn bench(&self, config: &Config, per_block: bool, label: &str) -> Result<(BenchResult, bool)> {
         let timing = Timing {
             per_block,

@@ -9,6 +9,7 @@
 
 mod latency;
 mod output;
+mod quality;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,7 +18,9 @@ use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use unetlab_bench::Machine;
 use unetlab_provenance::{now_utc, Build};
-use unetlab_search::{evaluate_reference, Evaluated, Exploration, Explorer, SearchFile, Strategy};
+use unetlab_search::{
+    evaluate_reference, Evaluated, Exploration, Explorer, Metric, SearchFile, Strategy,
+};
 use unetlab_spec::Config;
 
 use crate::ablate::Budget;
@@ -77,10 +80,9 @@ pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
     let cache = Cache::open(&out)?;
     let (build, started) = (Build::current(), now_utc());
 
-    let mut explorer = Explorer::new(&file);
-    let mut stage = match &file.latency {
+    let mut stage = match file.latency.clone() {
         Some(settings) => Some(latency::Stage::open(
-            settings,
+            &settings,
             (args.budget, file.latent_size, args.threads),
             (&cache, args.force),
         )?),
@@ -96,25 +98,45 @@ pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
         }
     };
     let machine = Machine::current();
-    let (exploration, walk_seconds) = match &mut stage {
-        Some(stage) => {
-            for config in &references {
-                stage.probe(&file, config)?;
-            }
-            stage.cover_front(&file, &mut explorer)?
+    if let Some(stage) = &mut stage {
+        for config in &references {
+            stage.probe(&file, config)?;
         }
+    }
+    resolve_limits(&mut file, &references, stage.as_ref())?;
+
+    let mut explorer = Explorer::new(&file);
+    let (mut exploration, walk_seconds) = match &mut stage {
+        Some(stage) => stage.cover_front(&file, &mut explorer)?,
         None => explore(&file, &mut explorer, None),
     };
     let predictor = stage.as_ref().map(|s| s.table.predictor());
-    let references = references
+    let mut references = references
         .into_iter()
         .map(|config| {
-            let evaluated = evaluate_reference(&file, &config, predictor.as_ref())?;
+            let measured = stage.as_ref().and_then(|s| s.measured(&config.hash()));
+            let evaluated = evaluate_reference(&file, &config, predictor.as_ref(), measured)?;
             Ok(Reference { config, evaluated })
         })
         .collect::<Result<Vec<_>>>()?;
     let check = match &mut stage {
         Some(stage) => Some(stage.check(&file, &exploration)?),
+        None => None,
+    };
+    let quality = match &file.quality {
+        Some(q) => {
+            let configs: Vec<Config> = references.iter().map(|r| r.config.clone()).collect();
+            let setup = quality::Setup {
+                budget: args.budget,
+                cache: &cache,
+                out: &out,
+                workspace: &workspace,
+                force: args.force,
+            };
+            let result = quality::run(&file, q, &exploration, &configs, &setup)?;
+            record_quality(&result, &mut exploration, &mut references);
+            Some(result)
+        }
         None => None,
     };
     output::write(
@@ -131,11 +153,59 @@ pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
             references: &references,
             stage: stage.as_ref(),
             check: check.as_deref(),
+            quality: quality.as_ref(),
         },
         (args.budget, &machine, &build, &started),
     )?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// Sets every limit given as a reference's value (`max_of: mobilediffusion`): its measured
+/// latency (a probe), or its count.
+fn resolve_limits(
+    file: &mut SearchFile,
+    references: &[Config],
+    stage: Option<&latency::Stage<'_>>,
+) -> Result<()> {
+    let counted: Vec<(String, Evaluated)> = references
+        .iter()
+        .map(|c| {
+            let measured = stage.and_then(|s| s.measured(&c.hash()));
+            Ok((c.name.clone(), evaluate_reference(file, c, None, measured)?))
+        })
+        .collect::<Result<_>>()?;
+    let value = |name: &str, m: Metric| {
+        let (_, e) = counted.iter().find(|(n, _)| n == name)?;
+        e.candidate.values.get(m)
+    };
+    file.resolve_limits(value).map_err(|e| {
+        anyhow!(
+            "{}: {e} (is the probe budget spent before it?)",
+            file.origin.display()
+        )
+    })
+}
+
+/// Puts each trained config's quality at the highest rung it reached into its values.
+fn record_quality(
+    q: &quality::Quality,
+    exploration: &mut Exploration,
+    references: &mut [Reference],
+) {
+    let evaluated = exploration
+        .candidates
+        .iter_mut()
+        .chain(references.iter_mut().map(|r| &mut r.evaluated));
+    for e in evaluated {
+        if let Some((_, run)) = q.highest(&e.candidate.hash) {
+            for m in Metric::ALL.into_iter().filter(|m| m.needs_training()) {
+                if let Some(v) = quality::metric(run, m) {
+                    e.candidate.values.set(m, v);
+                }
+            }
+        }
+    }
 }
 
 /// The base config and the `compare` configs, each once.

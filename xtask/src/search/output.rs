@@ -13,6 +13,7 @@ use unetlab_report::{cloud, to_markdown, write_csv, write_parquet, write_text, P
 use unetlab_search::{Evaluated, Exploration, Metric, Objective, SearchFile};
 
 use super::latency::{CheckRow, Stage};
+use super::quality::{final_objectives, finalists, Finalist, Quality};
 use super::{candidate_name, Reference};
 use crate::ablate::Budget;
 
@@ -46,6 +47,8 @@ pub struct Found<'a> {
     pub stage: Option<&'a Stage<'a>>,
     /// The predictor's check.
     pub check: Option<&'a [CheckRow]>,
+    /// The quality stage's rungs.
+    pub quality: Option<&'a Quality>,
 }
 
 /// Writes every output of the search.
@@ -69,10 +72,19 @@ pub fn write(
         write_parquet(&mut frame, &out.join("predictor.parquet"))?;
         predictor_plot(out, stage, check)?;
     }
+    let finals = match (found.quality, &file.quality) {
+        (Some(q), Some(stage)) => {
+            let trained = trained_entries(file, found);
+            let finals = finalists(file, stage, &trained, q);
+            quality_plot(out, file, stage, &finals)?;
+            Some(finals)
+        }
+        _ => None,
+    };
     let run = run_json(
         file,
         found,
-        &front_names,
+        (&front_names, finals.as_deref()),
         (budget, machine, build, started_utc),
     );
     write_text(&out.join("run.json"), &serde_json::to_string_pretty(&run)?)?;
@@ -147,12 +159,15 @@ fn candidates_frame(
         if m.needs_training() && values.iter().all(Option::is_none) {
             continue;
         }
-        let name = if m == Metric::LatencyS {
-            "latency_predicted_s"
+        if m == Metric::LatencyS {
+            let predicted: Vec<Option<f64>> = rows
+                .iter()
+                .map(|r| r.2.prediction.map(|p| p.seconds))
+                .collect();
+            columns.push(Column::new("latency_predicted_s".into(), predicted));
         } else {
-            m.name()
-        };
-        columns.push(Column::new(name.into(), values));
+            columns.push(Column::new(m.name().into(), values));
+        }
     }
     columns.push(Column::new(
         "latency_fitted_blocks".into(),
@@ -166,6 +181,26 @@ fn candidates_frame(
             .map(|r| measured.get(&r.2.candidate.hash).copied())
             .collect::<Vec<Option<f64>>>(),
     ));
+    if let Some(q) = found.quality {
+        let reached: Vec<Option<(usize, &unetlab_train::RunSummary)>> = rows
+            .iter()
+            .map(|r| q.highest(&r.2.candidate.hash))
+            .collect();
+        columns.push(Column::new(
+            "quality_rung".into(),
+            reached
+                .iter()
+                .map(|h| h.map(|(r, _)| r as u32 + 1))
+                .collect::<Vec<Option<u32>>>(),
+        ));
+        columns.push(Column::new(
+            "trained_steps".into(),
+            reached
+                .iter()
+                .map(|h| h.map(|(_, s)| s.steps))
+                .collect::<Vec<Option<u64>>>(),
+        ));
+    }
     columns.push(Column::new(
         "feasible".into(),
         rows.iter()
@@ -477,7 +512,7 @@ fn error_summary(check: &[CheckRow]) -> (f64, f64) {
 fn run_json(
     file: &SearchFile,
     found: &Found<'_>,
-    front_names: &[String],
+    (front_names, finals): (&[String], Option<&[Finalist]>),
     (budget, machine, build, started_utc): (Budget, &Machine, &Build, &str),
 ) -> Value {
     let x = found.exploration;
@@ -491,7 +526,7 @@ fn run_json(
             json!({
                 "name": r.config.name,
                 "hash": r.config.hash(),
-                "values": values_json(&r.evaluated),
+                "values": values_json(&r.evaluated.candidate.values),
                 "feasible": r.evaluated.fitness.feasible(),
                 "dominated_by": dominating.len(),
                 "dominated_by_examples": dominating.iter().take(5)
@@ -556,14 +591,15 @@ fn run_json(
         },
         "last_walk_seconds": speed.walk_seconds,
         "latency": latency,
+        "quality": quality_json(file, found, finals),
         "references": references,
     })
 }
 
-fn values_json(e: &Evaluated) -> Value {
+fn values_json(values: &unetlab_search::Values) -> Value {
     let mut m = serde_json::Map::new();
     for metric in Metric::ALL {
-        if let Some(v) = e.candidate.values.get(metric) {
+        if let Some(v) = values.get(metric) {
             m.insert(metric.name().into(), json!(v));
         }
     }
@@ -631,6 +667,7 @@ fn readme(
     s.push_str(&references_section(file, found));
     s.push_str(&front_section(file, found, front));
     s.push_str(&latency_section(found, run));
+    s.push_str(&quality_section(file, found, run));
     s.push_str(
         "\n## Files\n\n- `candidates.{csv,parquet}`: one row per distinct config (then the references): \
          hash, the option of each axis, every count, predicted and (where measured) measured latency, \
@@ -828,6 +865,197 @@ fn latency_section(found: &Found<'_>, run: &Value) -> String {
         pct(&check["p90_abs_relative_error"]),
         pct(&check["max_abs_relative_error"])
     ));
+    s
+}
+
+/// Every trained config (candidates, then references) with its name and whether it is a reference.
+fn trained_entries<'a>(file: &SearchFile, found: &Found<'a>) -> Vec<(String, bool, &'a Evaluated)> {
+    found
+        .exploration
+        .candidates
+        .iter()
+        .map(|e| (candidate_name(file, &e.candidate.hash), false, e))
+        .chain(
+            found
+                .references
+                .iter()
+                .map(|r| (r.config.name.clone(), true, &r.evaluated)),
+        )
+        .collect()
+}
+
+fn quality_plot(
+    out: &Path,
+    file: &SearchFile,
+    stage: &unetlab_search::QualityStage,
+    finals: &[Finalist],
+) -> Result<()> {
+    let objectives = final_objectives(file, stage);
+    let (Some(px), Some(py)) = (objectives.first(), objectives.get(1)) else {
+        return Ok(());
+    };
+    let points: Vec<Point> = finals
+        .iter()
+        .filter_map(|f| {
+            let x = plotted(px.metric, f.values.get(px.metric)?);
+            let y = f.values.get(py.metric)?;
+            let name = if f.reference {
+                format!("{} (reference)", f.name)
+            } else {
+                f.name.clone()
+            };
+            Some(Point {
+                on_front: f.on_front,
+                ..Point::new(name, x, y)
+            })
+        })
+        .collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    let better = if py.metric.higher_is_better() {
+        "higher"
+    } else {
+        "lower"
+    };
+    cloud(
+        &out.join("quality"),
+        (
+            &format!(
+                "{}: proxy quality against {} (last rung)",
+                file.name, px.metric
+            ),
+            &axis_label(px.metric, file),
+            &format!("{} (proxy; {better} is better)", py.metric),
+        ),
+        &[],
+        &points,
+        false,
+    )?;
+    Ok(())
+}
+
+fn quality_json(file: &SearchFile, found: &Found<'_>, finals: Option<&[Finalist]>) -> Value {
+    let (Some(q), Some(finals), Some(stage)) = (found.quality, finals, &file.quality) else {
+        return Value::Null;
+    };
+    let runs = |r: &super::quality::Rung| -> Vec<Value> {
+        r.runs
+            .iter()
+            .map(|(name, hash, run)| match run {
+                Ok(s) => json!({
+                    "name": name,
+                    "hash": hash,
+                    "steps": s.steps,
+                    "validation_loss": s.validation_loss,
+                    "fd": super::quality::metric(s, Metric::Fd),
+                    "attribute_alignment": super::quality::metric(s, Metric::AttributeAlignment),
+                    "text_alignment": super::quality::metric(s, Metric::TextAlignment),
+                    "run_hash": s.run_hash,
+                    "build": s.provenance.build.label(),
+                    "measured_utc": s.provenance.measured_utc,
+                }),
+                Err(e) => json!({"name": name, "hash": hash, "error": e}),
+            })
+            .collect()
+    };
+    json!({
+        "metric": q.metric.name(),
+        "final_objectives": final_objectives(file, stage).iter().map(|o| o.to_string()).collect::<Vec<_>>(),
+        "rungs": q.rungs.iter().map(|r| json!({"steps": r.steps, "runs": runs(r)})).collect::<Vec<_>>(),
+        "finalists": finals.iter().map(|f| json!({
+            "name": f.name,
+            "hash": f.hash,
+            "reference": f.reference,
+            "feasible": f.fitness.feasible(),
+            "on_front": f.on_front,
+            "values": values_json(&f.values),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn quality_section(file: &SearchFile, found: &Found<'_>, run: &Value) -> String {
+    let (Some(q), Some(stage)) = (found.quality, &file.quality) else {
+        return String::new();
+    };
+    let mut s = format!(
+        "\n## Quality\n\nSuccessive halving over the front: {} candidates spread along {}; each rung \
+         trains from scratch (seed 0) and promotes the best {:.0} % by {} to a rung with {:.0}x the \
+         steps; the references train at the last rung.\n\n| rung | steps | trained | failed |\n|---|---|---|---|\n",
+        stage.candidates,
+        file.cost_objectives()
+            .first()
+            .map_or("the front".into(), |o| o.metric.to_string()),
+        100.0 * stage.keep,
+        q.metric,
+        1.0 / stage.keep
+    );
+    for (i, r) in q.rungs.iter().enumerate() {
+        let failed = r.runs.iter().filter(|x| x.2.is_err()).count();
+        s.push_str(&format!(
+            "| {} | {} | {} | {failed} |\n",
+            i + 1,
+            r.steps,
+            r.runs.len()
+        ));
+    }
+    let finals = run["quality"]["finalists"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    s.push_str(&format!(
+        "\nThe last rung, judged on {} (`quality.png`; a finalist is on the front when no other \
+         feasible finalist is at least as good on all of them and better on one):\n\n",
+        final_objectives(file, stage)
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let metrics = [
+        Metric::LatencyS,
+        Metric::Params,
+        Metric::Gmacs,
+        Metric::ValidationLoss,
+        Metric::Fd,
+        Metric::AttributeAlignment,
+        Metric::TextAlignment,
+    ];
+    s.push_str("| config | on front | feasible |");
+    for m in metrics {
+        s.push_str(&format!(" {m} |"));
+    }
+    s.push_str("\n|---|---|---|");
+    s.push_str(&"---|".repeat(metrics.len()));
+    s.push('\n');
+    for f in &finals {
+        let flag = |key: &str, yes: &str, no: &str| {
+            if f[key].as_bool() == Some(true) {
+                yes.to_string()
+            } else {
+                no.to_string()
+            }
+        };
+        s.push_str(&format!(
+            "| `{}`{} | {} | {} |",
+            f["name"].as_str().unwrap_or(""),
+            flag("reference", " (reference)", ""),
+            flag("on_front", "yes", ""),
+            flag("feasible", "yes", "no"),
+        ));
+        for m in metrics {
+            let v = f["values"][m.name()].as_f64();
+            s.push_str(&format!(
+                " {} |",
+                v.map_or("–".into(), |v| format_value(m, v))
+            ));
+        }
+        s.push('\n');
+    }
+    s.push_str(
+        "\nProxy quality at this budget is noisy (`results/ablate` measures its seed spread): a \
+         difference smaller than that spread is not a ranking.\n",
+    );
     s
 }
 

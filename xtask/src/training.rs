@@ -1,6 +1,6 @@
-//! The quality side of `ablate`: every config's proxy trained and scored by `unetlab train`, one
-//! process per run and `jobs` runs at a time (two single-threaded runs train 1.3-1.5x as many
-//! images per second as one run on two threads). Finished runs are cached by config and
+//! The quality side of `ablate` and `search`: every config's proxy trained and scored by
+//! `unetlab train`, one process per run and `jobs` runs at a time (two single-threaded runs train
+//! 1.3-1.5x as many images per second as one run on two threads). Finished runs are cached by config and
 //! recipe in the study's `cache/`; run directories (checkpoints, resumable) live under
 //! `target/ablate-runs/`.
 //!
@@ -40,6 +40,8 @@ pub struct TrainPlan {
     pub threads: usize,
     /// Peak learning rate instead of the budget's.
     pub lr: Option<f64>,
+    /// Optimizer steps instead of the budget's (a successive-halving rung).
+    pub steps: Option<u64>,
     /// Run directories.
     pub runs: PathBuf,
     /// The evaluator cache.
@@ -115,6 +117,10 @@ pub fn train_all(
     let mut recipe = Recipe::for_budget(plan.budget);
     if let Some(lr) = plan.lr {
         recipe.optimizer.lr = lr;
+    }
+    if let Some(steps) = plan.steps {
+        recipe.steps = steps;
+        recipe.warmup = recipe.warmup.min(steps / 2).max(1);
     }
     let evaluator = EvaluatorRecipe::for_budget(plan.budget);
     let parents = parents(configs, recipe.steps)?;
@@ -410,6 +416,9 @@ fn run_job(
         .arg("--json");
     if let Some(lr) = plan.lr {
         cmd.args(["--lr", &lr.to_string()]);
+    }
+    if let (Some(steps), None) = (plan.steps, &job.parent) {
+        cmd.args(["--steps", &steps.to_string()]);
     }
     if let Some(parent) = &job.parent {
         cmd.arg("--init-from")
