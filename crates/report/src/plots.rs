@@ -205,6 +205,17 @@ fn tick(top: f64) -> impl Fn(&f64) -> String {
     }
 }
 
+/// Tick labels for an axis over `range`: as many decimals as a tenth of its span needs.
+fn span_tick(range: &std::ops::Range<f64>) -> impl Fn(&f64) -> String {
+    let step = (range.end - range.start).abs() / 10.0;
+    let decimals = if step > 0.0 && step.is_finite() {
+        (-step.log10()).ceil().clamp(0.0, 6.0) as usize
+    } else {
+        2
+    };
+    move |v| format!("{v:.decimals$}")
+}
+
 fn label_width(categories: &[String]) -> u32 {
     (categories
         .iter()
@@ -555,8 +566,8 @@ impl Chart for Scatter<'_> {
             .configure_mesh()
             .x_desc(self.x_label)
             .y_desc(self.y_label)
-            .x_label_formatter(&tick(xs.end.abs().max(xs.start.abs())))
-            .y_label_formatter(&tick(ys.end.abs().max(ys.start.abs())))
+            .x_label_formatter(&span_tick(&xs))
+            .y_label_formatter(&span_tick(&ys))
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(plot_err)?;

@@ -236,6 +236,9 @@ pub struct QualityStage {
     /// What promotion ranks by.
     #[serde(default = "default_quality_metric")]
     pub metric: Metric,
+    /// Seeds at the last rung, for the spread that judges differences (default: the budget's,
+    /// as `ablate`: 1 for smoke, 2 for quick, 3 for full).
+    pub seeds: Option<u64>,
 }
 
 fn default_rungs() -> usize {
@@ -649,6 +652,9 @@ fn check_stages(file: &SearchFileText, errors: &mut Vec<FieldError>) {
         }
         if q.rungs == 0 {
             errors.push(FieldError::new("quality.rungs", "must be at least 1"));
+        }
+        if q.seeds == Some(0) {
+            errors.push(FieldError::new("quality.seeds", "must be at least 1"));
         }
         if !(q.keep > 0.0 && q.keep < 1.0) {
             errors.push(FieldError::new(

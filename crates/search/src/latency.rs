@@ -2,9 +2,10 @@
 //! inside whole forwards of a few probe configs, keyed by their signature (the ops and shapes they
 //! run, from the cost interpreter), and summed for any config built from them.
 //!
-//! A config's prediction is the sum of its blocks' table times, times the median ratio of whole
-//! forward to summed blocks over the probes (the time outside blocks: skip concatenations, the
-//! synchronisation the per-block runs add). A block no probe has run is estimated from the table's
+//! A config's prediction is the sum of its blocks' table times, mapped to a whole forward by a
+//! least-squares line `whole = a + b · sum` over the probes (the time outside blocks: skip
+//! concatenations; and what the per-block runs' synchronisation adds); with fewer than three
+//! probes, by their median ratio. A block no probe has run is estimated from the table's
 //! blocks of the same kind by a least-squares line in MACs, and counted as such in the prediction.
 
 use std::collections::BTreeMap;
@@ -32,13 +33,13 @@ impl TableEntry {
     }
 }
 
-/// The table: signatures to times, and the whole-to-blocks ratio of every probe.
+/// The table: signatures to times, and every probe's whole forward beside its summed blocks.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyTable {
     /// Signature → entry.
     pub entries: BTreeMap<String, TableEntry>,
-    /// Per probe: (config name, whole-forward median ÷ sum of its block medians).
-    pub probes: Vec<(String, f64)>,
+    /// Per probe: (config name, whole-forward median, sum of its block medians).
+    pub probes: Vec<(String, f64, f64)>,
 }
 
 /// A prediction and how much of it came from the table.
@@ -97,7 +98,7 @@ impl LatencyTable {
                 .push(t);
         }
         if sum > 0.0 && missing.is_empty() {
-            self.probes.push((config.to_string(), whole_s / sum));
+            self.probes.push((config.to_string(), whole_s, sum));
         }
         missing
     }
@@ -144,16 +145,43 @@ impl LatencyTable {
             .into_iter()
             .map(|(k, points)| (k, Line::fit(&points, fallback_rate)))
             .collect();
-        let ratios: Vec<f64> = self.probes.iter().map(|(_, r)| *r).collect();
         Predictor {
             known,
             fits,
             fallback_rate,
-            calibration: if ratios.is_empty() {
+            calibration: self.calibration(),
+        }
+    }
+
+    /// Whole forward from summed blocks: a least-squares line over three or more probes whose
+    /// sums differ (and rise together), else the median ratio (1 without probes).
+    fn calibration(&self) -> Line {
+        let points: Vec<(f64, f64)> = self.probes.iter().map(|(_, w, s)| (*s, *w)).collect();
+        let ratios: Vec<f64> = points.iter().map(|(s, w)| w / s).collect();
+        let proportional = Line {
+            intercept: 0.0,
+            slope: if ratios.is_empty() {
                 1.0
             } else {
                 median(&ratios)
             },
+        };
+        if points.len() < 3 {
+            return proportional;
+        }
+        let n = points.len() as f64;
+        let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+        let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+        let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        if sxx > 0.0 && sxy > 0.0 {
+            let slope = sxy / sxx;
+            Line {
+                intercept: my - slope * mx,
+                slope,
+            }
+        } else {
+            proportional
         }
     }
 }
@@ -203,7 +231,7 @@ pub struct Predictor {
     known: BTreeMap<String, f64>,
     fits: BTreeMap<String, Line>,
     fallback_rate: f64,
-    calibration: f64,
+    calibration: Line,
 }
 
 impl Predictor {
@@ -225,14 +253,14 @@ impl Predictor {
             };
         }
         Prediction {
-            seconds: seconds * self.calibration,
+            seconds: (self.calibration.intercept + self.calibration.slope * seconds).max(0.0),
             fitted_blocks,
             blocks: blocks.len(),
         }
     }
 
-    /// The whole-to-blocks ratio applied to every sum.
-    pub fn calibration(&self) -> f64 {
-        self.calibration
+    /// The line from summed blocks to a whole forward: (intercept in seconds, slope).
+    pub fn calibration(&self) -> (f64, f64) {
+        (self.calibration.intercept, self.calibration.slope)
     }
 }

@@ -65,7 +65,7 @@ impl Budget {
 
     /// Training seeds: two for `quick` (the seed spread that judges the claims), three for
     /// `full`, one for `smoke`.
-    fn seeds(self) -> u64 {
+    pub(crate) fn seeds(self) -> u64 {
         match self {
             Budget::Smoke => 1,
             Budget::Quick => 2,

@@ -187,7 +187,8 @@ fn resolve_limits(
     })
 }
 
-/// Puts each trained config's quality at the highest rung it reached into its values.
+/// Puts each trained config's quality at the highest rung it reached into its values (the mean
+/// over seeds at the last rung).
 fn record_quality(
     q: &quality::Quality,
     exploration: &mut Exploration,
@@ -198,11 +199,20 @@ fn record_quality(
         .iter_mut()
         .chain(references.iter_mut().map(|r| &mut r.evaluated));
     for e in evaluated {
-        if let Some((_, run)) = q.highest(&e.candidate.hash) {
-            for m in Metric::ALL.into_iter().filter(|m| m.needs_training()) {
-                if let Some(v) = quality::metric(run, m) {
-                    e.candidate.values.set(m, v);
-                }
+        let runs: Vec<&unetlab_train::RunSummary> = match q.final_runs(&e.candidate.hash) {
+            Some(runs) => runs.iter().collect(),
+            None => q
+                .highest(&e.candidate.hash)
+                .map(|(_, r)| r)
+                .into_iter()
+                .collect(),
+        };
+        for m in Metric::ALL.into_iter().filter(|m| m.needs_training()) {
+            let v: Option<Vec<f64>> = runs.iter().map(|r| quality::metric(r, m)).collect();
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                e.candidate
+                    .values
+                    .set(m, v.iter().sum::<f64>() / v.len() as f64);
             }
         }
     }

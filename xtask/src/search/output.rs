@@ -13,7 +13,7 @@ use unetlab_report::{cloud, to_markdown, write_csv, write_parquet, write_text, P
 use unetlab_search::{Evaluated, Exploration, Metric, Objective, SearchFile};
 
 use super::latency::{CheckRow, Stage};
-use super::quality::{final_objectives, finalists, Finalist, Quality};
+use super::quality::{final_objectives, finalists, metric, pooled_sd, Finalist, Quality};
 use super::{candidate_name, Reference};
 use crate::ablate::Budget;
 
@@ -90,7 +90,7 @@ pub fn write(
     write_text(&out.join("run.json"), &serde_json::to_string_pretty(&run)?)?;
     write_text(
         &out.join("README.md"),
-        &readme(file, found, &front, &run, build),
+        &readme(file, found, (&front, finals.as_deref()), &run, build),
     )?;
     Ok(())
 }
@@ -354,44 +354,62 @@ fn pareto_plot(out: &Path, file: &SearchFile, found: &Found<'_>, front: &[usize]
         .copied()
         .filter(|&i| xy(&candidates[i]).is_some_and(|p| shown_groups.iter().any(|g| g.2 == p)))
         .collect();
+    // The front is a line in this plane only when both axes are objectives to minimise or
+    // maximise; a `near` objective's front is marked in the key instead.
+    let monotone = [mx, my].iter().all(|&m| {
+        file.objectives
+            .iter()
+            .any(|o| o.metric == m && !matches!(o.goal, unetlab_search::Goal::Near(_)))
+    });
     let mut points: Vec<Point> = shown_groups
         .iter()
         .map(|&&(i, n, (x, y))| {
             let name = candidate_name(file, &candidates[i].candidate.hash);
-            let name = if n > 1 {
-                format!("{name} (+{} with equal values)", n - 1)
-            } else {
-                name
+            let name = match (n > 1, monotone) {
+                (true, true) => format!("{name} (+{} with equal values)", n - 1),
+                (true, false) => format!("{name} (+{} with equal values), on the front", n - 1),
+                (false, true) => name,
+                (false, false) => format!("{name}, on the front"),
             };
             Point {
-                on_front: true,
+                on_front: monotone,
                 ..Point::new(name, x, y)
             }
         })
         .collect();
-    points.extend(found.references.iter().filter_map(|r| {
-        let (x, y) = xy(&r.evaluated)?;
-        let mark = if r.evaluated.fitness.feasible() {
-            ""
-        } else {
-            " (infeasible)"
-        };
-        Some(Point::new(format!("{}{mark}", r.config.name), x, y))
-    }));
+    // Feasible references only: one far outside the constraints would stretch the axes (the
+    // README names it).
+    points.extend(
+        found
+            .references
+            .iter()
+            .filter(|r| r.evaluated.fitness.feasible())
+            .filter_map(|r| {
+                let (x, y) = xy(&r.evaluated)?;
+                Some(Point::new(r.config.name.clone(), x, y))
+            }),
+    );
+    if let (Some(tx), Some(ty)) = (target(file, mx), target(file, my)) {
+        points.push(Point::new(
+            "target (objectives' near)",
+            plotted(mx, tx),
+            plotted(my, ty),
+        ));
+    }
     let others: Vec<(f64, f64)> = (0..candidates.len())
         .filter(|i| candidates[*i].fitness.feasible() && !labelled.contains(i))
         .filter_map(|i| xy(&candidates[i]))
         .collect();
     let stride = others.len().div_ceil(BACKGROUND_POINTS).max(1);
+    let shown = if stride > 1 {
+        format!("; 1 in {stride} shown")
+    } else {
+        String::new()
+    };
     let background: Vec<(f64, f64)> = others.into_iter().step_by(stride).collect();
     if points.is_empty() {
         return Ok(());
     }
-    let shown = if stride > 1 {
-        format!(", every {stride}th shown")
-    } else {
-        String::new()
-    };
     cloud(
         &out.join("pareto"),
         (
@@ -408,6 +426,14 @@ fn pareto_plot(out: &Path, file: &SearchFile, found: &Found<'_>, front: &[usize]
         false,
     )?;
     Ok(())
+}
+
+/// The target of a `near` objective on `m`, if there is one.
+fn target(file: &SearchFile, m: Metric) -> Option<f64> {
+    file.objectives.iter().find_map(|o| match o.goal {
+        unetlab_search::Goal::Near(t) if o.metric == m => Some(t),
+        _ => None,
+    })
 }
 
 fn predictor_frame(stage: &Stage<'_>, check: &[CheckRow]) -> Result<DataFrame> {
@@ -450,7 +476,14 @@ fn predictor_frame(stage: &Stage<'_>, check: &[CheckRow]) -> Result<DataFrame> {
                     .map(|c| c.fitted_blocks as u32)
                     .collect::<Vec<_>>(),
             ),
-            Column::new("calibration".into(), vec![predictor.calibration(); n]),
+            Column::new(
+                "calibration_intercept_s".into(),
+                vec![predictor.calibration().0; n],
+            ),
+            Column::new(
+                "calibration_slope".into(),
+                vec![predictor.calibration().1; n],
+            ),
             Column::new(
                 "build".into(),
                 check
@@ -546,7 +579,10 @@ fn run_json(
             "runs": stage.timing.runs,
             "threads": stage.machine.threads,
             "table_entries": stage.table.entries.len(),
-            "calibration": stage.table.predictor().calibration(),
+            "calibration": {
+                "intercept_s": stage.table.predictor().calibration().0,
+                "slope": stage.table.predictor().calibration().1,
+            },
             "probes": stage.probes.iter().map(|p| json!({
                 "name": p.name, "hash": p.hash, "median_s": p.result.median_s,
                 "build": p.result.provenance.build.label(),
@@ -609,7 +645,7 @@ fn values_json(values: &unetlab_search::Values) -> Value {
 fn readme(
     file: &SearchFile,
     found: &Found<'_>,
-    front: &[usize],
+    (front, finals): (&[usize], Option<&[Finalist]>),
     run: &Value,
     build: &Build,
 ) -> String {
@@ -667,7 +703,7 @@ fn readme(
     s.push_str(&references_section(file, found));
     s.push_str(&front_section(file, found, front));
     s.push_str(&latency_section(found, run));
-    s.push_str(&quality_section(file, found, run));
+    s.push_str(&quality_section(file, found, finals));
     s.push_str(
         "\n## Files\n\n- `candidates.{csv,parquet}`: one row per distinct config (then the references): \
          hash, the option of each axis, every count, predicted and (where measured) measured latency, \
@@ -840,12 +876,14 @@ fn latency_section(found: &Found<'_>, run: &Value) -> String {
         v.as_f64()
             .map_or("–".into(), |v| format!("{:.1} %", 100.0 * v))
     };
+    let (intercept, slope) = stage.table.predictor().calibration();
     let mut s = format!(
         "\n## Latency\n\nOne forward, batch 1, latent {0}x{0}, {1}, {2}, {3} threads, {4} warm-up + {5} \
          runs (median). The table holds {6} block signatures from {7} probe configs measured block by \
-         block; a prediction is the sum of the blocks' medians × {8:.3} (the median ratio of whole \
-         forward to summed blocks over the probes); a block no probe ran is estimated from the table's \
-         blocks of its kind by a line in MACs.\n\n",
+         block; a prediction is {8:+.4} s + {9:.3} × the sum of the blocks' medians (the least-squares \
+         line from summed blocks to whole forwards over the probes: the time between blocks, and what \
+         timing every block adds); a block no probe ran is estimated from the table's blocks of its \
+         kind by a line in MACs.\n\n",
         stage.timing.latent_size,
         stage.settings.dtype,
         stage.settings.device,
@@ -854,7 +892,8 @@ fn latency_section(found: &Found<'_>, run: &Value) -> String {
         stage.timing.runs,
         stage.table.entries.len(),
         stage.probes.len(),
-        stage.table.predictor().calibration()
+        intercept,
+        slope
     );
     s.push_str(&format!(
         "**Check** on {} configs the table did not see ({} predicted wholly from the table), against \
@@ -868,12 +907,20 @@ fn latency_section(found: &Found<'_>, run: &Value) -> String {
     s
 }
 
-/// Every trained config (candidates, then references) with its name and whether it is a reference.
+/// Every trained config (candidates, then references) with its name and whether it is a
+/// reference; a candidate that is a reference's network appears once, as the reference.
 fn trained_entries<'a>(file: &SearchFile, found: &Found<'a>) -> Vec<(String, bool, &'a Evaluated)> {
+    let is_reference = |hash: &str| {
+        found
+            .references
+            .iter()
+            .any(|r| r.evaluated.candidate.hash == hash)
+    };
     found
         .exploration
         .candidates
         .iter()
+        .filter(|e| !is_reference(&e.candidate.hash))
         .map(|e| (candidate_name(file, &e.candidate.hash), false, e))
         .chain(
             found
@@ -939,21 +986,27 @@ fn quality_json(file: &SearchFile, found: &Found<'_>, finals: Option<&[Finalist]
     let (Some(q), Some(finals), Some(stage)) = (found.quality, finals, &file.quality) else {
         return Value::Null;
     };
-    let runs = |r: &super::quality::Rung| -> Vec<Value> {
+    let run = |s: &unetlab_train::RunSummary| {
+        json!({
+            "seed": s.recipe.seed,
+            "steps": s.steps,
+            "validation_loss": s.validation_loss,
+            "fd": metric(s, Metric::Fd),
+            "attribute_alignment": metric(s, Metric::AttributeAlignment),
+            "text_alignment": metric(s, Metric::TextAlignment),
+            "run_hash": s.run_hash,
+            "build": s.provenance.build.label(),
+            "measured_utc": s.provenance.measured_utc,
+        })
+    };
+    let rung = |r: &super::quality::Rung| -> Vec<Value> {
         r.runs
             .iter()
-            .map(|(name, hash, run)| match run {
-                Ok(s) => json!({
+            .map(|(name, hash, runs)| match runs {
+                Ok(runs) => json!({
                     "name": name,
                     "hash": hash,
-                    "steps": s.steps,
-                    "validation_loss": s.validation_loss,
-                    "fd": super::quality::metric(s, Metric::Fd),
-                    "attribute_alignment": super::quality::metric(s, Metric::AttributeAlignment),
-                    "text_alignment": super::quality::metric(s, Metric::TextAlignment),
-                    "run_hash": s.run_hash,
-                    "build": s.provenance.build.label(),
-                    "measured_utc": s.provenance.measured_utc,
+                    "seeds": runs.iter().map(run).collect::<Vec<_>>(),
                 }),
                 Err(e) => json!({"name": name, "hash": hash, "error": e}),
             })
@@ -962,26 +1015,41 @@ fn quality_json(file: &SearchFile, found: &Found<'_>, finals: Option<&[Finalist]
     json!({
         "metric": q.metric.name(),
         "final_objectives": final_objectives(file, stage).iter().map(|o| o.to_string()).collect::<Vec<_>>(),
-        "rungs": q.rungs.iter().map(|r| json!({"steps": r.steps, "runs": runs(r)})).collect::<Vec<_>>(),
+        "rungs": q.rungs.iter().map(|r| json!({"steps": r.steps, "runs": rung(r)})).collect::<Vec<_>>(),
+        "pooled_seed_sd": Metric::ALL.into_iter().filter(|m| m.needs_training())
+            .filter_map(|m| Some((m.name().to_string(), json!(pooled_sd(finals, m)?))))
+            .collect::<serde_json::Map<_, _>>(),
         "finalists": finals.iter().map(|f| json!({
             "name": f.name,
             "hash": f.hash,
             "reference": f.reference,
+            "seeds": f.seeds,
             "feasible": f.fitness.feasible(),
             "on_front": f.on_front,
             "values": values_json(&f.values),
+            "sd": values_json(&f.sd),
         })).collect::<Vec<_>>(),
     })
 }
 
-fn quality_section(file: &SearchFile, found: &Found<'_>, run: &Value) -> String {
-    let (Some(q), Some(stage)) = (found.quality, &file.quality) else {
+/// A finalist's quality value with its seed spread: `1122.3 ± 45.1`.
+fn with_sd(f: &Finalist, m: Metric) -> String {
+    match (f.values.get(m), f.sd.get(m)) {
+        (Some(v), Some(sd)) => format!("{} ± {}", format_value(m, v), format_value(m, sd)),
+        (Some(v), None) => format_value(m, v),
+        _ => "–".into(),
+    }
+}
+
+fn quality_section(file: &SearchFile, found: &Found<'_>, finals: Option<&[Finalist]>) -> String {
+    let (Some(q), Some(stage), Some(finals)) = (found.quality, &file.quality, finals) else {
         return String::new();
     };
     let mut s = format!(
         "\n## Quality\n\nSuccessive halving over the front: {} candidates spread along {}; each rung \
          trains from scratch (seed 0) and promotes the best {:.0} % by {} to a rung with {:.0}x the \
-         steps; the references train at the last rung.\n\n| rung | steps | trained | failed |\n|---|---|---|---|\n",
+         steps; the last rung trains every seed and the references.\n\n| rung | steps | configs \
+         trained | failed |\n|---|---|---|---|\n",
         stage.candidates,
         file.cost_objectives()
             .first()
@@ -999,14 +1067,13 @@ fn quality_section(file: &SearchFile, found: &Found<'_>, run: &Value) -> String 
             r.runs.len()
         ));
     }
-    let finals = run["quality"]["finalists"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let objectives = final_objectives(file, stage);
     s.push_str(&format!(
-        "\nThe last rung, judged on {} (`quality.png`; a finalist is on the front when no other \
-         feasible finalist is at least as good on all of them and better on one):\n\n",
-        final_objectives(file, stage)
+        "\nThe last rung ({} seeds each; mean ± sd), judged on {} (`quality.png`; a finalist is on \
+         the front when no other feasible finalist is at least as good in all of them on the means \
+         and better in one):\n\n",
+        finals.iter().map(|f| f.seeds).max().unwrap_or(1),
+        objectives
             .iter()
             .map(|o| o.to_string())
             .collect::<Vec<_>>()
@@ -1028,34 +1095,80 @@ fn quality_section(file: &SearchFile, found: &Found<'_>, run: &Value) -> String 
     s.push_str("\n|---|---|---|");
     s.push_str(&"---|".repeat(metrics.len()));
     s.push('\n');
-    for f in &finals {
-        let flag = |key: &str, yes: &str, no: &str| {
-            if f[key].as_bool() == Some(true) {
-                yes.to_string()
-            } else {
-                no.to_string()
-            }
-        };
+    for f in finals {
         s.push_str(&format!(
             "| `{}`{} | {} | {} |",
-            f["name"].as_str().unwrap_or(""),
-            flag("reference", " (reference)", ""),
-            flag("on_front", "yes", ""),
-            flag("feasible", "yes", "no"),
+            f.name,
+            if f.reference { " (reference)" } else { "" },
+            if f.on_front { "yes" } else { "" },
+            if f.fitness.feasible() { "yes" } else { "no" },
         ));
         for m in metrics {
-            let v = f["values"][m.name()].as_f64();
-            s.push_str(&format!(
-                " {} |",
-                v.map_or("–".into(), |v| format_value(m, v))
-            ));
+            s.push_str(&format!(" {} |", with_sd(f, m)));
         }
         s.push('\n');
     }
-    s.push_str(
-        "\nProxy quality at this budget is noisy (`results/ablate` measures its seed spread): a \
-         difference smaller than that spread is not a ranking.\n",
-    );
+    s.push_str(&reference_verdicts(finals, &objectives));
+    s
+}
+
+/// For each reference: the finalists that dominate it on the means, and whether each quality
+/// difference exceeds twice its σ (the pooled seed sd × √(1/n₁ + 1/n₂)).
+fn reference_verdicts(finals: &[Finalist], objectives: &[Objective]) -> String {
+    let mut s = String::from("\n**Against the references.** ");
+    let quality: Vec<Metric> = objectives
+        .iter()
+        .map(|o| o.metric)
+        .filter(|m| m.needs_training())
+        .collect();
+    for r in finals.iter().filter(|f| f.reference) {
+        let dominating: Vec<&Finalist> = finals
+            .iter()
+            .filter(|f| {
+                f.hash != r.hash
+                    && f.fitness.feasible()
+                    && unetlab_search::pareto::dominates(
+                        &f.fitness.objectives,
+                        &r.fitness.objectives,
+                    )
+            })
+            .collect();
+        if dominating.is_empty() {
+            s.push_str(&format!(
+                "Nothing trained dominates `{}` on the means. ",
+                r.name
+            ));
+            continue;
+        }
+        let verdicts: Vec<String> = dominating
+            .iter()
+            .map(|f| {
+                let parts: Vec<String> = quality
+                    .iter()
+                    .filter_map(|&m| {
+                        let d = f.values.get(m)? - r.values.get(m)?;
+                        let two_sigma = pooled_sd(finals, m).map(|sd| {
+                            2.0 * sd * (1.0 / f.seeds as f64 + 1.0 / r.seeds as f64).sqrt()
+                        });
+                        Some(match two_sigma {
+                            Some(t) if d.abs() > t => {
+                                format!("{m} {d:+.3}, beyond 2σ = {t:.3}")
+                            }
+                            Some(t) => format!("{m} {d:+.3}, within 2σ = {t:.3}: not resolved"),
+                            None => format!("{m} {d:+.3} (one seed: no σ)"),
+                        })
+                    })
+                    .collect();
+                format!("`{}` ({})", f.name, parts.join("; "))
+            })
+            .collect();
+        s.push_str(&format!(
+            "`{}` is dominated on the means by {}. ",
+            r.name,
+            verdicts.join(", ")
+        ));
+    }
+    s.push_str("Proxy quality at this budget is noisy: a difference within 2σ is not a ranking.\n");
     s
 }
 

@@ -19,12 +19,16 @@ use crate::ablate::Budget;
 use crate::cache::Cache;
 use crate::training::{train_all, TrainPlan};
 
+/// A config's outcome at one rung: its name, hash, and runs (one per seed) or why training
+/// failed.
+pub type RungRun = (String, String, Result<Vec<RunSummary>, String>);
+
 /// One rung: the steps trained and each trained config's outcome.
 pub struct Rung {
     /// Optimizer steps of every run at this rung.
     pub steps: u64,
-    /// (config name, config hash, its run or why it failed).
-    pub runs: Vec<(String, String, Result<RunSummary, String>)>,
+    /// Each trained config's outcome.
+    pub runs: Vec<RungRun>,
 }
 
 /// Every rung, first to last.
@@ -36,14 +40,14 @@ pub struct Quality {
 }
 
 impl Quality {
-    /// The last rung's run of a config, by hash.
-    pub fn final_run(&self, hash: &str) -> Option<&RunSummary> {
+    /// The last rung's runs of a config (one per seed), by hash.
+    pub fn final_runs(&self, hash: &str) -> Option<&[RunSummary]> {
         self.rungs
             .last()?
             .runs
             .iter()
             .find(|(_, h, _)| h == hash)
-            .and_then(|(_, _, r)| r.as_ref().ok())
+            .and_then(|(_, _, r)| r.as_deref().ok())
     }
 
     /// The highest rung a config reached (0-based) and its run there.
@@ -53,6 +57,7 @@ impl Quality {
                 .iter()
                 .find(|(_, h, _)| h == hash)
                 .and_then(|(_, _, r)| r.as_ref().ok())
+                .and_then(|runs| runs.first())
                 .map(|s| (i, s))
         })
     }
@@ -138,23 +143,24 @@ pub fn run(
         } else {
             target.join("search-samples").join(&file.name)
         };
+        let seeds = if last {
+            stage.seeds.unwrap_or(setup.budget.seeds())
+        } else {
+            1
+        };
         let trained = train_all(
             &configs,
-            &plan(setup, &target, steps),
+            &plan(setup, &target, steps, seeds),
             setup.cache,
             &samples,
             setup.workspace,
         )?;
-        let runs: Vec<(String, String, Result<RunSummary, String>)> = configs
+        let runs: Vec<RungRun> = configs
             .iter()
             .zip(trained)
             .map(|((_, c), t)| {
-                let run = t.and_then(|mut runs| {
-                    runs.pop()
-                        .map(|r| r.summary)
-                        .ok_or_else(|| "no run".to_string())
-                });
-                (c.name.clone(), c.hash(), run)
+                let runs = t.map(|runs| runs.into_iter().map(|r| r.summary).collect());
+                (c.name.clone(), c.hash(), runs)
             })
             .collect();
         if !last {
@@ -168,11 +174,11 @@ pub fn run(
     })
 }
 
-fn plan(setup: &Setup<'_>, target: &Path, steps: u64) -> TrainPlan {
+fn plan(setup: &Setup<'_>, target: &Path, steps: u64, seeds: u64) -> TrainPlan {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     TrainPlan {
         budget: setup.budget.training(),
-        seeds: vec![0],
+        seeds: (0..seeds).collect(),
         seeded_subset: None,
         jobs: cores,
         threads: 1,
@@ -193,13 +199,14 @@ pub fn rung_steps(full: u64, keep: f64, rungs: usize, r: usize) -> u64 {
 /// The `keep` fraction (at least one) of the pool with the best metric; failed runs drop out.
 fn promote(
     pool: Vec<(String, Config)>,
-    runs: &[(String, String, Result<RunSummary, String>)],
+    runs: &[RungRun],
     stage: &QualityStage,
 ) -> Vec<(String, Config)> {
     let score = |c: &Config| {
         runs.iter()
             .find(|(_, h, _)| *h == c.hash())
             .and_then(|(_, _, r)| r.as_ref().ok())
+            .and_then(|runs| runs.first())
             .and_then(|s| metric(s, stage.metric))
             .map(|v| {
                 if stage.metric.higher_is_better() {
@@ -258,8 +265,12 @@ pub struct Finalist {
     pub hash: String,
     /// Whether it is a reference (the base or a compare config).
     pub reference: bool,
-    /// Its values (counts, predicted latency, the last rung's quality).
+    /// Its values (counts, latency, the last rung's quality: the mean over seeds).
     pub values: Values,
+    /// Standard deviation over seeds of each quality metric (with two seeds or more).
+    pub sd: Values,
+    /// Seeds trained at the last rung.
+    pub seeds: usize,
     /// Fitness on the final objectives and every constraint.
     pub fitness: Fitness,
     /// Whether it is on the final front.
@@ -303,11 +314,16 @@ pub fn finalists(
     let mut out: Vec<Finalist> = trained
         .iter()
         .filter_map(|(name, reference, e)| {
-            let run = quality.final_run(&e.candidate.hash)?;
+            let runs = quality.final_runs(&e.candidate.hash)?;
             let mut values = e.candidate.values.clone();
+            let mut sd = Values::default();
             for m in Metric::ALL.into_iter().filter(|m| m.needs_training()) {
-                if let Some(v) = metric(run, m) {
-                    values.set(m, v);
+                let v: Option<Vec<f64>> = runs.iter().map(|r| metric(r, m)).collect();
+                if let Some((mean, s)) = v.as_deref().and_then(mean_sd) {
+                    values.set(m, mean);
+                    if runs.len() > 1 {
+                        sd.set(m, s);
+                    }
                 }
             }
             let fitness = unetlab_search::fitness(file, &objectives, &values);
@@ -316,6 +332,8 @@ pub fn finalists(
                 hash: e.candidate.hash.clone(),
                 reference: *reference,
                 values,
+                sd,
+                seeds: runs.len(),
                 fitness,
                 on_front: false,
             })
@@ -326,4 +344,31 @@ pub fn finalists(
         out[i].on_front = true;
     }
     out
+}
+
+/// Mean and sample standard deviation (0 for one value); `None` for none.
+fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    Some((mean, var.sqrt()))
+}
+
+/// The seed standard deviation of `m` pooled over the finalists with several seeds (the root
+/// of their mean variance), as `ablate` pools it.
+pub fn pooled_sd(finals: &[Finalist], m: Metric) -> Option<f64> {
+    let variances: Vec<f64> = finals
+        .iter()
+        .filter(|f| f.seeds > 1)
+        .filter_map(|f| f.sd.get(m))
+        .map(|s| s * s)
+        .collect();
+    (!variances.is_empty()).then(|| (variances.iter().sum::<f64>() / variances.len() as f64).sqrt())
 }
