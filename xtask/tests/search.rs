@@ -209,7 +209,8 @@ fn a_killed_search_resumes_without_losing_or_redoing_a_measurement() {
     let rungs = run_json["quality"]["rungs"].as_array().unwrap();
     let runs: usize = rungs
         .iter()
-        .map(|r| r["runs"].as_array().unwrap().len())
+        .flat_map(|r| r["runs"].as_array().unwrap())
+        .map(|c| c["seeds"].as_array().unwrap().len())
         .sum();
     assert_eq!(cache_files(out.path(), "train").len(), runs);
     let kept_bench = kept
