@@ -622,7 +622,6 @@ fn run_json(
             "configs_counted": speed.configs_counted,
             "seconds": speed.counting_seconds,
             "genomes_per_minute": per_minute(speed.genomes_counted),
-            "configs_counted_per_minute": per_minute(speed.configs_counted),
             "threads": rayon_threads(),
         },
         "last_walk_seconds": speed.walk_seconds,
@@ -665,21 +664,30 @@ fn readme(
     ));
     s.push_str(&space_section(file));
     let counting = &run["counting"];
+    let speed = &found.speed;
+    let rewalk = if found.stage.is_some() {
+        format!(
+            " The last walk, re-predicting every candidate's latency from the final table (counts \
+             remembered), took {:.1} s.",
+            speed.walk_seconds
+        )
+    } else {
+        String::new()
+    };
     s.push_str(&format!(
-        "## What the walk found\n\n- The {} strategy evaluated {} genomes. Building, validating and \
-         counting them took {:.1} s on {} threads: {:.0} genomes/min, {:.0} distinct valid configs \
-         counted per minute (the cost interpreter, at full size; rejections before counting are \
-         cheaper). The last walk, predicting every candidate's latency from the final table, took \
-         {:.1} s.\n- {} distinct configs counted, {} duplicates of an earlier genome's config, {} \
-         invalid combinations, {} rejected by a block-count constraint before counting.\n- **{} \
-         feasible**, **{} on the front**.\n",
+        "## What the walk found\n\n- The {} strategy evaluated {} genomes. Building and validating \
+         {} genomes and counting the {} within the block-count constraints (the cost interpreter, at \
+         full size) took {:.1} s on {} threads: {:.0} genomes per minute.{rewalk}\n- {} distinct \
+         configs counted, {} duplicates of an earlier genome's config, {} invalid combinations, {} \
+         rejected by a block-count constraint before counting.\n- **{} feasible**, **{} on the \
+         front**.\n",
         run["strategy"].as_str().unwrap_or(""),
         x.evaluated,
-        found.speed.counting_seconds,
+        speed.genomes_counted,
+        speed.configs_counted,
+        speed.counting_seconds,
         counting["threads"],
         counting["genomes_per_minute"].as_f64().unwrap_or(0.0),
-        counting["configs_counted_per_minute"].as_f64().unwrap_or(0.0),
-        found.speed.walk_seconds,
         x.candidates.len(),
         x.duplicates,
         x.skipped.values().sum::<usize>(),
