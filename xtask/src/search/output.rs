@@ -662,6 +662,7 @@ fn readme(
         run["machine"]["threads"],
         run["date_utc"].as_str().unwrap_or("")
     ));
+    s.push_str(&provenance_section(found));
     s.push_str(&space_section(file));
     let counting = &run["counting"];
     let speed = &found.speed;
@@ -722,6 +723,52 @@ fn readme(
          - `run.json`: command, machine, build, counts, the latency probes and the check.\n",
     );
     s
+}
+
+/// Which builds measured what this README shows, and whether it came from the cache: the
+/// counts are this build's; latency and training carry their own.
+fn provenance_section(found: &Found<'_>) -> String {
+    let mut groups: std::collections::BTreeMap<(&str, String, &str), usize> =
+        std::collections::BTreeMap::new();
+    let mut add = |kind: &'static str, p: &unetlab_provenance::Provenance, cached: bool| {
+        let source = if cached {
+            "read from the cache"
+        } else {
+            "measured by this run"
+        };
+        *groups.entry((kind, p.build.label(), source)).or_default() += 1;
+    };
+    if let Some(stage) = found.stage {
+        for p in &stage.probes {
+            add("latency probes", &p.result.provenance, p.cached);
+        }
+    }
+    for c in found.check.unwrap_or(&[]) {
+        add("latency checks", &c.result.provenance, c.cached);
+    }
+    if let Some(q) = found.quality {
+        for run in q.rungs.iter().flat_map(|r| &r.runs) {
+            for summary in run.2.iter().flatten() {
+                add(
+                    "training runs",
+                    &summary.provenance,
+                    q.cached.contains(&summary.run_hash),
+                );
+            }
+        }
+    }
+    if groups.is_empty() {
+        return "Every number here is a count, computed by this build.\n\n".into();
+    }
+    let lines: Vec<String> = groups
+        .iter()
+        .map(|((kind, build, source), n)| format!("{n} {kind} by build `{build}` ({source})"))
+        .collect();
+    format!(
+        "Counts are computed by this build. Measured: {}. Each row's build and time are in \
+         `run.json`.\n\n",
+        lines.join("; ")
+    )
 }
 
 fn space_section(file: &SearchFile) -> String {

@@ -37,6 +37,8 @@ pub struct Quality {
     pub rungs: Vec<Rung>,
     /// The metric promotion ranked by.
     pub metric: Metric,
+    /// Run hashes of the runs read from the cache (the rest were trained by this search).
+    pub cached: std::collections::HashSet<String>,
 }
 
 impl Quality {
@@ -119,6 +121,7 @@ pub fn run(
         .collect::<Result<_>>()?;
     let full = Recipe::for_budget(setup.budget.training()).steps;
     let mut rungs = Vec::new();
+    let mut cached = std::collections::HashSet::new();
     for r in 0..stage.rungs {
         let last = r + 1 == stage.rungs;
         let steps = rung_steps(full, stage.keep, stage.rungs, r);
@@ -159,7 +162,12 @@ pub fn run(
             .iter()
             .zip(trained)
             .map(|((_, c), t)| {
-                let runs = t.map(|runs| runs.into_iter().map(|r| r.summary).collect());
+                let runs = t.map(|runs| {
+                    for r in runs.iter().filter(|r| r.cached) {
+                        cached.insert(r.summary.run_hash.clone());
+                    }
+                    runs.into_iter().map(|r| r.summary).collect()
+                });
                 (c.name.clone(), c.hash(), runs)
             })
             .collect();
@@ -171,6 +179,7 @@ pub fn run(
     Ok(Quality {
         rungs,
         metric: stage.metric,
+        cached,
     })
 }
 
