@@ -36,8 +36,8 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Fuzz every reader of user files (configs, study files, weights, checkpoints, bundles,
-    /// Parquet, image folders, tokenizers) from valid seeds; panics, hangs and crashes are
+    /// Fuzz every reader of user files (configs, study files, search files, weights, checkpoints,
+    /// bundles, Parquet, image folders, tokenizers) from valid seeds; panics, hangs and crashes are
     /// findings, saved under target/fuzz/findings/.
     ///
     /// Each case mutates a valid seed input written by the project's own code (byte flips,

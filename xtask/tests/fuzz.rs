@@ -11,6 +11,7 @@ const READERS: &[&str] = &[
     "config",
     "diffusers-config",
     "study",
+    "search",
     "weights",
     "checkpoint",
     "bundle",

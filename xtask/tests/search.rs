@@ -16,10 +16,13 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// `cargo xtask search FILE --budget smoke --out OUT`, training runs kept in `OUT/runs`.
 fn search(file: &str, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.args(["search", file, "--budget", "smoke", "--out"])
         .arg(out)
+        .arg("--runs")
+        .arg(out.join("runs"))
         .current_dir(workspace());
     cmd
 }

@@ -186,7 +186,7 @@ pub enum Strategy {
     },
 }
 
-/// Largest space `exhaustive` walks.
+/// Largest space `exhaustive` walks, and most genomes any strategy evaluates in one walk.
 pub const MAX_EXHAUSTIVE: u128 = 2_000_000;
 
 /// Where and how latency is measured for the per-block table.
@@ -618,6 +618,12 @@ fn check_strategy(strategy: &Strategy, axes: &[Axis], errors: &mut Vec<FieldErro
         Strategy::Random { samples: 0, .. } => {
             errors.push(FieldError::new("strategy.samples", "must be at least 1"))
         }
+        Strategy::Random { samples, .. } if samples as u128 > MAX_EXHAUSTIVE => {
+            errors.push(FieldError::new(
+                "strategy.samples",
+                format!("{samples}: at most {MAX_EXHAUSTIVE} per walk"),
+            ))
+        }
         Strategy::Evolutionary {
             population,
             generations,
@@ -633,6 +639,16 @@ fn check_strategy(strategy: &Strategy, axes: &[Axis], errors: &mut Vec<FieldErro
                 errors.push(FieldError::new(
                     "strategy.generations",
                     "must be at least 1",
+                ));
+            }
+            let evaluations = (population as u128).saturating_mul(generations as u128 + 1);
+            if evaluations > MAX_EXHAUSTIVE {
+                errors.push(FieldError::new(
+                    "strategy",
+                    format!(
+                        "population × (generations + 1) = {evaluations}: at most {MAX_EXHAUSTIVE} \
+                         per walk"
+                    ),
                 ));
             }
         }

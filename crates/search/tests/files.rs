@@ -231,6 +231,20 @@ fn constraints_objectives_and_stages_are_checked() {
         "strategy.generations",
         "at least 1",
     );
+    assert_error(
+        &with(&format!(
+            "{AXES}{OBJECTIVES}strategy: {{kind: random, samples: 1000000000}}\n"
+        )),
+        "strategy.samples",
+        "at most",
+    );
+    assert_error(
+        &with(&format!(
+            "{AXES}{OBJECTIVES}strategy: {{kind: evolutionary, population: 100000, generations: 100}}\n"
+        )),
+        "strategy",
+        "population × (generations + 1)",
+    );
     // 2^22 combinations: too many to walk exhaustively.
     let many: String = (0..22)
         .map(|_| "  - path: unet.levels.1.channels\n    values: [16, 24]\n")

@@ -45,7 +45,7 @@ pub struct FuzzArgs {
     /// Cases per reader.
     #[arg(long, default_value_t = 1000)]
     pub cases: u64,
-    /// Fuzz only this reader (repeatable): config, diffusers-config, study, weights,
+    /// Fuzz only this reader (repeatable): config, diffusers-config, study, search, weights,
     /// checkpoint, bundle, parquet, image-folder, tokenizer.
     #[arg(long = "reader")]
     pub readers: Vec<String>,

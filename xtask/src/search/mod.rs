@@ -51,6 +51,10 @@ pub struct SearchArgs {
     /// CPU threads for counting and timing (default: all).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where the quality stage's training runs (checkpoints, logs; resumable) are kept
+    /// (default: target/search-runs).
+    #[arg(long)]
+    runs: Option<PathBuf>,
 }
 
 /// A config outside the space, placed beside the candidates.
@@ -131,6 +135,10 @@ pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
                 cache: &cache,
                 out: &out,
                 workspace: &workspace,
+                runs: args
+                    .runs
+                    .clone()
+                    .unwrap_or_else(|| crate::tools::target_dir(&workspace).join("search-runs")),
                 force: args.force,
             };
             let result = quality::run(&file, q, &exploration, &configs, &setup)?;

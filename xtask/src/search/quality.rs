@@ -87,6 +87,8 @@ pub struct Setup<'a> {
     pub out: &'a Path,
     /// The workspace (to build `unetlab`).
     pub workspace: &'a Path,
+    /// Where run directories live.
+    pub runs: PathBuf,
     /// Train again even what is cached.
     pub force: bool,
 }
@@ -193,7 +195,7 @@ fn plan(setup: &Setup<'_>, target: &Path, steps: u64, seeds: u64) -> TrainPlan {
         threads: 1,
         lr: None,
         steps: Some(steps),
-        runs: target.join("search-runs"),
+        runs: setup.runs.clone(),
         evaluator_cache: target.join("unetlab-cache"),
         force: setup.force,
     }

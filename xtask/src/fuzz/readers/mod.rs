@@ -4,6 +4,7 @@
 mod bundle;
 mod config;
 mod data;
+mod search;
 mod study;
 mod tensors;
 mod tokenizer;
@@ -100,6 +101,11 @@ pub const READERS: &[Reader] = &[
         name: "study",
         reads: "xtask ablate's study files (ablate::study::plan, then Config::load per config)",
         build: study::build,
+    },
+    Reader {
+        name: "search",
+        reads: "unetlab_search::SearchFile::load, then the space's first and last genome counted",
+        build: search::build,
     },
     Reader {
         name: "weights",
