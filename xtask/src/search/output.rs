@@ -1167,6 +1167,64 @@ fn quality_section(file: &SearchFile, found: &Found<'_>, finals: Option<&[Finali
     s
 }
 
+/// The two questions a search asks of a reference, on the final objectives' price (the first)
+/// and first quality metric: the best quality at no more than its price, and the lowest price at
+/// no worse quality (on the means).
+fn best_against(finals: &[Finalist], objectives: &[Objective], r: &Finalist) -> String {
+    let (Some(price), Some(quality)) = (
+        objectives.first(),
+        objectives.iter().find(|o| o.metric.needs_training()),
+    ) else {
+        return String::new();
+    };
+    let value = |f: &Finalist, o: &Objective| f.values.get(o.metric).map(|v| o.oriented(v));
+    let (Some(rp), Some(rq)) = (value(r, price), value(r, quality)) else {
+        return String::new();
+    };
+    let feasible = || finals.iter().filter(|f| f.fitness.feasible());
+    let best = feasible()
+        .filter(|f| value(f, price).is_some_and(|p| p <= rp))
+        .filter_map(|f| Some((value(f, quality)?, f)))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let cheapest = feasible()
+        .filter(|f| value(f, quality).is_some_and(|q| q <= rq))
+        .filter_map(|f| Some((value(f, price)?, f)))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let describe = |f: &Finalist| {
+        format!(
+            "`{}` ({} {}, {} {})",
+            f.name,
+            price.metric,
+            f.values
+                .get(price.metric)
+                .map_or("–".into(), |v| format_value(price.metric, v)),
+            quality.metric,
+            with_sd(f, quality.metric)
+        )
+    };
+    let mut s = String::new();
+    if let Some((_, f)) = best {
+        s.push_str(&format!(
+            "Best {} at no more {} than `{}` ({}): {}. ",
+            quality.metric,
+            price.metric,
+            r.name,
+            with_sd(r, quality.metric),
+            describe(f)
+        ));
+    }
+    if let Some((_, f)) = cheapest {
+        s.push_str(&format!(
+            "Lowest {} at {} no worse than `{}`'s: {}. ",
+            price.metric,
+            quality.metric,
+            r.name,
+            describe(f)
+        ));
+    }
+    s
+}
+
 /// For each reference: the finalists that dominate it on the means, and whether each quality
 /// difference exceeds twice its σ (the pooled seed sd × √(1/n₁ + 1/n₂)).
 fn reference_verdicts(finals: &[Finalist], objectives: &[Objective]) -> String {
@@ -1177,6 +1235,7 @@ fn reference_verdicts(finals: &[Finalist], objectives: &[Objective]) -> String {
         .filter(|m| m.needs_training())
         .collect();
     for r in finals.iter().filter(|f| f.reference) {
+        s.push_str(&best_against(finals, objectives, r));
         let dominating: Vec<&Finalist> = finals
             .iter()
             .filter(|f| {
