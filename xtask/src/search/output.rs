@@ -1228,13 +1228,14 @@ fn best_against(finals: &[Finalist], objectives: &[Objective], r: &Finalist) -> 
 /// For each reference: the finalists that dominate it on the means, and whether each quality
 /// difference exceeds twice its σ (the pooled seed sd × √(1/n₁ + 1/n₂)).
 fn reference_verdicts(finals: &[Finalist], objectives: &[Objective]) -> String {
-    let mut s = String::from("\n**Against the references.** ");
+    let mut s = String::from("\n**Against the references** (on the means):\n\n");
     let quality: Vec<Metric> = objectives
         .iter()
         .map(|o| o.metric)
         .filter(|m| m.needs_training())
         .collect();
     for r in finals.iter().filter(|f| f.reference) {
+        s.push_str("- ");
         s.push_str(&best_against(finals, objectives, r));
         let dominating: Vec<&Finalist> = finals
             .iter()
@@ -1248,10 +1249,7 @@ fn reference_verdicts(finals: &[Finalist], objectives: &[Objective]) -> String {
             })
             .collect();
         if dominating.is_empty() {
-            s.push_str(&format!(
-                "Nothing trained dominates `{}` on the means. ",
-                r.name
-            ));
+            s.push_str(&format!("Nothing trained dominates `{}`.\n", r.name));
             continue;
         }
         let verdicts: Vec<String> = dominating
@@ -1277,12 +1275,14 @@ fn reference_verdicts(finals: &[Finalist], objectives: &[Objective]) -> String {
             })
             .collect();
         s.push_str(&format!(
-            "`{}` is dominated on the means by {}. ",
+            "`{}` is dominated by {}.\n",
             r.name,
             verdicts.join(", ")
         ));
     }
-    s.push_str("Proxy quality at this budget is noisy: a difference within 2σ is not a ranking.\n");
+    s.push_str(
+        "\nProxy quality at this budget is noisy: a difference within 2σ is not a ranking.\n",
+    );
     s
 }
 
