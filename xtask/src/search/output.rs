@@ -1008,6 +1008,7 @@ fn quality_plot(
             };
             Some(Point {
                 on_front: f.on_front,
+                y_err: f.sd.get(py.metric),
                 ..Point::new(name, x, y)
             })
         })
@@ -1015,6 +1016,11 @@ fn quality_plot(
     if points.is_empty() {
         return Ok(());
     }
+    let x_label = if px.metric == Metric::LatencyS {
+        "latency (s; predicted, the references' measured)".to_string()
+    } else {
+        axis_label(px.metric, file)
+    };
     let better = if py.metric.higher_is_better() {
         "higher"
     } else {
@@ -1024,10 +1030,10 @@ fn quality_plot(
         &out.join("quality"),
         (
             &format!(
-                "{}: proxy quality against {} (last rung)",
+                "{}: proxy quality against {} (last rung, mean ± 1 sd over seeds)",
                 file.name, px.metric
             ),
-            &axis_label(px.metric, file),
+            &x_label,
             &format!("{} (proxy; {better} is better)", py.metric),
         ),
         &[],
