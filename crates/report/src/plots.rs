@@ -657,18 +657,7 @@ pub fn scatter(
     y_label: &str,
     points: &[Point],
 ) -> Result<(), ReportError> {
-    not_empty(stem, points)?;
-    render(
-        stem,
-        &Scatter {
-            title,
-            x_label,
-            y_label,
-            points,
-            background: &[],
-            diagonal: false,
-        },
-    )
+    cloud(stem, (title, x_label, y_label), &[], points, false)
 }
 
 /// A [`scatter`] of numbered points over a cloud of unlabelled ones (e.g. a search's front over

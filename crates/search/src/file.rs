@@ -456,6 +456,22 @@ impl SearchFile {
             .collect()
     }
 
+    /// Counts `config` under the search's conditions (batch 1, its latent size), at the config's
+    /// own token count.
+    pub fn count(
+        &self,
+        config: &unetlab_spec::Config,
+    ) -> Result<unetlab_cost::CostReport, unetlab_cost::CostError> {
+        unetlab_cost::count(
+            &config.spec,
+            unetlab_cost::Conditions {
+                batch: 1,
+                latent_size: self.latent_size,
+                tokens: config.spec.text_tokens,
+            },
+        )
+    }
+
     /// Whether latency must be predicted (a constraint or objective uses it).
     pub fn needs_latency(&self) -> bool {
         self.objectives.iter().any(|o| o.metric == Metric::LatencyS)

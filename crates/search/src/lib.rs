@@ -197,14 +197,7 @@ pub fn evaluate_reference(
     predictor: Option<&Predictor>,
     measured: Option<f64>,
 ) -> Result<Evaluated, unetlab_cost::CostError> {
-    let cost = unetlab_cost::count(
-        &config.spec,
-        Conditions {
-            batch: 1,
-            latent_size: file.latent_size,
-            tokens: config.spec.text_tokens,
-        },
-    )?;
+    let cost = file.count(config)?;
     let candidate = Candidate {
         genome: Vec::new(),
         hash: config.hash(),

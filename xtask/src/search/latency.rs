@@ -9,7 +9,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use unetlab_bench::{BenchResult, DeviceArgs, Machine};
-use unetlab_cost::{count, Conditions};
 use unetlab_search::{Exploration, Explorer, LatencySettings, LatencyTable, SearchFile};
 use unetlab_spec::Config;
 
@@ -126,14 +125,7 @@ impl<'c> Stage<'c> {
         }
         let label = format!("[probe {}] {}", self.probes.len() + 1, config.name);
         let (result, cached) = self.bench(config, true, &label)?;
-        let cost = count(
-            &config.spec,
-            Conditions {
-                batch: 1,
-                latent_size: file.latent_size,
-                tokens: config.spec.text_tokens,
-            },
-        )?;
+        let cost = file.count(config)?;
         let timings: BTreeMap<String, f64> = result
             .per_block
             .iter()
