@@ -1,6 +1,6 @@
 //! Architecture search over unetlab configs.
 //!
-//! A search file ([`file`]) names a base config and axes over its fields ([`space`]); a strategy
+//! A search file ([`mod@file`]) names a base config and axes over its fields ([`space`]); a strategy
 //! ([`strategy`]: exhaustive, random or NSGA-II) chooses genomes; each is built into a config,
 //! validated and counted by the cost interpreter (in parallel, no weights), its latency predicted
 //! from a per-block table ([`latency`]); constraints and objectives ([`metric`]) give its fitness

@@ -32,7 +32,7 @@ use crate::cache::Cache;
 /// Output in `results/<name>/` (or --out): candidates.{csv,parquet} (one row per distinct
 /// config), front/*.yaml, pareto.{svg,png}, predictor.{svg,png} and predictor.{csv,parquet}
 /// (when latency is measured), run.json and README.md. Latency measurements are cached in
-/// <out>/cache, so an interrupted search resumes where it stopped.
+/// `<out>/cache`, so an interrupted search resumes where it stopped.
 #[derive(clap::Args)]
 pub struct SearchArgs {
     /// The search file (searches/*.yaml; the format is in searches/README.md).
