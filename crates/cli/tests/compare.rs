@@ -84,21 +84,29 @@ fn bench_reports_percentiles_blocks_and_machine_as_json() {
         .iter()
         .map(|b| b["block"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        blocks,
-        [
-            "time_embedding",
-            "conv_in",
-            "down_blocks.0",
-            "down_blocks.1",
-            "mid_block",
-            "up_blocks.0",
-            "up_blocks.1",
-            "conv_norm_out",
-            "conv_out",
-            "(between blocks)"
-        ]
-    );
+    // Every block the cost interpreter walks (res blocks, transformer stacks, samplers, embedding,
+    // in/out convs), in its order, then the time between blocks.
+    let config = unetlab_spec::Config::load("configs/fixtures/tiny-sd.yaml")
+        .or_else(|_| {
+            unetlab_spec::Config::load(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../configs/fixtures/tiny-sd.yaml"
+            ))
+        })
+        .unwrap();
+    let cost = unetlab_cost::count(
+        &config.spec,
+        unetlab_cost::Conditions {
+            batch: r["batch"].as_u64().unwrap() as usize,
+            latent_size: r["latent_size"].as_u64().unwrap() as usize,
+            tokens: r["tokens"].as_u64().unwrap() as usize,
+        },
+    )
+    .unwrap();
+    let mut expected: Vec<&str> = cost.blocks().iter().map(|b| b.path.as_str()).collect();
+    expected.push("(between blocks)");
+    assert_eq!(blocks, expected);
+    assert!(blocks.contains(&"down_blocks.0.attentions.1"));
     // --profile: the kinds' FLOPs add up to the forward's, with the GEMM peak beside them.
     let kinds = r["profile"].as_array().unwrap();
     let profiled: u64 = kinds.iter().map(|k| k["flops"].as_u64().unwrap()).sum();
