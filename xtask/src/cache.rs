@@ -33,7 +33,33 @@ pub struct BenchConditions {
     pub code: String,
 }
 
-/// The cache folder of one output directory.
+impl BenchConditions {
+    /// The conditions of timing `config` by `timing` on `run_on` on this `machine`, with this
+    /// build's latency code.
+    pub fn new(
+        config: &Config,
+        timing: &Timing,
+        run_on: &DeviceArgs,
+        machine: &Machine,
+    ) -> BenchConditions {
+        BenchConditions {
+            latent_size: timing.latent_size,
+            batch: 1,
+            tokens: config.spec.text_tokens,
+            dtype: run_on.dtype.clone(),
+            device: run_on.device.clone(),
+            threads: machine.threads,
+            warmup: timing.warmup,
+            runs: timing.runs,
+            max_seconds: timing.max_seconds,
+            per_block: timing.per_block,
+            cpu_model: machine.cpu_model.clone(),
+            code: Code::Latency.identity().into(),
+        }
+    }
+}
+
+/// A cache folder: `<out>/cache`, or one the shards of a sweep share.
 pub struct Cache {
     dir: PathBuf,
 }
@@ -41,9 +67,20 @@ pub struct Cache {
 impl Cache {
     /// Opens (creating) `<out>/cache`.
     pub fn open(out: &Path) -> Result<Cache> {
-        let dir = out.join("cache");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Cache { dir })
+        Self::at(&out.join("cache"))
+    }
+
+    /// Opens (creating) the cache folder `dir` (shared by the shards of a sweep).
+    pub fn at(dir: &Path) -> Result<Cache> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn path(&self, kind: &str, hash: &str, key: &[u8]) -> PathBuf {
@@ -57,14 +94,27 @@ impl Cache {
         self.get_json("bench", hash, &key(conditions))
     }
 
-    /// Stores a bench result atomically.
+    /// Stores a bench result atomically, and points the machine-free key of its conditions at
+    /// it (what `--merge` on another node reads).
     pub fn put(
         &self,
         hash: &str,
         conditions: &BenchConditions,
         result: &BenchResult,
     ) -> Result<()> {
-        self.put_json("bench", hash, &key(conditions), result)
+        self.put_json("bench", hash, &key(conditions), result)?;
+        let name = self.path("bench", hash, &key(conditions));
+        let name = name.file_name().expect("a file").to_string_lossy();
+        self.put_json("bench-on", hash, &machine_free_key(conditions), &name)
+    }
+
+    /// A cached bench result measured under `conditions` on any machine: the latest one stored
+    /// for them (its own `machine` says where). Shards on other nodes are found this way.
+    pub fn get_any_machine(&self, hash: &str, conditions: &BenchConditions) -> Option<BenchResult> {
+        let name: String = self.get_json("bench-on", hash, &machine_free_key(conditions))?;
+        let path = self.dir.join(name);
+        let text = std::fs::read_to_string(&path).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// A cached `kind` result for a config hash and key, if present and readable.
@@ -131,20 +181,7 @@ pub fn cached_bench(
     label: &str,
 ) -> Result<(BenchResult, bool), String> {
     let tokens = config.spec.text_tokens;
-    let conditions = BenchConditions {
-        latent_size: timing.latent_size,
-        batch: 1,
-        tokens,
-        dtype: run_on.dtype.clone(),
-        device: run_on.device.clone(),
-        threads: machine.threads,
-        warmup: timing.warmup,
-        runs: timing.runs,
-        max_seconds: timing.max_seconds,
-        per_block: timing.per_block,
-        cpu_model: machine.cpu_model.clone(),
-        code: Code::Latency.identity().into(),
-    };
+    let conditions = BenchConditions::new(config, timing, run_on, machine);
     let hash = config.hash();
     if let Some(cached) = cache.get(&hash, &conditions).filter(|_| !force) {
         eprintln!(
@@ -187,6 +224,15 @@ pub fn cached_bench(
             Err(e.to_string())
         }
     }
+}
+
+/// The conditions without the machine (CPU model, threads).
+fn machine_free_key(conditions: &BenchConditions) -> Vec<u8> {
+    key(&BenchConditions {
+        threads: 0,
+        cpu_model: String::new(),
+        ..conditions.clone()
+    })
 }
 
 fn key(conditions: &BenchConditions) -> Vec<u8> {

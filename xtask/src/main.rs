@@ -10,6 +10,7 @@ mod peer_bench;
 mod recipe;
 mod search;
 mod setup;
+mod shard;
 mod tools;
 mod training;
 

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use unetlab_provenance::Code;
@@ -24,6 +24,7 @@ use unetlab_train::metrics::MetricOptions;
 use unetlab_train::{Budget, Recipe, RunSummary};
 
 use crate::cache::Cache;
+use crate::shard::Work;
 
 /// How the configs are trained.
 pub struct TrainPlan {
@@ -48,6 +49,9 @@ pub struct TrainPlan {
     pub evaluator_cache: PathBuf,
     /// Train again even what is cached.
     pub force: bool,
+    /// Which runs to train: all, one shard's (a fine-tuning run goes with its parent), or none
+    /// (merge: every run must be cached).
+    pub work: Work,
 }
 
 /// One finished run, and whether it was read from the cache rather than trained by this sweep.
@@ -176,6 +180,27 @@ pub fn train_all(
             }
         }
     }
+    // The shards: a run's unit is its root config (the parent of a fine-tuning run) and seed,
+    // so a fine-tuning run and its parent fall in the same shard.
+    let unit = |c: usize, s: usize| {
+        let root = parents[c].map_or(c, |(p, _)| p);
+        format!("train {} seed {}", configs[root].1.hash(), plan.seeds[s])
+    };
+    match plan.work {
+        Work::Merge if !todo.is_empty() => {
+            let missing: Vec<String> = todo
+                .iter()
+                .map(|&(c, s)| format!("{} seed {}", configs[c].1.name, plan.seeds[s]))
+                .collect();
+            bail!(
+                "--merge: {} training run(s) are not in the cache: {}; run their shards first",
+                missing.len(),
+                missing.join(", ")
+            );
+        }
+        Work::Shard(_) => todo.retain(|&(c, s)| plan.work.does(&unit(c, s))),
+        Work::All | Work::Merge => {}
+    }
     // A fine-tuning run needs its parent's checkpoint: a cached parent whose run directory is
     // gone is trained again (same key, same result).
     for (c, s) in todo.clone() {
@@ -245,7 +270,7 @@ pub fn train_all(
         .into_iter()
         .map(|runs| {
             runs.into_iter()
-                .map(|r| r.expect("every run has an outcome"))
+                .map(|r| r.unwrap_or_else(|| Err("another shard's unit".into())))
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect())

@@ -8,13 +8,14 @@ pub(crate) mod study;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
 use unetlab_bench::{BenchResult, DeviceArgs, Machine};
 use unetlab_cost::{count, Conditions, CostReport};
 use unetlab_spec::Config;
 
-use crate::cache::{cached_bench, Cache, Timing};
+use crate::cache::{cached_bench, BenchConditions, Cache, Timing};
+use crate::shard::{Shard, Work};
 use crate::training;
 use unetlab_provenance::{now_utc, Build};
 
@@ -126,6 +127,19 @@ pub struct AblateArgs {
     /// of this study's FD and validation loss with its, over the configs both trained.
     #[arg(long, value_name = "DIR")]
     rank_against: Option<PathBuf>,
+    /// Do only shard K of N of the work units (each config's latency, each training run, chosen
+    /// by a hash of the unit, so adding a config moves no other unit), writing them to the cache
+    /// and no tables; `--merge` writes the tables once every shard is done. Inside a Slurm array
+    /// task the default is the task's place in the array.
+    #[arg(long, value_name = "K/N", conflicts_with = "merge")]
+    shard: Option<Shard>,
+    /// Write the tables from the cache alone (the shards' work): measure and train nothing, and
+    /// fail naming every unit that is missing.
+    #[arg(long, conflicts_with = "force")]
+    merge: bool,
+    /// The cache folder (default: `<out>/cache`); the shards of one sweep share it.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
 }
 
 /// Everything measured for one config.
@@ -154,7 +168,15 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         .clone()
         .unwrap_or_else(|| workspace.join("results").join(&study));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let cache = Cache::open(&out)?;
+    let cache = match &args.cache {
+        Some(dir) => Cache::at(dir)?,
+        None => Cache::open(&out)?,
+    };
+    let work = match (args.merge, args.shard) {
+        (true, _) => Work::Merge,
+        (false, Some(shard)) => Work::Shard(shard),
+        (false, None) => Shard::from_slurm()?.map_or(Work::All, Work::Shard),
+    };
     let configs = plan
         .configs
         .iter()
@@ -174,9 +196,31 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         .enumerate()
         .map(|(i, config)| {
             let label = format!("[{}/{total}] {}", i + 1, config.name);
-            measure(config, &label, args, &cache, &machine, (&device, dtype))
+            measure(
+                config,
+                &label,
+                args,
+                (&cache, work),
+                &machine,
+                (&device, dtype),
+            )
         })
         .collect::<Result<Vec<_>>>()?;
+    if work == Work::Merge {
+        let missing: Vec<String> = rows
+            .iter()
+            .filter(|r| r.bench.is_err())
+            .map(|r| format!("latency of {}", r.config.name))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "--merge: {} unit(s) are not in the cache ({}): {}; run their shards first",
+                missing.len(),
+                cache.dir().display(),
+                missing.join(", ")
+            );
+        }
+    }
     let parallelism = if args.no_train {
         None
     } else {
@@ -184,11 +228,19 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
             args,
             &plan.configs,
             &mut rows,
-            &cache,
+            (&cache, work),
             &out,
             &workspace,
         )?)
     };
+    if let Work::Shard(shard) = work {
+        eprintln!(
+            "shard {shard} done: its units are in {}; write the tables with --merge once every \
+             shard is done",
+            cache.dir().display()
+        );
+        return Ok(());
+    }
 
     output::write(
         &out,
@@ -208,7 +260,7 @@ fn measure(
     config: Config,
     label: &str,
     args: &AblateArgs,
-    cache: &Cache,
+    (cache, work): (&Cache, Work),
     machine: &Machine,
     (device, dtype): (&Device, DType),
 ) -> Result<Row> {
@@ -229,16 +281,27 @@ fn measure(
         max_seconds,
         per_block: true,
     };
-    let (bench, bench_cached) = match cached_bench(
-        &config,
-        &timing,
-        (&args.run_on, device, dtype),
-        (cache, args.force),
-        machine,
-        label,
-    ) {
-        Ok((result, cached)) => (Ok(result), cached),
-        Err(e) => (Err(e), false),
+    let unit = format!("latency {}", config.hash());
+    let (bench, bench_cached) = if work.does(&unit) {
+        match cached_bench(
+            &config,
+            &timing,
+            (&args.run_on, device, dtype),
+            (cache, args.force),
+            machine,
+            label,
+        ) {
+            Ok((result, cached)) => (Ok(result), cached),
+            Err(e) => (Err(e), false),
+        }
+    } else if work == Work::Merge {
+        let conditions = BenchConditions::new(&config, &timing, &args.run_on, machine);
+        match cache.get_any_machine(&config.hash(), &conditions) {
+            Some(result) => (Ok(result), true),
+            None => (Err("not in the cache".to_string()), false),
+        }
+    } else {
+        (Err("another shard's unit".to_string()), false)
     };
     Ok(Row {
         config,
@@ -255,7 +318,7 @@ fn train_rows(
     args: &AblateArgs,
     references: &[String],
     rows: &mut [Row],
-    cache: &Cache,
+    (cache, work): (&Cache, Work),
     out: &Path,
     workspace: &Path,
 ) -> Result<(usize, usize)> {
@@ -275,6 +338,7 @@ fn train_rows(
             .unwrap_or_else(|| crate::tools::target_dir(workspace).join("ablate-runs")),
         evaluator_cache: crate::tools::target_dir(workspace).join("unetlab-cache"),
         force: args.force,
+        work,
     };
     let configs: Vec<(String, &Config)> = references
         .iter()

@@ -198,6 +198,7 @@ fn plan(setup: &Setup<'_>, target: &Path, steps: u64, seeds: u64) -> TrainPlan {
         runs: setup.runs.clone(),
         evaluator_cache: target.join("unetlab-cache"),
         force: setup.force,
+        work: crate::shard::Work::All,
     }
 }
 
