@@ -11,6 +11,7 @@ mod recipe;
 mod search;
 mod setup;
 mod shard;
+mod slurm;
 mod tools;
 mod training;
 
@@ -67,7 +68,18 @@ enum Command {
     /// latency from a per-block table measured here, and write the Pareto front as configs ready
     /// for ablate, bench and export, in `results/<name>/`. Resumable: measurements are cached.
     Search(search::SearchArgs),
-    /// The test suite: setup, `cargo test --workspace --release`, then `onnx-check`.
+    /// Write the sbatch scripts that run a study as a Slurm job array (`cargo xtask slurm ablate
+    /// <ablate's arguments> --array N [--partition P] [--time T] [--cpus-per-task C]
+    /// [--gpus-per-task G] [--submit]`): each task runs `ablate --shard` (its shard from the
+    /// array), a merge job that depends on them (afterok) writes the tables. --submit submits
+    /// both and prints their job ids.
+    Slurm(slurm::SlurmArgs),
+    /// Check the Slurm path on a real Slurm on this machine: start MUNGE, slurmctld and slurmd
+    /// (one node, a generated slurm.conf), run a smoke study as a 2-task array plus merge and
+    /// compare it with a single process, cancel a task of a second array mid-run and resubmit;
+    /// stops every daemon it started. Part of `cargo xtask test`.
+    SlurmCheck,
+    /// The test suite: setup, `cargo test --workspace --release`, `onnx-check`, `slurm-check`.
     Test,
 }
 
@@ -81,6 +93,8 @@ fn main() -> Result<()> {
         Command::PeerBench(args) => peer_bench::run(&args),
         Command::Recipe(args) => recipe::run(&args, docs::workspace()),
         Command::Search(args) => search::run(&args, docs::workspace()),
+        Command::Slurm(args) => slurm::run(&args, &docs::workspace()),
+        Command::SlurmCheck => slurm::check::run(&docs::workspace()),
         Command::Test => test(),
     }
 }
@@ -95,5 +109,6 @@ fn test() -> Result<()> {
     if !status.success() {
         anyhow::bail!("cargo test failed ({status})");
     }
-    onnx_check::run(&onnx_check::OnnxCheckArgs::default())
+    onnx_check::run(&onnx_check::OnnxCheckArgs::default())?;
+    slurm::check::run(&docs::workspace())
 }

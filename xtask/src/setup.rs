@@ -3,6 +3,8 @@
 //! - `protoc` (Debian `protobuf-compiler`): candle-onnx, the test-only ONNX evaluator, compiles
 //!   ONNX's `.proto` in its build script.
 //! - a TrueType font (Debian `fonts-dejavu-core`): plot text (or set `UNETLAB_FONT`).
+//! - Slurm and MUNGE (Debian `slurm-wlm`, `munge`): `cargo xtask slurm-check` runs a one-node
+//!   cluster on this machine.
 
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +18,32 @@ pub fn run() -> Result<()> {
     let font = std::env::var_os("UNETLAB_FONT").is_some()
         || Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").is_file();
     ensure(font, "a TrueType font", "fonts-dejavu-core")?;
-    Ok(())
+    slurm()
+}
+
+/// Slurm's daemons and clients and MUNGE, installed if missing.
+pub fn slurm() -> Result<()> {
+    let slurm = [
+        "slurmctld",
+        "slurmd",
+        "sbatch",
+        "squeue",
+        "scontrol",
+        "scancel",
+        "sinfo",
+    ]
+    .iter()
+    .all(|p| installed(p));
+    ensure(slurm, "Slurm", "slurm-wlm")?;
+    ensure(installed("munged"), "MUNGE", "munge")
+}
+
+/// Whether `program` is on the PATH or in /usr/sbin (where Debian puts the daemons).
+fn installed(program: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([Path::new("/usr/sbin").to_path_buf()])
+        .any(|dir| dir.join(program).is_file())
 }
 
 fn has_command(name: &str) -> bool {

@@ -211,11 +211,18 @@ fn smoke_run_over_every_config_matches_the_cost_interpreter() {
     }
 }
 
+/// The cached measurements and runs (not the machine-free pointers `--merge` reads).
 fn cache_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("cache"))
         .map(|d| {
             d.map(|e| e.unwrap().path())
                 .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .filter(|p| {
+                    !p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("bench-on-")
+                })
                 .collect()
         })
         .unwrap_or_default();

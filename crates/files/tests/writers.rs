@@ -49,7 +49,7 @@ const ALLOWED: [(&str, &str, usize, &str); 7] = [
         "a training subprocess's live output log",
     ),
     (
-        "xtask/src/ablate/training.rs",
+        "xtask/src/training.rs",
         "File::create(",
         1,
         "a training subprocess's live output log",

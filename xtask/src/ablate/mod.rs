@@ -142,6 +142,31 @@ pub struct AblateArgs {
     cache: Option<PathBuf>,
 }
 
+impl AblateArgs {
+    /// The shard asked for with --shard.
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard
+    }
+
+    /// Whether --merge was given.
+    pub fn merging(&self) -> bool {
+        self.merge
+    }
+
+    /// The study's name: --study, else the study file's, else "ablate".
+    pub fn study_name(&self) -> Result<String> {
+        let plan = study::plan(&self.files)?;
+        Ok(study_name(self, &plan))
+    }
+}
+
+fn study_name(args: &AblateArgs, plan: &study::Plan) -> String {
+    args.study
+        .clone()
+        .or(plan.study.as_ref().map(|s| s.0.clone()))
+        .unwrap_or_else(|| "ablate".into())
+}
+
 /// Everything measured for one config.
 pub struct Row {
     pub config: Config,
@@ -157,11 +182,7 @@ pub struct Row {
 pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
     let (device, dtype) = args.run_on.open().map_err(|e| anyhow!(e))?;
     let plan = study::plan(&args.files)?;
-    let study = args
-        .study
-        .clone()
-        .or(plan.study.as_ref().map(|s| s.0.clone()))
-        .unwrap_or_else(|| "ablate".into());
+    let study = study_name(args, &plan);
     let description = plan.study.as_ref().and_then(|s| s.1.clone());
     let out = args
         .out
