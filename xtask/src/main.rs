@@ -8,7 +8,7 @@ mod fuzz;
 mod onnx_check;
 mod peer_bench;
 mod recipe;
-mod search;
+pub(crate) mod search;
 mod setup;
 mod shard;
 mod slurm;

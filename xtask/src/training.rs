@@ -26,6 +26,9 @@ use unetlab_train::{Budget, Recipe, RunSummary};
 use crate::cache::Cache;
 use crate::shard::Work;
 
+/// The outcome of a run another shard trains (and has not yet, or it would be cached).
+pub const OTHER_SHARD: &str = "another shard's unit";
+
 /// How the configs are trained.
 pub struct TrainPlan {
     /// The recipe's budget.
@@ -270,7 +273,7 @@ pub fn train_all(
         .into_iter()
         .map(|runs| {
             runs.into_iter()
-                .map(|r| r.unwrap_or_else(|| Err("another shard's unit".into())))
+                .map(|r| r.unwrap_or_else(|| Err(OTHER_SHARD.into())))
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect())

@@ -145,15 +145,18 @@ fn a_smoke_search_writes_a_checked_front_of_loadable_configs() {
     }
 }
 
+/// The cached measurements (`bench`) or runs (`train`) under `out/cache`, without the
+/// machine-free pointers to measurements (`bench-on-`).
 fn cache_files(out: &Path, kind: &str) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(out.join("cache"))
         .map(|d| d.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
     v.retain(|p| {
-        p.file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with(&format!("{kind}-"))
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        // A SIGKILL during an atomic write leaves its `.partial` temp file, never a result.
+        name.starts_with(&format!("{kind}-"))
+            && !name.starts_with("bench-on-")
+            && name.ends_with(".json")
     });
     v.sort();
     v
@@ -213,7 +216,12 @@ fn a_killed_search_resumes_without_losing_or_redoing_a_measurement() {
     let runs: usize = rungs
         .iter()
         .flat_map(|r| r["runs"].as_array().unwrap())
-        .map(|c| c["seeds"].as_array().unwrap().len())
+        .map(|c| {
+            c["seeds"]
+                .as_array()
+                .unwrap_or_else(|| panic!("a run failed after the resume: {c}"))
+                .len()
+        })
         .sum();
     assert_eq!(cache_files(out.path(), "train").len(), runs);
     let kept_bench = kept
@@ -258,4 +266,63 @@ fn a_killed_search_resumes_without_losing_or_redoing_a_measurement() {
     }
     assert_eq!(last.len(), promoted + 1);
     assert!(out.path().join("quality.png").is_file());
+}
+
+#[test]
+fn shards_of_a_search_do_each_unit_once_and_merge_without_measuring() {
+    let file = "searches/fixtures/tiny-quality.yaml";
+    let dir = tempfile::tempdir().unwrap();
+    let (out, cache) = (dir.path().join("out"), dir.path().join("cache"));
+    let sharded = |extra: &[&str]| {
+        let mut cmd = search(file, &out);
+        cmd.arg("--cache").arg(&cache).args(extra);
+        cmd.output().unwrap()
+    };
+    // Before any shard, the merge names what is missing.
+    let early = sharded(&["--merge"]);
+    assert!(!early.status.success());
+    assert!(String::from_utf8_lossy(&early.stderr).contains("not yet in the cache"));
+    // The shards, again and again as a chain of arrays would run them, until both are done.
+    let mut done = [false, false];
+    for _ in 0..12 {
+        for (k, finished) in done.iter_mut().enumerate() {
+            let o = sharded(&["--shard", &format!("{}/2", k + 1)]);
+            let log = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert!(o.status.success(), "{log}");
+            assert!(!out.join("run.json").exists(), "a shard writes no outputs");
+            *finished = log.contains("every stage is done");
+        }
+        if done == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(done, [true, true], "the shards finish");
+    let merged = sharded(&["--merge"]);
+    let log = String::from_utf8_lossy(&merged.stderr).into_owned();
+    assert!(merged.status.success(), "{log}");
+    assert!(
+        !log.contains("median") && !log.contains("training tiny"),
+        "the merge did work: {log}"
+    );
+    let run_json = json(&out.join("run.json"));
+    let probes = run_json["latency"]["probes"].as_array().unwrap().len();
+    let checks = run_json["latency"]["check"]["configs"].as_u64().unwrap() as usize;
+    assert_eq!(
+        cache_files(dir.path(), "bench").len(),
+        probes + checks,
+        "each latency unit once"
+    );
+    let runs: usize = run_json["quality"]["rungs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["runs"].as_array().unwrap())
+        .map(|c| c["seeds"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        cache_files(dir.path(), "train").len(),
+        runs,
+        "each run once"
+    );
+    assert!(out.join("candidates.csv").is_file() && out.join("quality.png").is_file());
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use unetlab_data::Example;
 use unetlab_graph::TextEncoderSpec;
 use unetlab_provenance::{Code, Provenance};
@@ -74,7 +74,7 @@ pub struct MetricsSetup {
 }
 
 /// A run's metrics (`metrics` in `run.json`).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunMetrics {
     /// What was generated and scored.
     pub options: MetricOptions,
@@ -131,7 +131,7 @@ pub enum Progress {
 }
 
 /// The outcome, also written to `run.json`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunSummary {
     /// Config name.
     pub config: String,
@@ -170,7 +170,10 @@ pub struct RunSummary {
     pub validation_loss: f64,
     /// Validation loss of the initial weights (fresh runs only).
     pub initial_validation_loss: Option<f64>,
-    /// Training steps per second in this session (validation and checkpoints excluded).
+    /// Training steps per second in this session (validation and checkpoints excluded); NaN
+    /// when unknown (a run resumed with nothing left to train whose earlier session never wrote
+    /// its summary), which JSON writes as `null`.
+    #[serde(deserialize_with = "nan_if_null")]
     pub steps_per_s: f64,
     /// FD and text alignment of the EMA weights (shapes data with metrics requested).
     pub metrics: Option<RunMetrics>,
@@ -581,6 +584,11 @@ fn scoring(opts: &RunOptions) -> Option<&MetricsSetup> {
 
 fn checkpoint_path(run: &Path) -> PathBuf {
     run.join("checkpoint.safetensors")
+}
+
+/// A number, or NaN where JSON has `null` (how serde_json writes NaN).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// `steps_per_s` of the run.json in `out`, if it belongs to this run.

@@ -12,12 +12,13 @@ use unetlab_bench::{BenchResult, DeviceArgs, Machine};
 use unetlab_search::{Exploration, Explorer, LatencySettings, LatencyTable, SearchFile};
 use unetlab_spec::Config;
 
-use super::candidate_name;
+use super::{candidate_name, Incomplete};
 use crate::ablate::Budget;
-use crate::cache::{cached_bench, Cache, Timing};
+use crate::cache::{cached_bench, BenchConditions, Cache, Timing};
+use crate::shard::Work;
 
 /// Rounds of "explore, measure the front's unknown blocks" before the last exploration.
-const MAX_ROUNDS: usize = 4;
+pub const MAX_ROUNDS: usize = 4;
 
 /// One config measured for the table (whole forward and every block).
 pub struct Probe {
@@ -67,6 +68,7 @@ pub struct Stage<'c> {
     pub machine: Machine,
     cache: &'c Cache,
     force: bool,
+    work: Work,
     /// The timing protocol of probes (checks time the same without blocks).
     pub timing: Timing,
     /// The table.
@@ -80,7 +82,7 @@ impl<'c> Stage<'c> {
     pub fn open(
         settings: &LatencySettings,
         (budget, latent_size, threads): (Budget, usize, Option<usize>),
-        (cache, force): (&'c Cache, bool),
+        (cache, force, work): (&'c Cache, bool, Work),
     ) -> Result<Self> {
         let run_on = DeviceArgs {
             device: settings.device.clone(),
@@ -97,6 +99,7 @@ impl<'c> Stage<'c> {
             machine: Machine::current(),
             cache,
             force,
+            work,
             timing: Timing {
                 latent_size,
                 warmup,
@@ -124,7 +127,9 @@ impl<'c> Stage<'c> {
             return Ok(());
         }
         let label = format!("[probe {}] {}", self.probes.len() + 1, config.name);
-        let (result, cached) = self.bench(config, true, &label)?;
+        let Some((result, cached)) = self.bench(config, true, &label)? else {
+            return Err(Incomplete(format!("the latency probe of {}", config.name)).into());
+        };
         let cost = file.count(config)?;
         let timings: BTreeMap<String, f64> = result
             .per_block
@@ -159,11 +164,27 @@ impl<'c> Stage<'c> {
             .map(|p| p.result.median_s)
     }
 
-    fn bench(&self, config: &Config, per_block: bool, label: &str) -> Result<(BenchResult, bool)> {
+    /// Measures `config` (or reads it from the cache) when this run does its unit; reads it from
+    /// the cache, measured by whichever node did, when another shard does; `None` when that
+    /// shard has not yet.
+    fn bench(
+        &self,
+        config: &Config,
+        per_block: bool,
+        label: &str,
+    ) -> Result<Option<(BenchResult, bool)>> {
         let timing = Timing {
             per_block,
             ..self.timing
         };
+        let kind = if per_block { "probe" } else { "check" };
+        if !self.work.does(&format!("search {kind} {}", config.hash())) {
+            let conditions = BenchConditions::new(config, &timing, &self.run_on, &self.machine);
+            return Ok(self
+                .cache
+                .get_any_machine(&config.hash(), &conditions)
+                .map(|r| (r, true)));
+        }
         cached_bench(
             config,
             &timing,
@@ -172,6 +193,7 @@ impl<'c> Stage<'c> {
             &self.machine,
             label,
         )
+        .map(Some)
         .map_err(|e| anyhow!("{label}: {e}"))
     }
 
@@ -192,13 +214,19 @@ impl<'c> Stage<'c> {
             if picks.is_empty() || round == MAX_ROUNDS {
                 return Ok((exploration, seconds));
             }
+            let mut pending = Vec::new();
             for i in picks {
                 let c = &exploration.candidates[i].candidate;
                 let config = file
                     .space
                     .config(&c.genome, &candidate_name(file, &c.hash))
                     .map_err(|e| anyhow!("a counted candidate no longer builds: {e}"))?;
-                self.probe(file, &config)?;
+                if let Err(e) = self.probe(file, &config) {
+                    pending.push(e.downcast::<Incomplete>()?.0);
+                }
+            }
+            if !pending.is_empty() {
+                return Err(Incomplete(pending.join(", ")).into());
             }
             round += 1;
         }
@@ -282,6 +310,7 @@ impl<'c> Stage<'c> {
             chosen.extend(more);
         }
         let mut rows = Vec::new();
+        let mut pending = Vec::new();
         for (k, &i) in chosen.iter().enumerate() {
             let e = &exploration.candidates[i];
             let name = candidate_name(file, &e.candidate.hash);
@@ -290,7 +319,10 @@ impl<'c> Stage<'c> {
                 .config(&e.candidate.genome, &name)
                 .map_err(|err| anyhow!("a counted candidate no longer builds: {err}"))?;
             let label = format!("[check {}/{}] {name}", k + 1, chosen.len());
-            let (result, cached) = self.bench(&config, false, &label)?;
+            let Some((result, cached)) = self.bench(&config, false, &label)? else {
+                pending.push(format!("the latency check of {name}"));
+                continue;
+            };
             let prediction = e
                 .prediction
                 .expect("the latency stage predicts every candidate");
@@ -303,6 +335,9 @@ impl<'c> Stage<'c> {
                 cached,
                 on_front: front.contains(&i),
             });
+        }
+        if !pending.is_empty() {
+            return Err(Incomplete(pending.join(", ")).into());
         }
         Ok(rows)
     }

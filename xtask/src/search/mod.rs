@@ -14,7 +14,7 @@ mod quality;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use unetlab_bench::Machine;
 use unetlab_provenance::{now_utc, Build};
@@ -25,6 +25,7 @@ use unetlab_spec::Config;
 
 use crate::ablate::Budget;
 use crate::cache::Cache;
+use crate::shard::{Shard, Work};
 
 /// Walk a search file's space, predict latency from a measured per-block table, and write the
 /// Pareto front as configs ready for `ablate`, `bench` and `export`.
@@ -55,7 +56,54 @@ pub struct SearchArgs {
     /// (default: target/search-runs).
     #[arg(long)]
     runs: Option<PathBuf>,
+    /// Do only shard K of N of each stage's units (latency probes, checks, training runs),
+    /// reading the other shards' from the cache, and stop at the first stage whose units are
+    /// not all done; write no outputs. Run it again (the next array of `cargo xtask slurm
+    /// search`) until every stage is done, then `--merge`. Inside a Slurm array task the default
+    /// is the task's place in the array.
+    #[arg(long, value_name = "K/N", conflicts_with = "merge")]
+    shard: Option<Shard>,
+    /// Write the outputs from the cache alone: measure and train nothing, and fail naming what
+    /// is missing.
+    #[arg(long, conflicts_with = "force")]
+    merge: bool,
+    /// The cache folder (default: `<out>/cache`); the shards of one search share it.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
 }
+
+impl SearchArgs {
+    /// Whether --shard or --merge was given.
+    pub fn sharding(&self) -> bool {
+        self.shard.is_some() || self.merge
+    }
+
+    /// The search's name and how many stages a sharded run has: the references' probes, each
+    /// round of probes for the front, the check, each quality rung (a stage with nothing left to
+    /// do passes at once).
+    pub fn name_and_stages(&self) -> Result<(String, usize)> {
+        let file = SearchFile::load(&self.file).map_err(|e| anyhow!("{e}"))?;
+        let latency = if file.latency.is_some() {
+            1 + (latency::MAX_ROUNDS + 1) + 1
+        } else {
+            0
+        };
+        let rungs = file.quality.as_ref().map_or(0, |q| q.rungs);
+        Ok((file.name, (latency + rungs).max(1)))
+    }
+}
+
+/// A stage that cannot finish in this run: other shards' units it needs are not in the cache yet.
+#[derive(Debug)]
+pub struct Incomplete(pub String);
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not yet in the cache: {}", self.0)
+    }
+}
+
+impl std::error::Error for Incomplete {}
 
 /// A config outside the space, placed beside the candidates.
 pub struct Reference {
@@ -67,6 +115,28 @@ pub struct Reference {
 
 /// Runs `cargo xtask search`.
 pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
+    let work = match (args.merge, args.shard) {
+        (true, _) => Work::Merge,
+        (false, Some(shard)) => Work::Shard(shard),
+        (false, None) => Shard::from_slurm()?.map_or(Work::All, Work::Shard),
+    };
+    match search(args, workspace, work) {
+        Err(e) => match (e.downcast_ref::<Incomplete>(), work) {
+            (Some(waiting), Work::Shard(shard)) => {
+                eprintln!(
+                    "shard {shard}: did its units up to a stage that needs other shards' ({waiting}); \
+                     run the shards again once they are done, then --merge"
+                );
+                Ok(())
+            }
+            (Some(missing), Work::Merge) => bail!("--merge: {missing}; run the shards first"),
+            _ => Err(e),
+        },
+        ok => ok,
+    }
+}
+
+fn search(args: &SearchArgs, workspace: PathBuf, work: Work) -> Result<()> {
     let mut file = SearchFile::load(&args.file).map_err(|e| anyhow!("{e}"))?;
     let references = reference_configs(&file)?;
     if args.budget == Budget::Smoke {
@@ -81,14 +151,17 @@ pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
         .clone()
         .unwrap_or_else(|| workspace.join("results").join(&file.name));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let cache = Cache::open(&out)?;
+    let cache = match &args.cache {
+        Some(dir) => Cache::at(dir)?,
+        None => Cache::open(&out)?,
+    };
     let (build, started) = (Build::current(), now_utc());
 
     let mut stage = match file.latency.clone() {
         Some(settings) => Some(latency::Stage::open(
             &settings,
             (args.budget, file.latent_size, args.threads),
-            (&cache, args.force),
+            (&cache, args.force, work),
         )?),
         None => {
             unetlab_bench::DeviceArgs {
@@ -103,8 +176,14 @@ pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
     };
     let machine = Machine::current();
     if let Some(stage) = &mut stage {
+        let mut pending = Vec::new();
         for config in &references {
-            stage.probe(&file, config)?;
+            if let Err(e) = stage.probe(&file, config) {
+                pending.push(e.downcast::<Incomplete>()?.0);
+            }
+        }
+        if !pending.is_empty() {
+            return Err(Incomplete(pending.join(", ")).into());
         }
     }
     resolve_limits(&mut file, &references, stage.as_ref())?;
@@ -140,6 +219,7 @@ pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
                     .clone()
                     .unwrap_or_else(|| crate::tools::target_dir(&workspace).join("search-runs")),
                 force: args.force,
+                work,
             };
             let result = quality::run(&file, q, &exploration, &configs, &setup)?;
             record_quality(&result, &mut exploration, &mut references);
@@ -147,6 +227,10 @@ pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
         }
         None => None,
     };
+    if let Work::Shard(shard) = work {
+        eprintln!("shard {shard}: every stage is done; write the outputs with --merge");
+        return Ok(());
+    }
     output::write(
         &out,
         &file,

@@ -91,6 +91,8 @@ pub struct Setup<'a> {
     pub runs: PathBuf,
     /// Train again even what is cached.
     pub force: bool,
+    /// All runs, one shard's, or none (merge).
+    pub work: crate::shard::Work,
 }
 
 /// Runs successive halving over the exploration's front; `references` train at the last rung.
@@ -173,6 +175,16 @@ pub fn run(
                 (c.name.clone(), c.hash(), runs)
             })
             .collect();
+        let waiting: Vec<String> = runs
+            .iter()
+            .filter(|(_, _, r)| r.as_ref().is_err_and(|e| e == crate::training::OTHER_SHARD))
+            .map(|(name, _, _)| format!("{name} at rung {}", r + 1))
+            .collect();
+        if !waiting.is_empty() {
+            return Err(
+                super::Incomplete(format!("the training of {}", waiting.join(", "))).into(),
+            );
+        }
         if !last {
             pool = promote(pool, &runs, stage);
         }
@@ -198,7 +210,7 @@ fn plan(setup: &Setup<'_>, target: &Path, steps: u64, seeds: u64) -> TrainPlan {
         runs: setup.runs.clone(),
         evaluator_cache: target.join("unetlab-cache"),
         force: setup.force,
-        work: crate::shard::Work::All,
+        work: setup.work,
     }
 }
 

@@ -346,8 +346,14 @@ impl Cluster {
     ) -> Result<(String, String)> {
         // sbatch finds the cluster through SLURM_CONF, as on any login node.
         std::env::set_var("SLURM_CONF", &self.conf);
-        let s = write_and_submit(args, &options, "slurm-check", workspace)?;
-        s.jobs.context("submitted")
+        let sweep = super::Sweep {
+            command: "ablate",
+            name: "slurm-check".into(),
+            arrays: 1,
+        };
+        let s = write_and_submit(&sweep, args, &options, workspace)?;
+        let (arrays, merge) = s.jobs.context("submitted")?;
+        Ok((arrays.into_iter().next().context("one array")?, merge))
     }
 
     /// Waits until none of `jobs` is queued or running.

@@ -1,5 +1,7 @@
-//! `cargo xtask slurm ablate ...`: a study as a Slurm job array of `ablate --shard` tasks and a
-//! merge job that runs once they all succeed. `check.rs` is `cargo xtask slurm-check`.
+//! `cargo xtask slurm ablate|search ...`: a study (or a search) as Slurm job arrays of `--shard`
+//! tasks and a merge job that runs once they all succeed. A study is one array; a search is one
+//! array per stage (the references' probes, each probe round, the check, each quality rung need
+//! the stage before them), chained with afterok. `check.rs` is `cargo xtask slurm-check`.
 
 pub mod check;
 
@@ -9,6 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::ablate::AblateArgs;
+use crate::search::SearchArgs;
 
 /// Write (and with --submit, submit) the sbatch scripts that run a study as a job array.
 #[derive(clap::Args)]
@@ -21,6 +24,8 @@ pub struct SlurmArgs {
 enum SlurmCommand {
     /// `cargo xtask ablate` with the same arguments, sharded over an array.
     Ablate(SlurmAblate),
+    /// `cargo xtask search` with the same arguments: one array per stage, then the merge.
+    Search(SlurmSearch),
 }
 
 /// The study's arguments, then the array's.
@@ -32,7 +37,16 @@ struct SlurmAblate {
     array: ArrayOptions,
 }
 
-/// How the array is submitted.
+/// The search's arguments, then the arrays'.
+#[derive(clap::Args)]
+struct SlurmSearch {
+    #[command(flatten)]
+    search: SearchArgs,
+    #[command(flatten)]
+    array: ArrayOptions,
+}
+
+/// How the arrays are submitted.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ArrayOptions {
     /// Tasks in the array (each runs shard K of N of the work units).
@@ -50,7 +64,8 @@ pub struct ArrayOptions {
     /// GPUs per task; the tasks then run on `cuda:0` unless the study names a device.
     #[arg(long)]
     pub gpus_per_task: Option<u32>,
-    /// Submit both scripts (the merge depends on the array with afterok) and print the job ids.
+    /// Submit the scripts (each array after the one before, the merge last, all afterok) and
+    /// print the job ids.
     #[arg(long)]
     pub submit: bool,
     /// Where the scripts and task logs go (default: `target/slurm/<study>`).
@@ -70,39 +85,73 @@ const ARRAY_FLAGS: &[(&str, bool)] = &[
     ("--scripts", true),
 ];
 
-/// The two scripts written and, when submitted, their job ids.
+/// What the scripts run: the xtask command, its name for the jobs, and how many arrays.
+pub struct Sweep {
+    /// `ablate` or `search`.
+    pub command: &'static str,
+    /// The study's or search's name.
+    pub name: String,
+    /// Arrays in a chain (1 for a study; a search's stages).
+    pub arrays: usize,
+}
+
+/// The scripts written and, when submitted, their job ids.
 pub struct Submission {
-    /// The array script.
-    pub array: PathBuf,
+    /// The array scripts, in the order they run.
+    pub arrays: Vec<PathBuf>,
     /// The merge script.
     pub merge: PathBuf,
-    /// (array job id, merge job id) when submitted.
-    pub jobs: Option<(String, String)>,
+    /// (array job ids, merge job id) when submitted.
+    pub jobs: Option<(Vec<String>, String)>,
 }
 
 /// Runs `cargo xtask slurm`.
 pub fn run(args: &SlurmArgs, workspace: &Path) -> Result<()> {
-    let SlurmCommand::Ablate(a) = &args.command;
+    let (sweep, array, sharded) = match &args.command {
+        SlurmCommand::Ablate(a) => (
+            Sweep {
+                command: "ablate",
+                name: a.ablate.study_name()?,
+                arrays: 1,
+            },
+            &a.array,
+            a.ablate.shard().is_some() || a.ablate.merging(),
+        ),
+        SlurmCommand::Search(s) => {
+            let (name, arrays) = s.search.name_and_stages()?;
+            (
+                Sweep {
+                    command: "search",
+                    name,
+                    arrays,
+                },
+                &s.array,
+                s.search.sharding(),
+            )
+        }
+    };
+    if sharded {
+        bail!("--shard and --merge are the scripts' to set: leave them out");
+    }
     let raw: Vec<String> = std::env::args().collect();
     let after = raw
         .iter()
-        .position(|x| x == "ablate")
-        .context("`cargo xtask slurm ablate ...`: no `ablate` in the command line")?;
-    let study_args = study_arguments(&raw[after + 1..], &a.array);
-    if a.ablate.shard().is_some() || a.ablate.merging() {
-        bail!("--shard and --merge are the scripts' to set: leave them out");
+        .position(|x| x == sweep.command)
+        .with_context(|| format!("no `{}` in the command line", sweep.command))?;
+    let own_args = study_arguments(&raw[after + 1..], array);
+    let s = write_and_submit(&sweep, &own_args, array, workspace)?;
+    for (i, a) in s.arrays.iter().enumerate() {
+        println!("array script {}: {}", i + 1, a.display());
     }
-    let s = write_and_submit(&study_args, &a.array, &a.ablate.study_name()?, workspace)?;
-    println!("array script: {}", s.array.display());
     println!("merge script: {}", s.merge.display());
     match s.jobs {
-        Some((array, merge)) => {
-            println!("submitted: array job {array}, merge job {merge} (afterok:{array})")
-        }
+        Some((arrays, merge)) => println!(
+            "submitted: array job(s) {} (each after the one before), merge job {merge} (afterok)",
+            arrays.join(", ")
+        ),
         None => println!(
-            "submit with: sbatch --parsable {} and sbatch --dependency=afterok:<array job id> {}",
-            s.array.display(),
-            s.merge.display()
+            "submit each with sbatch --parsable, each after the one before \
+             (--dependency=afterok:<job id>), the merge last"
         ),
     }
     Ok(())
@@ -138,11 +187,11 @@ fn study_arguments(args: &[String], array: &ArrayOptions) -> Vec<String> {
     out
 }
 
-/// Builds the binaries the tasks run, writes the two scripts and, with `--submit`, submits them.
+/// Builds the binaries the tasks run, writes the scripts and, with `--submit`, submits them.
 pub fn write_and_submit(
+    sweep: &Sweep,
     study_args: &[String],
     array: &ArrayOptions,
-    study: &str,
     workspace: &Path,
 ) -> Result<Submission> {
     if array.array == 0 {
@@ -159,43 +208,63 @@ pub fn write_and_submit(
     ]))
     .context("building the binaries the tasks run")?;
     let target = crate::tools::target_dir(workspace);
+    let study = sweep.name.as_str();
     let dir = array
         .scripts
         .clone()
         .unwrap_or_else(|| target.join("slurm").join(study));
     std::fs::create_dir_all(dir.join("logs"))?;
     let xtask = target.join("release/xtask");
-    let script = |merge: bool| {
+    let script = |job: &str, merge: bool| {
         sbatch_script(
-            &xtask,
+            (&xtask, sweep.command),
             workspace,
             study_args,
             array,
-            (&format!("unetlab-{study}"), &dir.join("logs")),
+            (job, &dir.join("logs")),
             merge,
         )
     };
-    let (array_path, merge_path) = (dir.join("array.sbatch"), dir.join("merge.sbatch"));
-    unetlab_files::write_file(&array_path, script(false).as_bytes())?;
-    unetlab_files::write_file(&merge_path, script(true).as_bytes())?;
+    let mut arrays = Vec::new();
+    for i in 1..=sweep.arrays.max(1) {
+        let (path, job) = if sweep.arrays > 1 {
+            (
+                dir.join(format!("array-{i}.sbatch")),
+                format!("unetlab-{study}-{i}"),
+            )
+        } else {
+            (dir.join("array.sbatch"), format!("unetlab-{study}"))
+        };
+        unetlab_files::write_file(&path, script(&job, false).as_bytes())?;
+        arrays.push(path);
+    }
+    let merge_path = dir.join("merge.sbatch");
+    unetlab_files::write_file(
+        &merge_path,
+        script(&format!("unetlab-{study}-merge"), true).as_bytes(),
+    )?;
     let jobs = if array.submit {
-        let array_job = sbatch(&array_path, None)?;
-        let merge_job = sbatch(&merge_path, Some(&array_job))?;
-        Some((array_job, merge_job))
+        let mut ids: Vec<String> = Vec::new();
+        for path in &arrays {
+            let id = sbatch(path, ids.last().map(String::as_str))?;
+            ids.push(id);
+        }
+        let merge_job = sbatch(&merge_path, ids.last().map(String::as_str))?;
+        Some((ids, merge_job))
     } else {
         None
     };
     Ok(Submission {
-        array: array_path,
+        arrays,
         merge: merge_path,
         jobs,
     })
 }
 
 /// A readable sbatch script: the array's tasks each run their shard (from Slurm's array
-/// variables), the merge job writes the tables.
+/// variables), the merge job writes the outputs.
 fn sbatch_script(
-    xtask: &Path,
+    (xtask, command): (&Path, &str),
     workspace: &Path,
     study_args: &[String],
     array: &ArrayOptions,
@@ -204,19 +273,14 @@ fn sbatch_script(
 ) -> String {
     let mut s = String::from("#!/bin/bash\n");
     let what = if merge {
-        "the merge: the study's tables from the shards' cache, once every task succeeded"
+        "the merge: the outputs from the shards' cache, once every task succeeded"
     } else {
-        "one shard of the study per array task (the shard comes from SLURM_ARRAY_TASK_ID)"
+        "one shard per array task (the shard comes from SLURM_ARRAY_TASK_ID)"
     };
     s.push_str(&format!(
-        "# Written by `cargo xtask slurm ablate`: {what}.\n"
+        "# Written by `cargo xtask slurm {command}`: {what}.\n"
     ));
-    let job = if merge {
-        format!("{name}-merge")
-    } else {
-        name.to_string()
-    };
-    s.push_str(&format!("#SBATCH --job-name={job}\n"));
+    s.push_str(&format!("#SBATCH --job-name={name}\n"));
     if merge {
         s.push_str(&format!("#SBATCH --output={}/%x-%j.out\n", logs.display()));
     } else {
@@ -241,12 +305,12 @@ fn sbatch_script(
     }
     s.push_str("set -euo pipefail\n");
     s.push_str(&format!("cd {}\n", quote(&workspace.display().to_string())));
-    let mut command = vec![quote(&xtask.display().to_string()), "ablate".to_string()];
-    command.extend(study_args.iter().map(|a| quote(a)));
+    let mut line = vec![quote(&xtask.display().to_string()), command.to_string()];
+    line.extend(study_args.iter().map(|a| quote(a)));
     if merge {
-        command.push("--merge".into());
+        line.push("--merge".into());
     }
-    s.push_str(&format!("exec {}\n", command.join(" ")));
+    s.push_str(&format!("exec {}\n", line.join(" ")));
     s
 }
 
@@ -340,7 +404,7 @@ mod tests {
             ]
         );
         let script = sbatch_script(
-            Path::new("/w/target/release/xtask"),
+            (Path::new("/w/target/release/xtask"), "ablate"),
             Path::new("/w"),
             &args,
             &options(),
@@ -359,11 +423,11 @@ mod tests {
             assert!(script.lines().any(|l| l == line), "{line} in:\n{script}");
         }
         let merge = sbatch_script(
-            Path::new("/w/target/release/xtask"),
+            (Path::new("/w/target/release/xtask"), "ablate"),
             Path::new("/w"),
             &args,
             &options(),
-            ("unetlab-x", Path::new("/w/target/slurm/x/logs")),
+            ("unetlab-x-merge", Path::new("/w/target/slurm/x/logs")),
             true,
         );
         assert!(merge.lines().any(|l| l.ends_with(" --merge")));
