@@ -7,9 +7,12 @@
 //! the task's place in the array.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
+
+use crate::cache::Cache;
 
 /// Shard `index` (1-based) of `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +90,49 @@ impl FromStr for Shard {
 impl fmt::Display for Shard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// The flags that split a sweep (`ablate` or `search`) over several processes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ShardArgs {
+    /// Do only shard K of N of the work units (each config's latency, each training run; a
+    /// search's latency probes and checks too), chosen by a hash of the unit, so adding a config
+    /// moves no other unit. A shard writes only the cache, never the outputs; a search shard
+    /// stops at the first stage that needs other shards' units. Inside a Slurm array task the
+    /// default is the task's place in the array.
+    #[arg(long, value_name = "K/N", conflicts_with = "merge")]
+    pub shard: Option<Shard>,
+    /// Write the outputs from the cache alone (the shards' work): measure and train nothing, and
+    /// fail naming every unit that is missing.
+    #[arg(long, conflicts_with = "force")]
+    pub merge: bool,
+    /// The cache folder (default: `<out>/cache`); the shards of one sweep share it.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+impl ShardArgs {
+    /// What this run does: `--merge`, `--shard`, the Slurm array task's shard, or everything.
+    pub fn work(&self) -> Result<Work> {
+        Ok(match (self.merge, self.shard) {
+            (true, _) => Work::Merge,
+            (false, Some(shard)) => Work::Shard(shard),
+            (false, None) => Shard::from_slurm()?.map_or(Work::All, Work::Shard),
+        })
+    }
+
+    /// Whether --shard or --merge was given (the Slurm scripts set them themselves).
+    pub fn given(&self) -> bool {
+        self.shard.is_some() || self.merge
+    }
+
+    /// The cache: `--cache`, else `<out>/cache`.
+    pub fn open_cache(&self, out: &Path) -> Result<Cache> {
+        match &self.cache {
+            Some(dir) => Cache::at(dir),
+            None => Cache::open(out),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use unetlab_cost::{count, Conditions, CostReport};
 use unetlab_spec::Config;
 
 use crate::cache::{cached_bench, BenchConditions, Cache, Timing};
-use crate::shard::{Shard, Work};
+use crate::shard::{ShardArgs, Work};
 use crate::training;
 use unetlab_provenance::{now_utc, Build};
 
@@ -127,30 +127,14 @@ pub struct AblateArgs {
     /// of this study's FD and validation loss with its, over the configs both trained.
     #[arg(long, value_name = "DIR")]
     rank_against: Option<PathBuf>,
-    /// Do only shard K of N of the work units (each config's latency, each training run, chosen
-    /// by a hash of the unit, so adding a config moves no other unit), writing them to the cache
-    /// and no tables; `--merge` writes the tables once every shard is done. Inside a Slurm array
-    /// task the default is the task's place in the array.
-    #[arg(long, value_name = "K/N", conflicts_with = "merge")]
-    shard: Option<Shard>,
-    /// Write the tables from the cache alone (the shards' work): measure and train nothing, and
-    /// fail naming every unit that is missing.
-    #[arg(long, conflicts_with = "force")]
-    merge: bool,
-    /// The cache folder (default: `<out>/cache`); the shards of one sweep share it.
-    #[arg(long, value_name = "DIR")]
-    cache: Option<PathBuf>,
+    #[command(flatten)]
+    sharding: ShardArgs,
 }
 
 impl AblateArgs {
-    /// The shard asked for with --shard.
-    pub fn shard(&self) -> Option<Shard> {
-        self.shard
-    }
-
-    /// Whether --merge was given.
-    pub fn merging(&self) -> bool {
-        self.merge
+    /// Whether --shard or --merge was given.
+    pub fn sharded(&self) -> bool {
+        self.sharding.given()
     }
 
     /// The study's name: --study, else the study file's, else "ablate".
@@ -189,15 +173,8 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         .clone()
         .unwrap_or_else(|| workspace.join("results").join(&study));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let cache = match &args.cache {
-        Some(dir) => Cache::at(dir)?,
-        None => Cache::open(&out)?,
-    };
-    let work = match (args.merge, args.shard) {
-        (true, _) => Work::Merge,
-        (false, Some(shard)) => Work::Shard(shard),
-        (false, None) => Shard::from_slurm()?.map_or(Work::All, Work::Shard),
-    };
+    let cache = args.sharding.open_cache(&out)?;
+    let work = args.sharding.work()?;
     let configs = plan
         .configs
         .iter()

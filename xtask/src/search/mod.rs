@@ -24,8 +24,7 @@ use unetlab_search::{
 use unetlab_spec::Config;
 
 use crate::ablate::Budget;
-use crate::cache::Cache;
-use crate::shard::{Shard, Work};
+use crate::shard::{ShardArgs, Work};
 
 /// Walk a search file's space, predict latency from a measured per-block table, and write the
 /// Pareto front as configs ready for `ablate`, `bench` and `export`.
@@ -56,26 +55,14 @@ pub struct SearchArgs {
     /// (default: target/search-runs).
     #[arg(long)]
     runs: Option<PathBuf>,
-    /// Do only shard K of N of each stage's units (latency probes, checks, training runs),
-    /// reading the other shards' from the cache, and stop at the first stage whose units are
-    /// not all done; write no outputs. Run it again (the next array of `cargo xtask slurm
-    /// search`) until every stage is done, then `--merge`. Inside a Slurm array task the default
-    /// is the task's place in the array.
-    #[arg(long, value_name = "K/N", conflicts_with = "merge")]
-    shard: Option<Shard>,
-    /// Write the outputs from the cache alone: measure and train nothing, and fail naming what
-    /// is missing.
-    #[arg(long, conflicts_with = "force")]
-    merge: bool,
-    /// The cache folder (default: `<out>/cache`); the shards of one search share it.
-    #[arg(long, value_name = "DIR")]
-    cache: Option<PathBuf>,
+    #[command(flatten)]
+    sharding: ShardArgs,
 }
 
 impl SearchArgs {
     /// Whether --shard or --merge was given.
-    pub fn sharding(&self) -> bool {
-        self.shard.is_some() || self.merge
+    pub fn sharded(&self) -> bool {
+        self.sharding.given()
     }
 
     /// The search's name and how many stages a sharded run has: the references' probes, each
@@ -115,11 +102,7 @@ pub struct Reference {
 
 /// Runs `cargo xtask search`.
 pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
-    let work = match (args.merge, args.shard) {
-        (true, _) => Work::Merge,
-        (false, Some(shard)) => Work::Shard(shard),
-        (false, None) => Shard::from_slurm()?.map_or(Work::All, Work::Shard),
-    };
+    let work = args.sharding.work()?;
     match search(args, workspace, work) {
         Err(e) => match (e.downcast_ref::<Incomplete>(), work) {
             (Some(waiting), Work::Shard(shard)) => {
@@ -151,10 +134,7 @@ fn search(args: &SearchArgs, workspace: PathBuf, work: Work) -> Result<()> {
         .clone()
         .unwrap_or_else(|| workspace.join("results").join(&file.name));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let cache = match &args.cache {
-        Some(dir) => Cache::at(dir)?,
-        None => Cache::open(&out)?,
-    };
+    let cache = args.sharding.open_cache(&out)?;
     let (build, started) = (Build::current(), now_utc());
 
     let mut stage = match file.latency.clone() {

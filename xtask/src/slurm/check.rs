@@ -43,19 +43,11 @@ pub fn run(workspace: &Path) -> Result<()> {
 }
 
 fn check(cluster: &Cluster, workspace: &Path, scratch: &Path) -> Result<()> {
-    // The reference: one process, every unit.
+    // A 2-task array and its merge, against one process doing every unit.
     let reference = scratch.join("single");
-    let mut single = crate::tools::cargo();
-    single
-        .current_dir(workspace)
-        .args(["xtask", "ablate"])
-        .args(CONFIGS)
-        .args(study_args(&reference, false));
-    crate::tools::run_ok(&mut single).context("the single-process reference")?;
-
-    // A 2-task array and its merge.
+    single(workspace, &reference, false)?;
     let arrayed = scratch.join("array");
-    let jobs = submit(cluster, workspace, &arrayed, "scripts-1")?;
+    let jobs = submit(cluster, workspace, &arrayed, ("scripts-1", false))?;
     cluster.wait(&[&jobs.0, &jobs.1])?;
     cluster.expect_state(&jobs.1, "COMPLETED")?;
     same_rows(&reference, &arrayed)?;
@@ -63,15 +55,9 @@ fn check(cluster: &Cluster, workspace: &Path, scratch: &Path) -> Result<()> {
 
     // A second array with training: cancel a task while it runs, then submit again.
     let trained_reference = scratch.join("single-trained");
-    let mut single = crate::tools::cargo();
-    single
-        .current_dir(workspace)
-        .args(["xtask", "ablate"])
-        .args(CONFIGS)
-        .args(study_args(&trained_reference, true));
-    crate::tools::run_ok(&mut single).context("the single-process reference with training")?;
+    single(workspace, &trained_reference, true)?;
     let interrupted = scratch.join("interrupted");
-    let (array, merge) = submit_trained(cluster, workspace, &interrupted, "scripts-2")?;
+    let (array, merge) = submit(cluster, workspace, &interrupted, ("scripts-2", true))?;
     let task = format!("{array}_1");
     cluster.wait_running(&task)?;
     cluster.scancel(&task)?;
@@ -88,7 +74,7 @@ fn check(cluster: &Cluster, workspace: &Path, scratch: &Path) -> Result<()> {
     cluster.scancel(&merge)?;
     cluster.wait(&[&merge])?;
     println!("slurm-check: task {task} cancelled mid-run; its merge never ran");
-    let (array, merge) = submit_trained(cluster, workspace, &interrupted, "scripts-3")?;
+    let (array, merge) = submit(cluster, workspace, &interrupted, ("scripts-3", true))?;
     cluster.wait(&[&array, &merge])?;
     cluster.expect_state(&merge, "COMPLETED")?;
     same_rows(&trained_reference, &interrupted)?;
@@ -102,6 +88,16 @@ fn check(cluster: &Cluster, workspace: &Path, scratch: &Path) -> Result<()> {
     }
     println!("slurm-check: after a cancelled task and a resubmission, nothing lost or done twice");
     Ok(())
+}
+
+/// The smoke study in one process (every unit), writing `out`.
+fn single(workspace: &Path, out: &Path, train: bool) -> Result<()> {
+    let mut cmd = crate::tools::cargo();
+    cmd.current_dir(workspace)
+        .args(["xtask", "ablate"])
+        .args(CONFIGS)
+        .args(study_args(out, train));
+    crate::tools::run_ok(&mut cmd).context("the single-process reference")
 }
 
 fn study_args(out: &Path, train: bool) -> Vec<String> {
@@ -130,26 +126,16 @@ fn options(scripts: PathBuf) -> ArrayOptions {
     }
 }
 
+/// The smoke study (with training or not) as a 2-task array plus merge, scripts in
+/// `out/<scripts>`: the array's and the merge's job ids.
 fn submit(
     cluster: &Cluster,
     workspace: &Path,
     out: &Path,
-    scripts: &str,
+    (scripts, train): (&str, bool),
 ) -> Result<(String, String)> {
     let mut args: Vec<String> = CONFIGS.iter().map(|c| c.to_string()).collect();
-    args.extend(study_args(out, false));
-    args.extend(["--threads".into(), "1".into()]);
-    cluster.submit(workspace, &args, options(out.join(scripts)))
-}
-
-fn submit_trained(
-    cluster: &Cluster,
-    workspace: &Path,
-    out: &Path,
-    scripts: &str,
-) -> Result<(String, String)> {
-    let mut args: Vec<String> = CONFIGS.iter().map(|c| c.to_string()).collect();
-    args.extend(study_args(out, true));
+    args.extend(study_args(out, train));
     args.extend(["--threads".into(), "1".into()]);
     cluster.submit(workspace, &args, options(out.join(scripts)))
 }

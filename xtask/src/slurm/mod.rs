@@ -115,7 +115,7 @@ pub fn run(args: &SlurmArgs, workspace: &Path) -> Result<()> {
                 arrays: 1,
             },
             &a.array,
-            a.ablate.shard().is_some() || a.ablate.merging(),
+            a.ablate.sharded(),
         ),
         SlurmCommand::Search(s) => {
             let (name, arrays) = s.search.name_and_stages()?;
@@ -126,7 +126,7 @@ pub fn run(args: &SlurmArgs, workspace: &Path) -> Result<()> {
                     arrays,
                 },
                 &s.array,
-                s.search.sharding(),
+                s.search.sharded(),
             )
         }
     };
