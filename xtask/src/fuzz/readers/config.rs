@@ -13,6 +13,15 @@ use super::{Failure, Outcome, Target};
 use crate::fuzz::case::Files;
 use crate::fuzz::mutate;
 
+/// A case's `configs/<name>` files: the configs as they are (a reader that names them by path
+/// finds them there).
+pub fn config_files(configs: &[(String, String)]) -> Files {
+    configs
+        .iter()
+        .map(|(name, text)| (format!("configs/{name}"), text.clone().into_bytes()))
+        .collect()
+}
+
 /// The `.yaml` files of `dir` (name, text), sorted.
 pub fn yaml_files(dir: &Path) -> Result<Vec<(String, String)>> {
     let mut files = Vec::new();

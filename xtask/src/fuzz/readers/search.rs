@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use unetlab_cost::Conditions;
 use unetlab_search::{Outcome as Evaluation, SearchFile};
 
-use super::config::yaml_files;
+use super::config::{config_files, yaml_files};
 use super::{Failure, Outcome, Target};
 use crate::fuzz::case::Files;
 use crate::fuzz::mutate;
@@ -32,11 +32,7 @@ pub fn build(_scratch: &Path) -> Result<Box<dyn Target>> {
 
 impl Target for Searches {
     fn generate(&self, rng: &mut ChaCha8Rng) -> Files {
-        let mut files: Files = self
-            .configs
-            .iter()
-            .map(|(name, text)| (format!("configs/{name}"), text.clone().into_bytes()))
-            .collect();
+        let mut files = config_files(&self.configs);
         let (_, search) = self.searches.choose(rng).expect("search files");
         let text = if rng.random_range(0..6) == 0 {
             // A valid search over a mutated base config.

@@ -8,7 +8,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use unetlab_spec::{Config, SpecError};
 
-use super::config::yaml_files;
+use super::config::{config_files, yaml_files};
 use super::{Failure, Outcome, Target};
 use crate::ablate::study;
 use crate::fuzz::case::Files;
@@ -44,11 +44,7 @@ const REFERENCES: &[&str] = &[
 
 impl Target for Studies {
     fn generate(&self, rng: &mut ChaCha8Rng) -> Files {
-        let mut files: Files = self
-            .configs
-            .iter()
-            .map(|(name, text)| (format!("configs/{name}"), text.clone().into_bytes()))
-            .collect();
+        let mut files = config_files(&self.configs);
         let study = match rng.random_range(0..8) {
             0 => {
                 let (name, text) = self.configs.choose(rng).expect("configs");
