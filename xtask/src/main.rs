@@ -2,9 +2,11 @@
 
 mod ablate;
 mod cache;
+mod counts;
 mod docs;
 mod export_results;
 mod fuzz;
+mod notebooks;
 mod onnx_check;
 mod peer_bench;
 mod recipe;
@@ -31,6 +33,9 @@ enum Command {
     /// Count and time every config (the MobileDiffusion study and yours); tables, plots and
     /// run.json in `results/<study>/`. Measurements are cached: re-runs measure only what changed.
     Ablate(ablate::AblateArgs),
+    /// Count every preset by place (direction, level, block kind: parameters and MACs by kind)
+    /// into results/counts/ (seconds; no weights, no measurement).
+    Counts,
     /// Regenerate the generated tables in the docs: Table 1 in configs/README.md (from the cost
     /// interpreter) and the results table in README.md (from results/ablate/table.md).
     Docs {
@@ -50,6 +55,10 @@ enum Command {
     /// fails. Every other case is a successful read or a named error, counted by kind. Case I is
     /// a function of --seed and I, so `--from I --cases I+1` reruns it alone.
     Fuzz(fuzz::FuzzArgs),
+    /// Execute the Jupyter notebooks in notebooks/ headless against the committed results/
+    /// (pinned packages in target/notebooks-venv), failing on any cell error; --update stores
+    /// their outputs, --lab opens them in JupyterLab.
+    Notebooks(notebooks::NotebooksArgs),
     /// Install the system packages the build and tests need, if missing (protoc for the
     /// test-only ONNX evaluator, a TrueType font for plots).
     Setup,
@@ -79,16 +88,19 @@ enum Command {
     /// compare it with a single process, cancel a task of a second array mid-run and resubmit;
     /// stops every daemon it started. Part of `cargo xtask test`.
     SlurmCheck,
-    /// The test suite: setup, `cargo test --workspace --release`, `onnx-check`, `slurm-check`.
+    /// The test suite: setup, `cargo test --workspace --release`, `onnx-check`, the notebooks,
+    /// `slurm-check`.
     Test,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Ablate(args) => ablate::run(&args, docs::workspace()),
+        Command::Counts => counts::run(&docs::workspace()),
         Command::Docs { check } => docs::run(check),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Setup => setup::run(),
+        Command::Notebooks(args) => notebooks::run(&args, &docs::workspace()),
         Command::OnnxCheck(args) => onnx_check::run(&args),
         Command::PeerBench(args) => peer_bench::run(&args),
         Command::Recipe(args) => recipe::run(&args, docs::workspace()),
@@ -110,5 +122,6 @@ fn test() -> Result<()> {
         anyhow::bail!("cargo test failed ({status})");
     }
     onnx_check::run(&onnx_check::OnnxCheckArgs::default())?;
+    notebooks::run(&notebooks::NotebooksArgs::default(), &docs::workspace())?;
     slurm::check::run(&docs::workspace())
 }
