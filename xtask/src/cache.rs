@@ -90,8 +90,23 @@ impl Cache {
     }
 
     /// A cached bench result, if present and readable (an unreadable one is measured again).
+    /// A result found without its machine-free pointer (a process killed between the two
+    /// writes of [`Self::put`]) gets the pointer now, so `--merge` finds it too.
     pub fn get(&self, hash: &str, conditions: &BenchConditions) -> Option<BenchResult> {
-        self.get_json("bench", hash, &key(conditions))
+        let result = self.get_json("bench", hash, &key(conditions))?;
+        if self.get_any_machine(hash, conditions).is_none() {
+            if let Err(e) = self.point(hash, conditions) {
+                eprintln!("warning: {e:#}");
+            }
+        }
+        Some(result)
+    }
+
+    /// Points the machine-free key of `conditions` at the result stored under them.
+    fn point(&self, hash: &str, conditions: &BenchConditions) -> Result<()> {
+        let name = self.path("bench", hash, &key(conditions));
+        let name = name.file_name().expect("a file").to_string_lossy();
+        self.put_json("bench-on", hash, &machine_free_key(conditions), &name)
     }
 
     /// Stores a bench result atomically, and points the machine-free key of its conditions at
@@ -103,9 +118,7 @@ impl Cache {
         result: &BenchResult,
     ) -> Result<()> {
         self.put_json("bench", hash, &key(conditions), result)?;
-        let name = self.path("bench", hash, &key(conditions));
-        let name = name.file_name().expect("a file").to_string_lossy();
-        self.put_json("bench-on", hash, &machine_free_key(conditions), &name)
+        self.point(hash, conditions)
     }
 
     /// A cached bench result measured under `conditions` on any machine: the latest one stored
@@ -303,6 +316,30 @@ mod tests {
         assert!(cache.get(&hash, &edited).is_none());
         // ... and so does one of another config.
         assert!(cache.get(&"cd".repeat(32), &ours).is_none());
+    }
+
+    #[test]
+    fn a_result_whose_pointer_was_never_written_gets_it_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let hash = "ab".repeat(32);
+        let ours = conditions(Code::Latency.identity());
+        // What a process killed between the two writes of `put` leaves: the result alone.
+        cache
+            .put_json("bench", &hash, &key(&ours), &result())
+            .unwrap();
+        assert!(cache.get_any_machine(&hash, &ours).is_none());
+        assert!(cache.get(&hash, &ours).is_some());
+        let found = cache.get_any_machine(&hash, &ours).expect("pointed at");
+        assert_eq!(found, result_with(&found));
+        // Another machine's merge reads it by the machine-free key.
+        let elsewhere = BenchConditions {
+            cpu_model: "another cpu".into(),
+            threads: 64,
+            ..ours.clone()
+        };
+        assert!(cache.get(&hash, &elsewhere).is_none());
+        assert!(cache.get_any_machine(&hash, &elsewhere).is_some());
     }
 
     /// `result()` with the provenance of `r` (the time differs between two calls).
