@@ -65,7 +65,7 @@ fn units(cache: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(cache)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("bench-") && !n.starts_with("bench-on-"))
+        .filter(|n| n.ends_with(".json") && n.starts_with("bench-") && !n.starts_with("bench-on-"))
         .collect();
     v.sort();
     v

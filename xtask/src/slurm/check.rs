@@ -201,12 +201,17 @@ fn split_csv(line: &str) -> Vec<String> {
     out
 }
 
-/// The measurement and run files of a cache (not the machine-free pointers).
+/// The measurement and run files of a cache.
 fn cache_files(dir: &Path) -> Result<Vec<String>> {
     let mut v: Vec<String> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<std::io::Result<_>>()?;
-    v.retain(|n| n.starts_with("bench-") && !n.starts_with("bench-on-") || n.starts_with("train-"));
+    // Results only: not the machine-free pointers, nor the `.partial` temp file a killed write
+    // leaves behind.
+    v.retain(|n| {
+        n.ends_with(".json")
+            && (n.starts_with("train-") || (n.starts_with("bench-") && !n.starts_with("bench-on-")))
+    });
     v.sort();
     Ok(v)
 }
