@@ -60,7 +60,7 @@ enum Command {
     /// their outputs, --lab opens them in JupyterLab.
     Notebooks(notebooks::NotebooksArgs),
     /// Install the system packages the build and tests need, if missing (protoc for the
-    /// test-only ONNX evaluator, a TrueType font for plots).
+    /// test-only ONNX evaluator, a TrueType font for plots, Slurm and MUNGE for slurm-check).
     Setup,
     /// Check exported ONNX bundles with Python onnx.checker and ONNX Runtime (pip-installed into
     /// target/onnx-venv); --full also records the full-size MobileDiffusion export in results/export/.
@@ -77,11 +77,11 @@ enum Command {
     /// latency from a per-block table measured here, and write the Pareto front as configs ready
     /// for ablate, bench and export, in `results/<name>/`. Resumable: measurements are cached.
     Search(search::SearchArgs),
-    /// Write the sbatch scripts that run a study as a Slurm job array (`cargo xtask slurm ablate
-    /// <ablate's arguments> --array N [--partition P] [--time T] [--cpus-per-task C]
-    /// [--gpus-per-task G] [--submit]`): each task runs `ablate --shard` (its shard from the
-    /// array), a merge job that depends on them (afterok) writes the tables. --submit submits
-    /// both and prints their job ids.
+    /// Write the sbatch scripts that run a study (or a search) as Slurm job arrays (`cargo xtask
+    /// slurm ablate|search <its arguments> --array N [--partition P] [--time T]
+    /// [--cpus-per-task C] [--gpus-per-task G] [--submit]`): each task runs its `--shard` (from
+    /// the array), a merge job that depends on them (afterok) writes the outputs; a search gets
+    /// one array per stage. --submit submits them and prints their job ids.
     Slurm(slurm::SlurmArgs),
     /// Check the Slurm path on a real Slurm on this machine: start MUNGE, slurmctld and slurmd
     /// (one node, a generated slurm.conf), run a smoke study as a 2-task array plus merge and
