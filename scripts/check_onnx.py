@@ -4,13 +4,17 @@
 For every bundle directory given: `onnx.checker.check_model` (full check, with the bundle's
 external data if any), then ONNX Runtime (CPU) on the bundle's test vector
 (`example_io.safetensors`, batch 2) and on its first item alone (the batch is dynamic), each
-compared with the output unetlab's candle model stored there. `--reference BUNDLE=IO` also runs
+compared with the output unetlab's candle model stored there. Bundles with dynamic shapes also
+carry `dynamic.*`, a second vector at batch 3 with another latent height, width and token count:
+it runs whole and as its first item (batch 1). `--reference BUNDLE=IO` also runs
 the bundle on a reference fixture's test vector (`sample`, `timestep`, `encoder_hidden_states`, ...,
 `output`) and compares with the reference `output`. With `--bench N` it also times N ONNX Runtime
 runs at batch 1 and reports the median.
 
 Exit status 1 if any bundle fails a check or exceeds the tolerance (max |difference|:
-1e-4 for f32 bundles, --f16-tolerance for f16 ones).
+1e-4 for f32 bundles, --f16-tolerance for f16 ones, and for int8 bundles --int8-tolerance times
+the largest |output|: an input that lands within rounding noise of a quantization step boundary
+may round to the neighbouring step in one runtime and not the other).
 
 Run by `cargo xtask onnx-check`, which creates the virtual environment and the bundles.
 """
@@ -49,7 +53,7 @@ def max_abs_diff(a, b):
     return float(np.max(np.abs(a.astype(np.float32) - b.astype(np.float32))))
 
 
-def check_bundle(bundle, f16_tolerance, bench_runs, threads, reference):
+def check_bundle(bundle, f16_tolerance, int8_tolerance, bench_runs, threads, reference):
     manifest = json.loads((bundle / "manifest.json").read_text())
     model_path = bundle / "model.onnx"
     onnx.checker.check_model(str(model_path), full_check=True)
@@ -68,7 +72,16 @@ def check_bundle(bundle, f16_tolerance, bench_runs, threads, reference):
     diff = max_abs_diff(output, io["output"])
     (single,) = session.run(["output"], {n: v[:1] for n, v in feed.items()})
     diff_single = max_abs_diff(single, io["output"][:1])
-    tolerance = 1e-4 if manifest["dtype"] == "f32" else f16_tolerance
+    shapes = [list(feed["sample"].shape)]
+    if manifest.get("dynamic_shapes"):
+        resized = {n: io["dynamic." + n] for n in names}
+        (output,) = session.run(["output"], resized)
+        (single,) = session.run(["output"], {n: v[:1] for n, v in resized.items()})
+        diff = max(diff, max_abs_diff(output, io["dynamic.output"]))
+        diff_single = max(diff_single, max_abs_diff(single, io["dynamic.output"][:1]))
+        shapes.append(list(resized["sample"].shape))
+    output_max_abs = float(np.max(np.abs(io["output"].astype(np.float32))))
+    tolerance = {"f32": 1e-4, "f16": f16_tolerance}.get(manifest["dtype"], int8_tolerance * output_max_abs)
     if manifest.get("text_encoder"):
         # Bundles of trained runs: the text encoder graph (always f32) against its test vector.
         text_path = bundle / "text_encoder.onnx"
@@ -91,11 +104,14 @@ def check_bundle(bundle, f16_tolerance, bench_runs, threads, reference):
         "dtype": manifest["dtype"],
         "opset": manifest["opset"],
         "external_data": "model.onnx.data" in manifest["files"],
+        "dynamic_shapes": bool(manifest.get("dynamic_shapes")),
+        "checked_sample_shapes": shapes,
         "text_encoder": bool(manifest.get("text_encoder")),
         "max_abs_diff": max(diff, diff_single),
         "reference": str(reference) if reference is not None else None,
         "reference_max_abs_diff": reference_diff,
-        "output_max_abs": float(np.max(np.abs(io["output"].astype(np.float32)))),
+        "output_max_abs": output_max_abs,
+        "int8": manifest.get("int8"),
         "tolerance": tolerance,
         "ok": worst <= tolerance,
         "onnx": onnx.__version__,
@@ -119,6 +135,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundles", nargs="+", type=pathlib.Path)
     parser.add_argument("--f16-tolerance", type=float, default=1e-2)
+    parser.add_argument("--int8-tolerance", type=float, default=2e-2,
+                        help="for int8 bundles, relative to the largest |output|")
     parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N ONNX Runtime runs at batch 1")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
@@ -138,7 +156,7 @@ def main():
     results, failed = [], 0
     for bundle in args.bundles:
         try:
-            r = check_bundle(bundle, args.f16_tolerance, args.bench, args.threads,
+            r = check_bundle(bundle, args.f16_tolerance, args.int8_tolerance, args.bench, args.threads,
                              references.get(bundle.resolve()))
         except Exception as e:  # report every bundle, then fail
             r = {"bundle": str(bundle), "ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -150,9 +168,13 @@ def main():
             status = "ok  " if r["ok"] else "FAIL"
             line = (f"{status} {r['name']:<14} {r['dtype']} opset {r['opset']}"
                     f"{' external-data' if r['external_data'] else ''}"
-                    f"{' +text-encoder' if r['text_encoder'] else ''}: onnx.checker passed; "
-                    f"ONNX Runtime vs unetlab max |diff| {r['max_abs_diff']:.2e} "
+                    f"{' +text-encoder' if r['text_encoder'] else ''}"
+                    f"{' dynamic' if r['dynamic_shapes'] else ' static'}: onnx.checker passed; "
+                    f"ONNX Runtime vs unetlab at samples {r['checked_sample_shapes']} (and batch 1 of each) "
+                    f"max |diff| {r['max_abs_diff']:.2e} "
                     f"(tolerance {r['tolerance']:.0e}, |output| up to {r['output_max_abs']:.2f})")
+            if r["int8"]:
+                line += f"; candle int8 vs f32 max |diff| {r['int8']['max_abs_error']:.2e}"
             if r["reference_max_abs_diff"] is not None:
                 line += f"; vs the reference output {r['reference_max_abs_diff']:.2e}"
             if "ort_batch1_median_s" in r:

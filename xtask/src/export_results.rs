@@ -35,6 +35,8 @@ pub fn write(root: &Path, bundles: &[PathBuf], ort_json: &Path) -> Result<()> {
             "macs": manifest["macs"],
             "latent_size": manifest["latent_size"],
             "tokens": manifest["tokens"],
+            "dynamic_shapes": manifest["dynamic_shapes"],
+            "int8": manifest["int8"],
             "files": manifest["files"],
             "candle_latency": manifest["latency"],
             "onnxruntime": check,
@@ -80,7 +82,7 @@ fn readme(r: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "| bundle | model.onnx (MiB) | model.onnx.data (MiB) | model.safetensors (MiB) | unetlab candle (s) | ONNX Runtime (s) | ORT / candle | ORT vs candle max abs diff |\n|---|---|---|---|---|---|---|---|"
+        "| bundle | shapes | model.onnx (MiB) | model.onnx.data (MiB) | model.safetensors (MiB) | unetlab candle (s) | ONNX Runtime (s) | ORT / candle | ORT vs candle max abs diff | int8 vs f32 (candle): max abs diff (relative) |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for b in r["bundles"].as_array().into_iter().flatten() {
         let files = &b["files"];
@@ -91,9 +93,20 @@ fn readme(r: &Value) -> String {
             (Some(o), Some(c)) => format!("{:.2}×", o / c),
             _ => "–".into(),
         };
+        let shapes = match b["dynamic_shapes"].as_bool() {
+            Some(true) => "dynamic",
+            _ => "static",
+        };
+        let int8 = match b["int8"]["max_abs_error"].as_f64() {
+            Some(e) => format!(
+                "{e:.2e} ({:.1e})",
+                b["int8"]["relative_error"].as_f64().unwrap_or(f64::NAN)
+            ),
+            None => "–".into(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {ratio} | {:.1e} |",
+            "| {} | {shapes} | {} | {} | {} | {} | {} | {ratio} | {:.1e} | {int8} |",
             b["bundle"].as_str().unwrap_or("?"),
             mib(&files["model.onnx"]),
             mib(&files["model.onnx.data"]),
@@ -114,7 +127,13 @@ fn readme(r: &Value) -> String {
          at the bundle's dtype). ONNX Runtime {ort_version}: `scripts/check_onnx.py --bench 5` on \
          the bundle's model.onnx, CPU execution provider, default graph optimisations. The \
          difference column compares ONNX Runtime's output with the candle output stored in the \
-         bundle's test vector (batch 2). On CPU, candle computes f16 by converting to f32 around \
+         bundle's test vector (batch 2; for int8, candle's int8 computation). Dynamic bundles \
+         take any latent height, width and token count; the static one only 64×64 and 77 tokens, \
+         which lets ONNX Runtime fold every shape computation. The int8 bundle quantizes every \
+         conv and linear as QuantizeLinear/DequantizeLinear pairs (int8 weights per output \
+         channel, int8 inputs per tensor, calibrated on two example inputs); its candle latency \
+         is not measured because candle runs it in f32, and its last column is the quantization \
+         error against the f32 model on the test vector. On CPU, candle computes f16 by converting to f32 around \
          each matmul and conv, and ONNX Runtime inserts casts to f32 for f16 ops it has no CPU \
          kernel for, so f16 latency here says little about f16 hardware.\n\n\
          Details (file hashes, every timing): `mobilediffusion.json`."

@@ -9,6 +9,7 @@ mod fuzz;
 mod notebooks;
 mod onnx_check;
 mod peer_bench;
+mod precision;
 mod recipe;
 pub(crate) mod search;
 mod setup;
@@ -69,6 +70,10 @@ enum Command {
     /// torch in target/peer-venv; a check that both networks match comes first); writes
     /// results/peers/. A benchmark: minutes, not part of the tests.
     PeerBench(peer_bench::PeerBenchArgs),
+    /// What f16, bf16 and int8 do to the gelu and swish steps of the chain and to MobileDiffusion
+    /// (`unetlab precision`): at full size with seeded weights and on every seed of the proxies an
+    /// ablate study trained; writes results/precision/. Minutes.
+    Precision(precision::PrecisionArgs),
     /// The training-recipe study: train each experiment of a recipe file (default
     /// ablations/recipe.yaml) with quality scored along the way; curves against images seen,
     /// a table, plots and README in `results/<study>/`. Resumable: finished runs are read.
@@ -103,6 +108,7 @@ fn main() -> Result<()> {
         Command::Notebooks(args) => notebooks::run(&args, &docs::workspace()),
         Command::OnnxCheck(args) => onnx_check::run(&args),
         Command::PeerBench(args) => peer_bench::run(&args),
+        Command::Precision(args) => precision::run(&args, &docs::workspace()),
         Command::Recipe(args) => recipe::run(&args, docs::workspace()),
         Command::Search(args) => search::run(&args, docs::workspace()),
         Command::Slurm(args) => slurm::run(&args, &docs::workspace()),

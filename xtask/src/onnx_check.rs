@@ -12,9 +12,11 @@ use crate::docs::workspace;
 use crate::tools::{build_unetlab, python_venv, run_ok, target_dir};
 
 /// Export tiny bundles that switch on every design choice (f32 and f16, opsets 17 to 21, inline
-/// and external weights, the reference fixtures with their weights, a trained proxy run with its
-/// text encoder) and check each with onnx.checker and ONNX Runtime against unetlab's own output,
-/// and the fixtures also against their reference outputs (max |Δ| ≤ 1e-4 for f32).
+/// and external weights, dynamic and static shapes, the reference fixtures with their weights, a
+/// trained proxy run with its text encoder) and check each with onnx.checker and ONNX Runtime
+/// against unetlab's own output (dynamic graphs at two batch sizes, latent sizes and token
+/// counts), and the fixtures also against their reference outputs at the fixtures' own token
+/// counts (max |Δ| ≤ 1e-4 for f32).
 #[derive(clap::Args, Default)]
 pub struct OnnxCheckArgs {
     /// Also export full-size mobilediffusion (random init, f16 and f32), time ONNX Runtime beside
@@ -64,10 +66,21 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
             config: every.display().to_string(),
             flags: vec![s("--opset"), s("20"), s("--external-data")],
         },
+        Case {
+            name: "every-choice-int8-opset19",
+            config: every.display().to_string(),
+            flags: vec![s("--dtype"), s("int8"), s("--opset"), s("19")],
+        },
+        Case {
+            name: "every-choice-f32-opset18-static",
+            config: every.display().to_string(),
+            flags: vec![s("--opset"), s("18"), s("--static")],
+        },
     ];
-    // The reference fixtures with their weights, exported at their own token count: ONNX Runtime
-    // must also reproduce the reference output itself (diffusers' for tiny-sd and tiny-sdxl, the
-    // independent PyTorch implementation's for tiny-md).
+    // The reference fixtures with their weights, exported with dynamic shapes at their configs'
+    // sizes: ONNX Runtime must also reproduce the reference output itself at the fixture's own
+    // token count (diffusers' for tiny-sd and tiny-sdxl, the independent PyTorch
+    // implementation's for tiny-md).
     let mut references = Vec::new();
     for (fixture, opset) in [("tiny-sd", "18"), ("tiny-sdxl", "19"), ("tiny-md", "17")] {
         let dir = fixtures.join(fixture);
@@ -94,8 +107,6 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
                 weights.display().to_string(),
                 s("--opset"),
                 s(opset),
-                s("--tokens"),
-                reference_tokens(&io)?.to_string(),
             ],
         });
     }
@@ -154,17 +165,6 @@ pub fn run(args: &OnnxCheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// The token count of a reference fixture's test vector (`encoder_hidden_states` is batch × tokens
-/// × dim).
-fn reference_tokens(io: &Path) -> Result<usize> {
-    let tensors = candle_core::safetensors::load(io, &candle_core::Device::Cpu)
-        .with_context(|| format!("reading {}", io.display()))?;
-    let states = tensors
-        .get("encoder_hidden_states")
-        .with_context(|| format!("{} has no encoder_hidden_states", io.display()))?;
-    Ok(states.dims()[1])
-}
-
 fn export(
     unetlab: &Path,
     config: &str,
@@ -204,19 +204,26 @@ fn check(
     .context("the ONNX checks failed")
 }
 
-/// Full-size MobileDiffusion (f16 and f32): file sizes, candle latency (`unetlab export`'s
-/// measurement) and ONNX Runtime latency, written to results/export/.
+/// Full-size MobileDiffusion (f16, f32 with dynamic and with static shapes, int8): file sizes,
+/// candle latency (`unetlab export`'s measurement; none for int8, whose candle model is the f32
+/// one) and ONNX Runtime latency, written to results/export/.
 fn full_size(python: &Path, unetlab: &Path, root: &Path, out: &Path) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut bundles = Vec::new();
-    for dtype in ["f16", "f32"] {
-        let dir = out.join(format!("mobilediffusion-{dtype}"));
+    for (name, flags, runs) in [
+        ("f16", &["--dtype=f16"][..], "5"),
+        ("f32", &[][..], "5"),
+        ("f32-static", &["--static"][..], "0"),
+        ("int8", &["--dtype=int8"][..], "0"),
+    ] {
+        let dir = out.join(format!("mobilediffusion-{name}"));
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         export(
             unetlab,
             "mobilediffusion",
             &dir,
-            &[format!("--dtype={dtype}")],
-            &["--bench-runs", "5"],
+            &flags,
+            &["--bench-runs", runs],
         )?;
         bundles.push(dir);
     }

@@ -9,7 +9,7 @@ use unetlab_export::bundle::dtype_name;
 use unetlab_export::onnx::{candle_dtype, OPSETS};
 use unetlab_export::proto::ElemType;
 use unetlab_export::{write_bundle, ExportOptions, Latency, Manifest, TextEncoderPart};
-use unetlab_model::{ParamStore, UnetModel};
+use unetlab_model::UnetModel;
 use unetlab_spec::Config;
 use unetlab_train::sample::TrainedRun;
 
@@ -19,9 +19,10 @@ use crate::table::{mebibytes, Table};
 ///
 /// The bundle holds config.yaml/config.json (resolved: extends flattened, every default explicit),
 /// model.safetensors (diffusers names; config and hash in the metadata), model.onnx (the same
-/// forward, walked symbolically: dynamic batch, fixed latent size and tokens, decomposed norms so
-/// ONNX Runtime and candle-onnx both run it), example_io.safetensors (a batch-2 test vector with
-/// unetlab's output), diffusers/ when the network is a diffusers UNet2DConditionModel, README.md (a
+/// forward, walked symbolically: any batch, latent height and width (multiples of 2^(levels−1))
+/// and token count unless --static, decomposed norms so ONNX Runtime and candle-onnx both run it),
+/// example_io.safetensors (a batch-2 test vector with unetlab's output, and for dynamic graphs a
+/// second one at batch 3, a taller latent and more tokens), diffusers/ when the network is a diffusers UNet2DConditionModel, README.md (a
 /// model card with a measured latency) and manifest.json (sizes and SHA-256 of every file).
 /// The bundle appears atomically: a failed export leaves nothing under --out.
 #[derive(clap::Args)]
@@ -42,18 +43,27 @@ pub struct ExportArgs {
     /// The bundle directory to write.
     #[arg(long)]
     out: PathBuf,
-    /// Weights and activations: f32 or f16 (timestep and time_ids stay f32).
+    /// Weights and activations: f32, f16 (timestep and time_ids stay f32), or int8: the f32
+    /// graph with every conv and linear quantized as QDQ (int8 weights per output channel, int8
+    /// inputs per tensor with ranges calibrated on a seeded batch of example inputs); the test
+    /// vector then holds the int8 output and the card its error against f32.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// ONNX opset (17 to 21).
     #[arg(long, default_value_t = 17)]
     opset: i64,
-    /// Latent height = width of the graph (default: the config's latent_size).
+    /// Latent height = width of the test vector, the MAC count and the latency, and with --static
+    /// of the graph (default: the config's latent_size).
     #[arg(long)]
     latent_size: Option<usize>,
-    /// Text tokens of the graph (default: the config's text.tokens).
+    /// Text tokens of the test vector, and with --static of the graph (default: the config's
+    /// text.tokens).
     #[arg(long)]
     tokens: Option<usize>,
+    /// Fix the graph's latent size and token count (--latent-size, --tokens) for runtimes that
+    /// want static shapes; the batch stays dynamic.
+    #[arg(long = "static")]
+    static_shapes: bool,
     /// Timed candle forwards for the model card's latency (batch 1, this machine's CPU); 0 skips.
     #[arg(long, default_value_t = 3)]
     bench_runs: usize,
@@ -74,7 +84,7 @@ pub struct ExportArgs {
 /// Runs `unetlab export`.
 pub fn run(args: &ExportArgs) -> Result<()> {
     prepare_process(args.threads).map_err(|e| anyhow!(e))?;
-    let dtype = checked_flags(args)?;
+    let (dtype, int8) = checked_flags(args)?;
     let device = Device::Cpu;
     let candle = candle_dtype(dtype);
     let trained = args.run.as_deref().map(TrainedRun::open).transpose()?;
@@ -103,23 +113,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     }
 
     let (model, weights) = match (&trained, &args.weights) {
-        (Some(run), _) => {
-            let tensors = run
-                .model
-                .unet
-                .params
-                .vars()
-                .map(|(n, v)| (n.to_string(), v.as_tensor().clone()));
-            let params = ParamStore::from_tensors(tensors, &device, candle)?;
-            let model = UnetModel {
-                spec: config.spec.clone(),
-                params,
-            };
-            (
-                model,
-                format!("EMA weights of training run {}", run.dir.display()),
-            )
-        }
+        (Some(run), _) => (
+            run.model.unet.to_dtype(candle)?,
+            format!("EMA weights of training run {}", run.dir.display()),
+        ),
         (None, Some(w)) => (
             UnetModel::load(config.spec.clone(), w, &device, candle)
                 .with_context(|| format!("loading {}", w.display()))?,
@@ -140,6 +137,8 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         opset: args.opset,
         latent_size,
         tokens,
+        dynamic_shapes: !args.static_shapes,
+        int8,
         external_data: args.external_data,
         force: args.force,
         weights,
@@ -147,10 +146,15 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         latency,
     };
     eprintln!(
-        "{}: writing bundle ({} weights, opset {})",
+        "{}: writing bundle ({} weights, opset {}, {} shapes)",
         config.name,
-        dtype_name(dtype),
-        args.opset
+        if int8 { "int8" } else { dtype_name(dtype) },
+        args.opset,
+        if args.static_shapes {
+            "static"
+        } else {
+            "dynamic"
+        }
     );
     let tokenizer = trained.as_ref().map(|run| run.dir.join("tokenizer.json"));
     let text = match (&trained, &tokenizer) {
@@ -171,12 +175,14 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// The element type of `--dtype`, after checking the flags that need no files.
-fn checked_flags(args: &ExportArgs) -> Result<ElemType> {
-    let dtype = match args.dtype.as_str() {
-        "f32" => ElemType::F32,
-        "f16" => ElemType::F16,
-        other => bail!("--dtype {other}: an export is f32 or f16"),
+/// The element type of `--dtype` and whether it asks for int8, after checking the flags that
+/// need no files.
+fn checked_flags(args: &ExportArgs) -> Result<(ElemType, bool)> {
+    let (dtype, int8) = match args.dtype.as_str() {
+        "f32" => (ElemType::F32, false),
+        "f16" => (ElemType::F16, false),
+        "int8" => (ElemType::F32, true),
+        other => bail!("--dtype {other}: an export is f32, f16 or int8"),
     };
     if !OPSETS.contains(&args.opset) {
         bail!(
@@ -195,11 +201,11 @@ fn checked_flags(args: &ExportArgs) -> Result<ElemType> {
             args.out.display()
         );
     }
-    Ok(dtype)
+    Ok((dtype, int8))
 }
 
 /// The config a trained run's bundle describes: its proxy, named after the full-size config.
-fn proxy_config(run: &TrainedRun) -> Result<Config> {
+pub(crate) fn proxy_config(run: &TrainedRun) -> Result<Config> {
     Ok(Config {
         name: format!("{}-proxy", run.config.name),
         description: Some(format!(

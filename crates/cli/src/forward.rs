@@ -68,8 +68,11 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
         .with_context(|| format!("reading inputs {}", inputs_path.display()))?;
     let reference = match (&args.inputs, &bundle) {
         (None, Some(_)) => {
-            // The text encoder's part of the test vector is not a UNet input.
-            tensors.retain(|name, _| !name.starts_with("text."));
+            // The text encoder's part and the second (resized) vector are not these inputs.
+            tensors.retain(|name, _| {
+                !name.starts_with("text.")
+                    && !name.starts_with(unetlab_export::bundle::DYNAMIC_PREFIX)
+            });
             tensors.remove("output")
         }
         _ => None,
@@ -104,7 +107,12 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
     );
     if let Some(reference) = reference {
         let diff = max_abs_diff(&output, &reference)?;
-        eprintln!("max |Δ| against the bundle's test vector: {diff:.3e}");
+        let int8 = bundle.as_ref().is_some_and(|b| b.manifest.int8.is_some());
+        let note = match int8 {
+            true => " (it holds the int8 graph's output; this forward computes in float)",
+            false => "",
+        };
+        eprintln!("max |Δ| against the bundle's test vector: {diff:.3e}{note}");
     }
     let metadata = HashMap::from([
         ("unetlab.config".to_string(), config.name.clone()),
@@ -133,15 +141,17 @@ fn take_inputs(
         (None, None)
     };
     let timestep = take("timestep")?;
-    let &[batch, _, size, _] = sample.dims() else {
+    let &[batch, _, height, width] = sample.dims() else {
         bail!(
-            "inputs: `sample` must be [B, C, S, S], found {:?}",
+            "inputs: `sample` must be [B, C, H, W], found {:?}",
             sample.dims()
         );
     };
     let tokens = ehs.dims().get(1).copied().unwrap_or(0);
-    unetlab_spec::check_latent_size(spec.levels.len(), size)
-        .map_err(|m| anyhow!("inputs: `sample` size {m}"))?;
+    for (what, size) in [("height", height), ("width", width)] {
+        unetlab_spec::check_latent_size(spec.levels.len(), size)
+            .map_err(|m| anyhow!("inputs: `sample` {what} {m}"))?;
+    }
     let inputs = UnetInputs {
         sample,
         timestep,
@@ -149,7 +159,7 @@ fn take_inputs(
         text_embeds,
         time_ids,
     };
-    let expected = UnetInputs::shapes(spec, batch, size, tokens);
+    let expected = UnetInputs::shapes(spec, batch, [height, width], tokens);
     for ((name, t), (_, want)) in inputs.named().into_iter().zip(expected.named()) {
         if t.dims() != want.as_slice() {
             bail!(

@@ -6,6 +6,7 @@ mod convert;
 mod count;
 mod export;
 mod forward;
+mod precision;
 mod sample;
 mod score;
 mod table;
@@ -31,6 +32,7 @@ enum Command {
     Forward(forward::ForwardArgs),
     Convert(convert::ConvertArgs),
     Export(export::ExportArgs),
+    Precision(precision::PrecisionArgs),
     Train(train::TrainArgs),
     Sample(sample::SampleArgs),
     Score(score::ScoreArgs),
@@ -45,6 +47,7 @@ fn main() {
         Command::Forward(args) => forward::run(&args),
         Command::Convert(args) => convert::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Precision(args) => precision::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
         Command::Score(args) => score::run(&args),

@@ -26,7 +26,7 @@ pub fn count(spec: &UnetSpec, conditions: Conditions) -> Result<CostReport, Cost
     let shapes = UnetInputs::shapes(
         spec,
         conditions.batch,
-        conditions.latent_size,
+        [conditions.latent_size; 2],
         conditions.tokens,
     );
     let inputs = shapes.try_map(|_, dims| Ok::<_, CostError>(counter.input(dims)))?;

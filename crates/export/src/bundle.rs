@@ -5,7 +5,9 @@
 //!   config.yaml, config.json   the resolved config (extends flattened, every default explicit)
 //!   model.safetensors          weights, diffusers names; metadata `unetlab`: config, hash, version
 //!   model.onnx[, .data]        the UNet graph (external data when the weights pass 2 GB)
-//!   example_io.safetensors     a test vector: inputs (batch 2) and the candle model's output
+//!   example_io.safetensors     test vectors: inputs (batch 2) and the candle model's output, and
+//!                              for dynamic graphs `dynamic.*` at batch 3, another latent height,
+//!                              width and token count
 //!   diffusers/config.json      when the network is a diffusers UNet2DConditionModel, with
 //!   diffusers/diffusion_pytorch_model.safetensors -> ../model.safetensors
 //!   README.md                  model card
@@ -23,21 +25,26 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use unetlab_cost::{count, text_encoder_params, Conditions};
-use unetlab_graph::{text_encoder_forward, TextEncoderSpec, UnetInputs};
-use unetlab_model::{example_inputs, write_safetensors, CandleOps, ParamStore, UnetModel};
+use unetlab_graph::{text_encoder_forward, TextEncoderSpec};
+use unetlab_model::{
+    example_inputs_sized, max_abs_diff, write_safetensors, CandleOps, ParamStore, Precision,
+    UnetModel,
+};
 use unetlab_spec::diffusers::diffusers_from_spec;
 use unetlab_spec::explicit::{explicit_value, explicit_yaml};
 use unetlab_spec::Config;
 
 use crate::card::model_card;
 use crate::error::ExportError;
-use crate::onnx::{input_type, onnx_model, text_encoder_onnx, OnnxOptions, BATCH};
-use crate::proto::{ElemType, Initializer, Model, TensorBytes};
+use crate::onnx::{input_type, onnx_model, text_encoder_onnx, GraphShape, OnnxOptions};
+use crate::proto::{Dim, ElemType, Initializer, Model, TensorBytes, ValueInfo};
 
 /// Format name in `manifest.json`.
 pub const FORMAT: &str = "unetlab-bundle/1";
 /// Batch of the bundled test vector (2, so a runtime must honour the dynamic batch).
 pub const EXAMPLE_BATCH: usize = 2;
+/// Name prefix of a dynamic graph's second test vector (batch 3, a taller latent, more tokens).
+pub const DYNAMIC_PREFIX: &str = "dynamic.";
 /// Initializers move to `model.onnx.data` when they total more than this (protobuf's 2 GiB limit,
 /// less room for the graph).
 pub const EXTERNAL_DATA_THRESHOLD: usize = (2 << 30) - (64 << 20);
@@ -66,15 +73,46 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
-/// A graph input or output: name, element type and shape (`"batch"` for the dynamic dimension).
+/// A graph input or output: name, element type and shape (open sizes by name: `"batch"`,
+/// `"height"`, `"width"`, `"tokens"`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TensorSignature {
     /// Name.
     pub name: String,
     /// `f32` or `f16`.
     pub dtype: String,
-    /// Dimensions; the batch is the string `"batch"`.
+    /// Dimensions: numbers, or the names of open sizes.
     pub shape: Vec<serde_json::Value>,
+}
+
+impl TensorSignature {
+    fn of(v: &ValueInfo) -> TensorSignature {
+        TensorSignature {
+            name: v.name.clone(),
+            dtype: dtype_name(v.elem_type).into(),
+            shape: v
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => serde_json::json!(n),
+                    Dim::Named(s) => serde_json::json!(s),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How an int8 bundle was quantized, and what it costs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Int8Summary {
+    /// What the activation ranges were calibrated on.
+    pub calibration: String,
+    /// Convs and linears quantized.
+    pub quantized_ops: usize,
+    /// Largest |int8 output − f32 output| on the test vector.
+    pub max_abs_error: f32,
+    /// `max_abs_error` / the f32 output's largest magnitude.
+    pub relative_error: f32,
 }
 
 /// `manifest.json`.
@@ -92,10 +130,18 @@ pub struct Manifest {
     pub dtype: String,
     /// ONNX opset.
     pub opset: i64,
-    /// Latent size the graph was exported for.
+    /// Latent height = width of the test vector and the MAC count (the only one a static graph
+    /// takes).
     pub latent_size: usize,
-    /// Text tokens the graph was exported for.
+    /// Text tokens of the test vector (the only count a static graph takes).
     pub tokens: usize,
+    /// For int8 bundles (`dtype` `int8`): the quantization and its error against f32.
+    #[serde(default)]
+    pub int8: Option<Int8Summary>,
+    /// Whether the graph takes any latent height and width (multiples of `2^(levels−1)`) and token
+    /// count; false for `--static` graphs and bundles written before dynamic shapes.
+    #[serde(default)]
+    pub dynamic_shapes: bool,
     /// Graph inputs.
     pub inputs: Vec<TensorSignature>,
     /// Graph output.
@@ -139,10 +185,16 @@ pub struct ExportOptions {
     pub dtype: ElemType,
     /// ONNX opset.
     pub opset: i64,
-    /// Latent size of the graph.
+    /// Latent height = width of the test vector, the MAC count and a static graph.
     pub latent_size: usize,
-    /// Text tokens of the graph.
+    /// Text tokens of the test vector and a static graph.
     pub tokens: usize,
+    /// A graph for any latent height, width and token count (else fixed at the sizes above).
+    pub dynamic_shapes: bool,
+    /// Quantize every conv and linear to int8 in the graph (QDQ; `dtype` must be f32): weights
+    /// per output channel, inputs per tensor with ranges calibrated on a seeded batch of example
+    /// inputs. The test vector's output is then the int8 computation's.
+    pub int8: bool,
     /// Put the ONNX weights in `model.onnx.data` even below [`EXTERNAL_DATA_THRESHOLD`].
     pub external_data: bool,
     /// Replace an existing bundle at the destination.
@@ -161,6 +213,7 @@ pub fn dtype_name(elem: ElemType) -> &'static str {
         ElemType::F32 => "f32",
         ElemType::F16 => "f16",
         ElemType::I64 => "i64",
+        ElemType::I8 => "int8",
     }
 }
 
@@ -180,6 +233,11 @@ pub fn write_bundle(
     if out.exists() && !options.force {
         return Err(bundle_error(
             "already exists (pass --force to replace it)".into(),
+        ));
+    }
+    if options.int8 && options.dtype != ElemType::F32 {
+        return Err(bundle_error(
+            "int8 quantizes an f32 model: export with f32 weights".into(),
         ));
     }
     if model.params.dtype() != crate::onnx::candle_dtype(options.dtype) {
@@ -267,7 +325,11 @@ fn fill(
     let metadata = HashMap::from([(WEIGHTS_METADATA_KEY.to_string(), record.to_string())]);
     model.save(&dir.join("model.safetensors"), metadata)?;
 
-    let mut example = example_io(model, options)?;
+    let int8_ranges = options
+        .int8
+        .then(|| calibrate(model, options))
+        .transpose()?;
+    let (mut example, int8) = example_io(model, options, int8_ranges.as_deref())?;
     if let Some(text) = text {
         example.extend(text_example_io(text)?);
     }
@@ -275,12 +337,14 @@ fn fill(
     write_safetensors(&dir.join("example_io.safetensors"), &refs, HashMap::new())?;
 
     let onnx_options = OnnxOptions {
-        latent_size: options.latent_size,
-        tokens: options.tokens,
+        shape: graph_shape(options),
         opset: options.opset,
         dtype: options.dtype,
+        int8_ranges,
     };
     let mut graph = onnx_model(spec, &model.params, onnx_options)?;
+    let inputs: Vec<TensorSignature> = graph.inputs.iter().map(TensorSignature::of).collect();
+    let output = TensorSignature::of(&graph.outputs[0]);
     graph.metadata = vec![
         ("unetlab.config_hash".into(), hash.clone()),
         ("unetlab.config".into(), yaml),
@@ -299,42 +363,22 @@ fn fill(
         },
     )
     .map_err(unetlab_model::ModelError::from)?;
-    let signature = |name: &str, elem: ElemType, dims: &[usize]| TensorSignature {
-        name: name.into(),
-        dtype: dtype_name(elem).into(),
-        shape: dims
-            .iter()
-            .map(|&d| match d {
-                BATCH => serde_json::json!("batch"),
-                d => serde_json::json!(d),
-            })
-            .collect(),
-    };
-    let shapes = UnetInputs::shapes(spec, BATCH, options.latent_size, options.tokens);
     let mut manifest = Manifest {
         format: FORMAT.into(),
         unetlab_version: env!("CARGO_PKG_VERSION").into(),
         name: config.name.clone(),
         config_hash: hash,
-        dtype: dtype_name(options.dtype).into(),
+        dtype: match options.int8 {
+            true => "int8".into(),
+            false => dtype_name(options.dtype).into(),
+        },
         opset: options.opset,
         latent_size: options.latent_size,
         tokens: options.tokens,
-        inputs: shapes
-            .named()
-            .into_iter()
-            .map(|(name, dims)| signature(name, input_type(name, options.dtype), dims))
-            .collect(),
-        output: signature(
-            "output",
-            options.dtype,
-            &[
-                BATCH,
-                spec.out_channels,
-                options.latent_size,
-                options.latent_size,
-            ],
-        ),
+        dynamic_shapes: options.dynamic_shapes,
+        int8,
+        inputs,
+        output,
         parameters: costs.params(),
         macs: costs.macs.total(),
         weights: options.weights.clone(),
@@ -355,25 +399,104 @@ fn fill(
     Ok(manifest)
 }
 
-/// The test vector: seeded example inputs at batch [`EXAMPLE_BATCH`] in the graph's input types,
-/// and the candle model's output on them.
+/// The graph shape `options` ask for.
+fn graph_shape(options: &ExportOptions) -> GraphShape {
+    match options.dynamic_shapes {
+        true => GraphShape::Dynamic,
+        false => GraphShape::Static {
+            latent_size: options.latent_size,
+            tokens: options.tokens,
+        },
+    }
+}
+
+/// Named tensors of a test vector, the output last.
+type Vector = Vec<(String, Tensor)>;
+
+/// What the int8 ranges are calibrated on: a batch of example inputs with its own seed.
+const CALIBRATION: (usize, u64) = (EXAMPLE_BATCH, 2);
+
+/// The largest |input| of every conv and linear on the calibration batch (f32).
+fn calibrate(model: &UnetModel, options: &ExportOptions) -> Result<Vec<f32>, ExportError> {
+    let (batch, seed) = CALIBRATION;
+    let device = model.params.device().clone();
+    let size = options.latent_size;
+    let inputs =
+        example_inputs_sized(&model.spec, batch, [size; 2], options.tokens, seed, &device)?;
+    let (_, probe) = model.forward_probed(&inputs, Precision::Float)?;
+    Ok(probe.input_ranges().to_vec())
+}
+
+/// The test vectors: seeded example inputs at batch [`EXAMPLE_BATCH`] in the graph's input types,
+/// and the candle model's output on them (under int8, its int8 computation's, with the error
+/// against f32); for dynamic graphs also a second vector named [`DYNAMIC_PREFIX`]`*` at batch 3,
+/// a latent one unit taller (`2^(levels−1)`) and 5 more tokens.
 fn example_io(
     model: &UnetModel,
     options: &ExportOptions,
-) -> Result<Vec<(String, Tensor)>, ExportError> {
+    int8_ranges: Option<&[f32]>,
+) -> Result<(Vector, Option<Int8Summary>), ExportError> {
+    let size = options.latent_size;
+    let [batch, tokens] = [EXAMPLE_BATCH, options.tokens];
+    let (mut tensors, f32_output) =
+        test_vector(model, options, batch, [size; 2], tokens, 0, int8_ranges)?;
+    let int8 = match (int8_ranges, f32_output) {
+        (Some(ranges), Some(reference)) => {
+            let output = &tensors.last().expect("the output comes last").1;
+            let max_abs_error = max_abs_diff(output, &reference)?;
+            let largest = reference.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let (calibration_batch, calibration_seed) = CALIBRATION;
+            Some(Int8Summary {
+                calibration: format!(
+                    "largest |input| of each conv and linear on {calibration_batch} example inputs (seed {calibration_seed}) at the test vector's size"
+                ),
+                quantized_ops: ranges.len(),
+                max_abs_error,
+                relative_error: max_abs_error / largest,
+            })
+        }
+        _ => None,
+    };
+    if options.dynamic_shapes {
+        let unit = 1 << (model.spec.levels.len() - 1);
+        let latent = [size + unit, size];
+        let (resized, _) = test_vector(model, options, 3, latent, tokens + 5, 1, int8_ranges)?;
+        tensors.extend(
+            resized
+                .into_iter()
+                .map(|(name, t)| (format!("{DYNAMIC_PREFIX}{name}"), t)),
+        );
+    }
+    Ok((tensors, int8))
+}
+
+/// Seeded inputs of one shape and the candle model's output on them, last; under int8 the int8
+/// computation's output, and the f32 output beside.
+fn test_vector(
+    model: &UnetModel,
+    options: &ExportOptions,
+    batch: usize,
+    latent: [usize; 2],
+    tokens: usize,
+    seed: u64,
+    int8_ranges: Option<&[f32]>,
+) -> Result<(Vector, Option<Tensor>), ExportError> {
     let device = model.params.device().clone();
-    let inputs = example_inputs(
-        &model.spec,
-        EXAMPLE_BATCH,
-        options.latent_size,
-        options.tokens,
-        0,
-        &device,
-    )?;
+    let inputs = example_inputs_sized(&model.spec, batch, latent, tokens, seed, &device)?;
     let inputs = inputs.try_map(|name, t| {
         t.to_dtype(crate::onnx::candle_dtype(input_type(name, options.dtype)))
     })?;
     let output = model.forward(&inputs)?;
+    let (output, f32_output) = match int8_ranges {
+        Some(ranges) => {
+            let precision = Precision::Int8 {
+                ranges: ranges.to_vec(),
+            };
+            let (int8, _) = model.forward_probed(&inputs, precision)?;
+            (int8, Some(output))
+        }
+        None => (output, None),
+    };
     let mut tensors: Vec<(String, Tensor)> = inputs
         .named()
         .into_iter()
@@ -381,7 +504,7 @@ fn example_io(
         .map(|(name, t)| t.map(|t| (name, t)))
         .collect::<Result<_, _>>()?;
     tensors.push(("output".into(), output.to_device(&Device::Cpu)?));
-    Ok(tensors)
+    Ok((tensors, f32_output))
 }
 
 /// `text_encoder.safetensors`, `text_encoder.onnx` and `tokenizer.json`.
@@ -398,10 +521,10 @@ fn write_text_encoder(
     let tokenizer = dir.join("tokenizer.json");
     std::fs::copy(text.tokenizer, &tokenizer).map_err(ExportError::io(text.tokenizer))?;
     let onnx_options = OnnxOptions {
-        latent_size: options.latent_size,
-        tokens: options.tokens,
+        shape: graph_shape(options),
         opset: options.opset,
         dtype: ElemType::F32,
+        int8_ranges: None,
     };
     let graph = text_encoder_onnx(&text.spec, text.params, onnx_options)?;
     write_onnx(graph, dir, "text_encoder.onnx", false)

@@ -29,6 +29,18 @@ pub fn model_card(config: &Config, m: &Manifest) -> String {
         m.latent_size,
         m.tokens
     );
+    let _ = match m.dynamic_shapes {
+        true => writeln!(
+            s,
+            "| ONNX inputs | any batch, latent height and width (multiples of {}), token count |",
+            1usize << (spec.levels.len() - 1)
+        ),
+        false => writeln!(
+            s,
+            "| ONNX inputs | any batch; a {0}×{0} latent and {1} tokens only (static graph) |",
+            m.latent_size, m.tokens
+        ),
+    };
     let _ = writeln!(
         s,
         "| structure | {} levels ({}), {} res blocks, {} transformer blocks |",
@@ -42,6 +54,13 @@ pub fn model_card(config: &Config, m: &Manifest) -> String {
         spec.transformer_block_count()
     );
     let _ = writeln!(s, "| weights | {} ({}) |", m.weights, m.dtype);
+    if let Some(q) = &m.int8 {
+        let _ = writeln!(
+            s,
+            "| int8 | {} convs and linears as QDQ (int8 weights per output channel, int8 inputs per tensor); error against f32 on the test vector: max |Δ| {:.3e} ({:.2e} of max |output|); calibration: {} |",
+            q.quantized_ops, q.max_abs_error, q.relative_error, q.calibration
+        );
+    }
     match &m.training {
         Some(t) => {
             let _ = writeln!(
@@ -92,7 +111,7 @@ pub fn model_card(config: &Config, m: &Manifest) -> String {
     );
     let _ = writeln!(
         s,
-        "- `model.onnx`: opset {}, inputs {}, output `output` {}; the batch is dynamic, the latent size and token count are fixed.",
+        "- `model.onnx`: opset {}, inputs {}, output `output` {}.",
         m.opset,
         m.inputs
             .iter()
@@ -103,7 +122,11 @@ pub fn model_card(config: &Config, m: &Manifest) -> String {
     );
     let _ = writeln!(
         s,
-        "- `example_io.safetensors`: a test vector (batch 2) with unetlab's candle output, to check any runtime."
+        "- `example_io.safetensors`: a test vector (batch 2) with unetlab's candle output, to check any runtime{}.",
+        match m.dynamic_shapes {
+            true => "; `dynamic.*` is a second one at batch 3, a taller latent and 5 more tokens",
+            false => "",
+        }
     );
     match &m.diffusers {
         Ok(_) => {

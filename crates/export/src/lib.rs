@@ -10,6 +10,7 @@ mod card;
 pub mod error;
 pub mod onnx;
 pub mod proto;
+pub mod symbols;
 
 pub use bundle::{write_bundle, Bundle, ExportOptions, Latency, Manifest, TextEncoderPart};
 pub use error::ExportError;

@@ -3,35 +3,35 @@
 //! `OnnxOps` implements [`Ops`] by recording one or a few ONNX nodes per op, so the exported graph
 //! is the same walk of `unet_forward` that the counter and the candle model make. Two choices keep
 //! it portable:
-//! - **Dynamic batch.** The walk runs with the batch set to [`BATCH`], a prime no static dimension
-//!   reaches; every dimension that is a multiple of it is batch-derived and becomes `-1` in the
-//!   Reshape that produces it (at most one per shape, else the export fails with the op's name).
+//! - **Dynamic shapes.** The walk runs with marker sizes ([`crate::symbols`]): every dimension is
+//!   decoded into a monomial of batch, latent height and width and token count, and every Reshape
+//!   whose target depends on them computes it at run time from the inputs' shapes (Shape, Gather,
+//!   Div, Mul, Concat). A [`GraphShape::Dynamic`] graph takes any batch, latent height and width
+//!   (multiples of `2^(levels−1)`) and token count; a [`GraphShape::Static`] one only the batch.
 //! - **Decomposed norms.** GroupNorm and LayerNorm are written as ReduceMean/Sub/Mul/Sqrt/Div (the
 //!   statistics in f32, as the candle model computes them), because candle-onnx has neither
 //!   normalisation op and ONNX's GroupNormalization is only sound from opset 21.
-//!
-//! Latent size and token count are fixed at export.
 
 use std::collections::HashMap;
 
 use candle_core::DType;
 use unetlab_graph::{
-    attend, sinusoid_frequencies, text_encoder_forward, unet_forward, AttentionKernel,
-    Conv2dParams, Init, Ops, Role, ScopeStack, TextEncoderSpec, Unary, UnetInputs, F32_INPUTS,
+    attend, attend_heads, sinusoid_frequencies, text_encoder_forward, unet_forward,
+    AttentionKernel, Conv2dParams, Init, Ops, Role, ScopeStack, TextEncoderSpec, Unary, UnetInputs,
+    F32_INPUTS,
 };
 use unetlab_model::ParamStore;
 use unetlab_spec::UnetSpec;
 
 use crate::error::ExportError;
 use crate::proto::{AttrValue, Dim, ElemType, Initializer, Model, Node, TensorBytes, ValueInfo};
-
-/// The batch size the forward is walked with: a prime (2³¹ − 1) that marks batch-derived dimensions.
-pub const BATCH: usize = 2_147_483_647;
+use crate::symbols::{Monomial, Symbol, Symbols, SYMBOLS};
 
 /// Opsets the exporter supports (ReduceMean takes `axes` as an attribute up to 17, as an input from 18).
 pub const OPSETS: std::ops::RangeInclusive<i64> = 17..=21;
 
-/// A symbolic tensor: the name of the graph value, its dimensions (batch as [`BATCH`]) and type.
+/// A symbolic tensor: the name of the graph value, its dimensions in the walk (open sizes as their
+/// markers, see [`Symbols`]) and type.
 #[derive(Debug, Clone)]
 pub struct Value {
     name: String,
@@ -39,13 +39,31 @@ pub struct Value {
     elem: ElemType,
 }
 
+/// The input sizes a UNet graph accepts. The batch is always open; a text encoder's token count
+/// is always its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphShape {
+    /// Any latent height and width (multiples of `2^(levels−1)`) and any token count.
+    Dynamic,
+    /// This latent height = width and token count only (for runtimes that want fixed shapes).
+    Static {
+        /// Latent height = width of `sample`.
+        latent_size: usize,
+        /// Text tokens of `encoder_hidden_states`.
+        tokens: usize,
+    },
+}
+
 /// What to export.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OnnxOptions {
-    /// Latent height = width of `sample`.
-    pub latent_size: usize,
-    /// Text tokens of `encoder_hidden_states`.
-    pub tokens: usize,
+    /// Which input sizes the UNet graph accepts.
+    pub shape: GraphShape,
+    /// Int8 QDQ: every conv and linear gets its weight as int8 (symmetric, per output channel)
+    /// through DequantizeLinear and its input through QuantizeLinear/DequantizeLinear (symmetric,
+    /// per tensor) with these calibrated ranges (largest |input| of each conv/linear call in
+    /// forward order, as `unetlab_model::Probe::input_ranges` records them). f32 models only.
+    pub int8_ranges: Option<Vec<f32>>,
     /// ONNX opset of the default domain (see [`OPSETS`]).
     pub opset: i64,
     /// Element type of weights and activations (f32 or f16); `timestep` and `time_ids` stay f32.
@@ -58,9 +76,23 @@ pub fn onnx_model(
     params: &ParamStore,
     options: OnnxOptions,
 ) -> Result<Model, ExportError> {
-    unetlab_spec::check_latent_size(spec.levels.len(), options.latent_size)
-        .map_err(|m| ExportError::Unsupported(format!("latent size {m}")))?;
-    let shapes = UnetInputs::shapes(spec, BATCH, options.latent_size, options.tokens);
+    let (symbols, latent, tokens) = match options.shape {
+        GraphShape::Dynamic => {
+            let symbols = Symbols::new(&SYMBOLS, 1 << (spec.levels.len() - 1));
+            let latent = [Symbol::Height, Symbol::Width].map(|s| symbols.marker(s));
+            (symbols, latent, symbols.marker(Symbol::Tokens))
+        }
+        GraphShape::Static {
+            latent_size,
+            tokens,
+        } => {
+            unetlab_spec::check_latent_size(spec.levels.len(), latent_size)
+                .map_err(|m| ExportError::Unsupported(format!("latent size {m}")))?;
+            (Symbols::new(&[Symbol::Batch], 1), [latent_size; 2], tokens)
+        }
+    };
+    let batch = symbols.marker(Symbol::Batch);
+    let shapes = UnetInputs::shapes(spec, batch, latent, tokens);
     let inputs: Vec<(&str, Vec<usize>, ElemType)> = shapes
         .named()
         .into_iter()
@@ -69,6 +101,7 @@ pub fn onnx_model(
     trace(
         params,
         options,
+        symbols,
         "unet",
         &inputs,
         &["output"],
@@ -96,14 +129,16 @@ pub fn text_encoder_onnx(
     params: &ParamStore,
     options: OnnxOptions,
 ) -> Result<Model, ExportError> {
+    let symbols = Symbols::new(&[Symbol::Batch], 1);
     let inputs = [(
         "tokens_one_hot",
-        vec![BATCH, spec.tokens, spec.vocab],
+        vec![symbols.marker(Symbol::Batch), spec.tokens, spec.vocab],
         options.dtype,
     )];
     trace(
         params,
         options,
+        symbols,
         "text_encoder",
         &inputs,
         &["hidden_states", "pooled"],
@@ -118,6 +153,7 @@ pub fn text_encoder_onnx(
 fn trace(
     params: &ParamStore,
     options: OnnxOptions,
+    symbols: Symbols,
     name: &str,
     inputs: &[(&str, Vec<usize>, ElemType)],
     outputs: &[&str],
@@ -131,17 +167,30 @@ fn trace(
             OPSETS.end()
         )));
     }
-    if options.dtype == ElemType::I64 {
-        return Err(ExportError::Unsupported("int64 weights".into()));
+    if !matches!(options.dtype, ElemType::F32 | ElemType::F16) {
+        return Err(ExportError::Unsupported(format!(
+            "{:?} activations (f32 or f16; int8 is a quantization of an f32 graph)",
+            options.dtype
+        )));
+    }
+    if options.int8_ranges.is_some() && options.dtype != ElemType::F32 {
+        return Err(ExportError::Unsupported(
+            "int8 quantization of an f16 graph (quantize the f32 one)".into(),
+        ));
     }
     let mut ops = OnnxOps {
         params,
         dtype: options.dtype,
         opset: options.opset,
+        symbols,
+        sources: HashMap::new(),
         scope: ScopeStack::default(),
         nodes: Vec::new(),
         initializers: Vec::new(),
         constants: HashMap::new(),
+        computed: HashMap::new(),
+        int8_ranges: options.int8_ranges.clone(),
+        quantized: 0,
         next_value: 0,
     };
     let values: Vec<Value> = inputs
@@ -152,11 +201,32 @@ fn trace(
             elem: *elem,
         })
         .collect();
+    // Each open size is read from the first input dimension that is that size alone.
+    for value in &values {
+        for (axis, &d) in value.dims.iter().enumerate() {
+            let m = symbols.decode(d);
+            let factors: Vec<(Symbol, u32)> = m.factors().collect();
+            if let [(symbol, 1)] = factors[..] {
+                ops.sources
+                    .entry(symbol)
+                    .or_insert((value.name.clone(), axis, m.coefficient));
+            }
+        }
+    }
     let results = forward(&mut ops, &values)?;
+    if let Some(ranges) = &ops.int8_ranges {
+        if ranges.len() != ops.quantized {
+            return Err(ExportError::Unsupported(format!(
+                "int8: {} calibrated ranges for {} convs and linears",
+                ranges.len(),
+                ops.quantized
+            )));
+        }
+    }
     let mut graph_outputs = Vec::new();
     for (result, &out) in results.iter().zip(outputs) {
         ops.node("Identity", &[&result.name], vec![], out.into());
-        graph_outputs.push(value_info(out, result.elem, &result.dims));
+        graph_outputs.push(value_info(&symbols, out, result.elem, &result.dims));
     }
     Ok(Model {
         name: name.into(),
@@ -165,7 +235,7 @@ fn trace(
         initializers: ops.initializers,
         inputs: values
             .iter()
-            .map(|v| value_info(&v.name, v.elem, &v.dims))
+            .map(|v| value_info(&symbols, &v.name, v.elem, &v.dims))
             .collect(),
         outputs: graph_outputs,
         metadata: Vec::new(),
@@ -182,15 +252,15 @@ pub fn input_type(name: &str, dtype: ElemType) -> ElemType {
     }
 }
 
-fn value_info(name: &str, elem: ElemType, dims: &[usize]) -> ValueInfo {
+fn value_info(symbols: &Symbols, name: &str, elem: ElemType, dims: &[usize]) -> ValueInfo {
     ValueInfo {
         name: name.into(),
         elem_type: elem,
         dims: dims
             .iter()
-            .map(|&d| match d {
-                BATCH => Dim::Named("batch".into()),
-                d => Dim::Fixed(d),
+            .map(|&d| match symbols.decode(d).is_static() {
+                true => Dim::Fixed(d),
+                false => Dim::Named(symbols.show(d)),
             })
             .collect(),
     }
@@ -202,6 +272,7 @@ pub fn candle_dtype(elem: ElemType) -> DType {
         ElemType::F32 => DType::F32,
         ElemType::F16 => DType::F16,
         ElemType::I64 => DType::I64,
+        ElemType::I8 => unreachable!("int8 is only the storage type of quantized weights"),
     }
 }
 
@@ -210,12 +281,33 @@ struct OnnxOps<'a> {
     params: &'a ParamStore,
     dtype: ElemType,
     opset: i64,
+    /// Which sizes are open, and their markers in the walk.
+    symbols: Symbols,
+    /// Where each open size is read at run time: (input, axis, the static factor it carries there).
+    sources: HashMap<Symbol, (String, usize, usize)>,
     scope: ScopeStack,
     nodes: Vec<Node>,
     initializers: Vec<Initializer>,
     /// Constants already emitted, by (type, dims, bytes), so equal constants are stored once.
     constants: HashMap<(ElemType, Vec<usize>, Vec<u8>), String>,
+    /// Run-time sizes already computed (one-element int64 tensors), so each is computed once.
+    computed: HashMap<Computed, String>,
+    /// Calibrated input ranges of the convs and linears, for an int8 QDQ graph.
+    int8_ranges: Option<Vec<f32>>,
+    /// Convs and linears walked so far.
+    quantized: usize,
     next_value: usize,
+}
+
+/// A run-time size computed in the graph.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Computed {
+    /// The shape of a graph input.
+    ShapeOf(String),
+    /// One dimension.
+    Dim(Monomial),
+    /// A Reshape target.
+    Target(Vec<usize>),
 }
 
 impl OnnxOps<'_> {
@@ -284,30 +376,199 @@ impl OnnxOps<'_> {
             ElemType::F32 => (value as f32).to_le_bytes().to_vec(),
             ElemType::F16 => half::f16::from_f64(value).to_le_bytes().to_vec(),
             ElemType::I64 => (value as i64).to_le_bytes().to_vec(),
+            ElemType::I8 => (value as i8).to_le_bytes().to_vec(),
         };
         self.constant(elem, vec![1], bytes)
     }
 
-    /// The Reshape target for `dims`: the one batch-derived dimension becomes -1.
-    fn shape_of(&mut self, dims: &[usize], what: &str) -> Result<String, ExportError> {
-        let batch_dims = dims.iter().filter(|&&d| is_batch(d)).count();
-        if batch_dims > 1 {
-            return Err(ExportError::Unsupported(format!(
-                "{what} at {}: more than one batch-derived dimension in {}, the batch cannot stay dynamic",
-                self.scope.path(),
-                show_dims(dims)
-            )));
+    /// The Reshape target for `dims`: a constant when every dimension is static, else runs of
+    /// static dimensions and run-time sizes concatenated.
+    fn target(&mut self, dims: &[usize]) -> Result<String, ExportError> {
+        let monomials: Vec<Monomial> = dims.iter().map(|&d| self.symbols.decode(d)).collect();
+        if monomials.iter().all(Monomial::is_static) {
+            let target: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+            return Ok(self.ints(&target));
         }
-        let target: Vec<i64> = dims
-            .iter()
-            .map(|&d| if is_batch(d) { -1 } else { d as i64 })
+        let key = Computed::Target(dims.to_vec());
+        if let Some(name) = self.computed.get(&key) {
+            return Ok(name.clone());
+        }
+        let mut parts = Vec::new();
+        let mut run: Vec<i64> = Vec::new();
+        for m in monomials {
+            if m.is_static() {
+                run.push(m.coefficient as i64);
+                continue;
+            }
+            if !run.is_empty() {
+                parts.push(self.ints(&std::mem::take(&mut run)));
+            }
+            parts.push(self.run_time_dim(m)?);
+        }
+        if !run.is_empty() {
+            parts.push(self.ints(&run));
+        }
+        let names: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let name = self.node(
+            "Concat",
+            &names,
+            vec![("axis", AttrValue::Int(0))],
+            String::new(),
+        );
+        self.computed.insert(key, name.clone());
+        Ok(name)
+    }
+
+    /// A dimension at run time, as a one-element int64 tensor: its symbols read from the inputs'
+    /// shapes, multiplied together and by its static factor.
+    fn run_time_dim(&mut self, m: Monomial) -> Result<String, ExportError> {
+        let key = Computed::Dim(m);
+        if let Some(name) = self.computed.get(&key) {
+            return Ok(name.clone());
+        }
+        let mut product: Option<String> = None;
+        for (symbol, power) in m.factors() {
+            let factor = self.symbol_size(symbol)?;
+            for _ in 0..power {
+                product = Some(match product {
+                    None => factor.clone(),
+                    Some(p) => self.node("Mul", &[&p, &factor], vec![], String::new()),
+                });
+            }
+        }
+        let mut name = product.expect("a run-time dimension has a symbol");
+        if m.coefficient != 1 {
+            let c = self.ints(&[m.coefficient as i64]);
+            name = self.node("Mul", &[&name, &c], vec![], String::new());
+        }
+        self.computed.insert(key, name.clone());
+        Ok(name)
+    }
+
+    /// One open size at run time: a dimension of an input's shape, divided by the static factor
+    /// it carries there (the latent height is `2^(levels−1)` height units).
+    fn symbol_size(&mut self, symbol: Symbol) -> Result<String, ExportError> {
+        let unit = Monomial {
+            coefficient: 1,
+            powers: SYMBOLS.map(|s| u32::from(s == symbol)),
+        };
+        let key = Computed::Dim(unit);
+        if let Some(name) = self.computed.get(&key) {
+            return Ok(name.clone());
+        }
+        let (input, axis, factor) = self.sources.get(&symbol).cloned().ok_or_else(|| {
+            ExportError::Unsupported(format!(
+                "a size at {} depends on the {symbol}, which no graph input has as a dimension",
+                self.scope.path()
+            ))
+        })?;
+        let shape_key = Computed::ShapeOf(input.clone());
+        let shape = match self.computed.get(&shape_key) {
+            Some(name) => name.clone(),
+            None => {
+                let name = self.node("Shape", &[&input], vec![], String::new());
+                self.computed.insert(shape_key, name.clone());
+                name
+            }
+        };
+        let index = self.ints(&[axis as i64]);
+        let mut name = self.node(
+            "Gather",
+            &[&shape, &index],
+            vec![("axis", AttrValue::Int(0))],
+            String::new(),
+        );
+        if factor != 1 {
+            let divisor = self.ints(&[factor as i64]);
+            name = self.node("Div", &[&name, &divisor], vec![], String::new());
+        }
+        self.computed.insert(key, name.clone());
+        Ok(name)
+    }
+
+    /// A conv/linear input as the graph computes it: under int8, through QuantizeLinear and
+    /// DequantizeLinear with its calibrated range (symmetric, scale range / 127).
+    fn quantized_input(&mut self, x: &Value) -> Result<Value, ExportError> {
+        let call = self.quantized;
+        self.quantized += 1;
+        let Some(ranges) = &self.int8_ranges else {
+            return Ok(x.clone());
+        };
+        let range = *ranges.get(call).ok_or_else(|| {
+            ExportError::Unsupported(format!(
+                "int8: conv/linear {call} at {} has no calibrated range ({} given)",
+                self.scope.path(),
+                ranges.len()
+            ))
+        })?;
+        if range <= 0.0 || !range.is_finite() {
+            return Ok(x.clone());
+        }
+        let scale = ((f64::from(range) / 127.0) as f32).to_le_bytes().to_vec();
+        let scale = self.constant(ElemType::F32, vec![], scale);
+        let zero = self.constant(ElemType::I8, vec![], vec![0]);
+        let q = self.op(
+            "QuantizeLinear",
+            &[&x.name, &scale, &zero],
+            vec![],
+            x.dims.clone(),
+            ElemType::I8,
+        );
+        Ok(self.op(
+            "DequantizeLinear",
+            &[&q.name, &scale, &zero],
+            vec![],
+            x.dims.clone(),
+            x.elem,
+        ))
+    }
+
+    /// A conv/linear weight as the graph computes it: under int8, its initializer rewritten as
+    /// int8 (symmetric per output channel: scale = largest |w| of the channel / 127) and read
+    /// through DequantizeLinear.
+    fn quantized_weight(&mut self, w: &Value) -> Result<Value, ExportError> {
+        if self.int8_ranges.is_none() {
+            return Ok(w.clone());
+        }
+        let init = self
+            .initializers
+            .iter_mut()
+            .find(|i| i.name == w.name)
+            .ok_or_else(|| {
+                ExportError::Unsupported(format!("int8: {} is not a stored weight", w.name))
+            })?;
+        let TensorBytes::Raw(bytes) = &init.bytes else {
+            unreachable!("weights are stored inline while the graph is built")
+        };
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        Ok(self.ints(&target))
+        let (quantized, scales) = quantize_rows(&values, w.dims[0]);
+        init.elem_type = ElemType::I8;
+        init.bytes = TensorBytes::Raw(quantized.iter().map(|&q| q as u8).collect());
+        let channels = w.dims[0];
+        let scales = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let scales = self.constant(ElemType::F32, vec![channels], scales);
+        let zeros = self.constant(ElemType::I8, vec![channels], vec![0; channels]);
+        Ok(self.op(
+            "DequantizeLinear",
+            &[&w.name, &scales, &zeros],
+            vec![("axis", AttrValue::Int(0))],
+            w.dims.clone(),
+            ElemType::F32,
+        ))
+    }
+
+    /// Dimensions for messages, open sizes by name.
+    fn show(&self, dims: &[usize]) -> String {
+        let parts: Vec<String> = dims.iter().map(|&d| self.symbols.show(d)).collect();
+        format!("[{}]", parts.join(", "))
     }
 
     fn reshape_to(&mut self, x: &Value, dims: Vec<usize>) -> Result<Value, ExportError> {
-        let shape = self.shape_of(&dims, "reshape")?;
-        Ok(self.op("Reshape", &[&x.name, &shape], vec![], dims, x.elem))
+        let target = self.target(&dims)?;
+        Ok(self.op("Reshape", &[&x.name, &target], vec![], dims, x.elem))
     }
 
     fn cast(&mut self, x: &Value, to: ElemType) -> Value {
@@ -333,8 +594,8 @@ impl OnnxOps<'_> {
             ExportError::Unsupported(format!(
                 "{op_type} at {}: shapes {} and {} do not broadcast",
                 self.scope.path(),
-                show_dims(&a.dims),
-                show_dims(&b.dims)
+                self.show(&a.dims),
+                self.show(&b.dims)
             ))
         })?;
         Ok(self.op(op_type, &[&a.name, &b.name], vec![], dims, a.elem))
@@ -451,6 +712,8 @@ impl Ops for OnnxOps<'_> {
         bias: Option<&Value>,
         p: Conv2dParams,
     ) -> Result<Value, ExportError> {
+        let x = &self.quantized_input(x)?;
+        let weight = &self.quantized_weight(weight)?;
         let k = weight.dims[2];
         let out = |size: usize| (size + 2 * p.padding - k) / p.stride + 1;
         let dims = vec![x.dims[0], weight.dims[0], out(x.dims[2]), out(x.dims[3])];
@@ -473,6 +736,8 @@ impl Ops for OnnxOps<'_> {
         weight: &Value,
         bias: Option<&Value>,
     ) -> Result<Value, ExportError> {
+        let x = &self.quantized_input(x)?;
+        let weight = &self.quantized_weight(weight)?;
         let wt = self.op(
             "Transpose",
             &[&weight.name],
@@ -493,8 +758,8 @@ impl Ops for OnnxOps<'_> {
             ExportError::Unsupported(format!(
                 "MatMul at {}: batch dimensions {} and {} do not broadcast",
                 self.scope.path(),
-                show_dims(&a.dims),
-                show_dims(&b.dims)
+                self.show(&a.dims),
+                self.show(&b.dims)
             ))
         })?;
         let mut dims = batch;
@@ -571,7 +836,38 @@ impl Ops for OnnxOps<'_> {
         })
     }
 
+    fn attend_heads(
+        &mut self,
+        q: &Value,
+        k: &Value,
+        v: &Value,
+        heads: usize,
+        scale: f64,
+        kernel: AttentionKernel,
+    ) -> Result<Value, ExportError> {
+        let keys = k.dims[1];
+        let open_keys = self.symbols.decode(keys);
+        if kernel != AttentionKernel::Relu || open_keys.is_static() {
+            return attend_heads(self, q, k, v, heads, scale, kernel);
+        }
+        // ReLU attention's scale includes 1/m for m keys (see `unetlab_graph::attention`); with m
+        // open, Q is scaled by the rest and divided by m at run time.
+        let per_key = self.with_scalar("Mul", q, scale * keys as f64);
+        let m = self.run_time_dim(open_keys)?;
+        let m = Value {
+            name: m,
+            dims: vec![1],
+            elem: ElemType::I64,
+        };
+        let m = self.cast(&m, q.elem);
+        let q = self.binary("Div", &per_key, &m)?;
+        attend_heads(self, &q, k, v, heads, 1.0, kernel)
+    }
+
     fn scale(&mut self, x: &Value, scale: f64) -> Result<Value, ExportError> {
+        if scale == 1.0 {
+            return Ok(x.clone());
+        }
         Ok(self.with_scalar("Mul", x, scale))
     }
 
@@ -611,6 +907,13 @@ impl Ops for OnnxOps<'_> {
         start: usize,
         len: usize,
     ) -> Result<Value, ExportError> {
+        if !self.symbols.decode(start + len).is_static() {
+            return Err(ExportError::Unsupported(format!(
+                "slice {start}..{} of dimension {dim} at {}: a slice must end at a static index",
+                start + len,
+                self.scope.path()
+            )));
+        }
         let starts = self.ints(&[start as i64]);
         let ends = self.ints(&[(start + len) as i64]);
         let axes = self.ints(&[dim as i64]);
@@ -685,9 +988,25 @@ impl Ops for OnnxOps<'_> {
     }
 }
 
-/// Whether a dimension of the walk is derived from the batch (a positive multiple of [`BATCH`]).
-fn is_batch(d: usize) -> bool {
-    d != 0 && d.is_multiple_of(BATCH)
+/// Symmetric int8 quantization of `rows` equal rows (the output channels of a weight): each row's
+/// scale is its largest |value| × (1/127) in f32 (1/127 for an all-zero row), each value
+/// `clamp(round(v / scale), −127, 127)`, as `unetlab_model::probe::quantize_per_channel` computes
+/// them.
+fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
+    let per_row = values.len() / rows;
+    let mut quantized = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(rows);
+    for row in values.chunks_exact(per_row) {
+        let range = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let range = if range == 0.0 { 127.0 } else { range };
+        let scale = range * (1.0f64 / 127.0) as f32;
+        quantized.extend(
+            row.iter()
+                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+        scales.push(scale);
+    }
+    (quantized, scales)
 }
 
 /// NumPy broadcasting of two shapes.
@@ -704,19 +1023,6 @@ fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         .collect()
 }
 
-/// Dimensions for messages, with the batch shown as `B`.
-fn show_dims(dims: &[usize]) -> String {
-    let parts: Vec<String> = dims
-        .iter()
-        .map(|&d| match d {
-            d if is_batch(d) && d / BATCH == 1 => "B".to_string(),
-            d if is_batch(d) => format!("{}B", d / BATCH),
-            d => d.to_string(),
-        })
-        .collect();
-    format!("[{}]", parts.join(", "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -726,10 +1032,5 @@ mod tests {
         assert_eq!(broadcast(&[2, 1, 4], &[3, 1]), Some(vec![2, 3, 4]));
         assert_eq!(broadcast(&[5], &[]), Some(vec![5]));
         assert_eq!(broadcast(&[2, 3], &[4, 3]), None);
-    }
-
-    #[test]
-    fn batch_dims_are_shown_symbolically() {
-        assert_eq!(show_dims(&[BATCH, 3, 8 * BATCH]), "[B, 3, 8B]");
     }
 }

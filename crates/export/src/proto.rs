@@ -8,6 +8,8 @@
 pub enum ElemType {
     /// `FLOAT`.
     F32 = 1,
+    /// `INT8` (quantized weights).
+    I8 = 3,
     /// `INT64`.
     I64 = 7,
     /// `FLOAT16`.
@@ -20,6 +22,7 @@ impl ElemType {
         match self {
             ElemType::F32 => 4,
             ElemType::I64 => 8,
+            ElemType::I8 => 1,
             ElemType::F16 => 2,
         }
     }

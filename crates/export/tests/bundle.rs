@@ -29,6 +29,8 @@ fn options() -> ExportOptions {
         opset: 17,
         latent_size: 8,
         tokens: 5,
+        dynamic_shapes: true,
+        int8: false,
         external_data: false,
         force: false,
         weights: "random init, seed 3".into(),

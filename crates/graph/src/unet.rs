@@ -16,7 +16,7 @@ const TRANSFORMER: Role = Role::Block(BlockKind::Transformer);
 /// The inputs of one UNet evaluation (or their shapes, with `T = Vec<usize>`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnetInputs<T> {
-    /// Noisy latents `[B, in_channels, S, S]`.
+    /// Noisy latents `[B, in_channels, H, W]`.
     pub sample: T,
     /// One timestep per batch item `[B]`.
     pub timestep: T,
@@ -29,11 +29,16 @@ pub struct UnetInputs<T> {
 }
 
 impl UnetInputs<Vec<usize>> {
-    /// The input shapes of `spec` for a batch, latent size and token count.
-    pub fn shapes(spec: &UnetSpec, batch: usize, latent_size: usize, tokens: usize) -> Self {
+    /// The input shapes of `spec` for a batch, latent `[height, width]` and token count.
+    pub fn shapes(
+        spec: &UnetSpec,
+        batch: usize,
+        [height, width]: [usize; 2],
+        tokens: usize,
+    ) -> Self {
         let addition = spec.addition.as_ref();
         UnetInputs {
-            sample: vec![batch, spec.in_channels, latent_size, latent_size],
+            sample: vec![batch, spec.in_channels, height, width],
             timestep: vec![batch],
             encoder_hidden_states: vec![batch, tokens, spec.text_dim],
             text_embeds: addition.map(|a| vec![batch, a.text_embeds_dim]),

@@ -11,6 +11,9 @@ pub enum ModelError {
     /// The config could not be walked (a bug or an impossible config).
     #[error(transparent)]
     Cost(#[from] unetlab_cost::CostError),
+    /// A [`crate::Probe`] was asked for what it cannot do (an uncalibrated conv or linear).
+    #[error("probe: {0}")]
+    Probe(String),
     /// The forward was not given an input it needs.
     #[error(transparent)]
     Input(#[from] unetlab_graph::MissingInput),

@@ -33,8 +33,7 @@ pub fn size_conditioning(n: usize, side: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Inputs shaped for `spec`: N(0, 1) latents and text states, timesteps spread over [0, 1000), and
-/// for `text_time` configs N(0, 1) pooled text plus SDXL-style size conditioning (8 × latent size).
+/// Inputs shaped for `spec` with a square latent: see [`example_inputs_sized`].
 pub fn example_inputs(
     spec: &UnetSpec,
     batch: usize,
@@ -43,9 +42,23 @@ pub fn example_inputs(
     seed: u64,
     device: &Device,
 ) -> Result<UnetInputs<Tensor>, ModelError> {
-    let shapes = UnetInputs::shapes(spec, batch, latent_size, tokens);
+    example_inputs_sized(spec, batch, [latent_size; 2], tokens, seed, device)
+}
+
+/// Inputs shaped for `spec` with a latent `[height, width]`: N(0, 1) latents and text states,
+/// timesteps spread over [0, 1000), and for `text_time` configs N(0, 1) pooled text plus
+/// SDXL-style size conditioning (8 × the latent height).
+pub fn example_inputs_sized(
+    spec: &UnetSpec,
+    batch: usize,
+    latent: [usize; 2],
+    tokens: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<UnetInputs<Tensor>, ModelError> {
+    let shapes = UnetInputs::shapes(spec, batch, latent, tokens);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let pixels = (8 * latent_size) as f32;
+    let pixels = (8 * latent[0]) as f32;
     let inputs = shapes.try_map(|name, dims| {
         let n: usize = dims.iter().product();
         let values = match name {

@@ -11,6 +11,7 @@ mod inputs;
 pub mod kernels;
 mod ops;
 mod params;
+pub mod probe;
 pub mod profile;
 
 use std::collections::HashMap;
@@ -23,9 +24,10 @@ use unetlab_spec::UnetSpec;
 
 pub use device::{parse_device, parse_dtype, write_safetensors};
 pub use error::ModelError;
-pub use inputs::{example_inputs, size_conditioning, standard_normal};
+pub use inputs::{example_inputs, example_inputs_sized, size_conditioning, standard_normal};
 pub use ops::CandleOps;
 pub use params::ParamStore;
+pub use probe::{BlockMaximum, Precision, Probe};
 
 /// Runs `f` on a thread of the compute pool (rayon's global pool, which candle's and unetlab's
 /// CPU kernels share), so that their parallel loops start from inside the pool: started from
@@ -87,6 +89,14 @@ impl UnetModel {
         Ok(UnetModel { spec, params })
     }
 
+    /// The same network with its weights in `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self, ModelError> {
+        Ok(UnetModel {
+            spec: self.spec.clone(),
+            params: self.params.to_dtype(dtype)?,
+        })
+    }
+
     /// Saves the weights under diffusers names.
     pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<(), ModelError> {
         self.params.save(path, metadata)
@@ -101,6 +111,21 @@ impl UnetModel {
                 &self.spec,
                 &self.cast_inputs(inputs)?,
             )
+        })
+    }
+
+    /// One UNet evaluation watched by a [`Probe`] (block maxima, conv/linear input ranges), with
+    /// convs and linears computed at `precision`; returns the output and the probe.
+    pub fn forward_probed(
+        &self,
+        inputs: &UnetInputs<Tensor>,
+        precision: Precision,
+    ) -> Result<(Tensor, Probe<'_>), ModelError> {
+        let inputs = self.cast_inputs(inputs)?;
+        on_compute_threads(|| {
+            let mut probe = Probe::new(&self.params, precision);
+            let output = unet_forward(&mut probe, &self.spec, &inputs)?;
+            Ok((output, probe))
         })
     }
 

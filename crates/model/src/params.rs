@@ -166,6 +166,15 @@ impl ParamStore {
         })
     }
 
+    /// A copy of every parameter in `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self, ModelError> {
+        let tensors = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()));
+        Self::from_tensors(tensors, &self.device, dtype)
+    }
+
     /// Writes every parameter under its diffusers name, with `metadata` in the header. The file
     /// appears atomically (written beside it, then renamed).
     pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<(), ModelError> {

@@ -45,6 +45,8 @@ pub fn build(scratch: &Path) -> Result<Box<dyn Target>> {
         opset: 17,
         latent_size: 8,
         tokens: 4,
+        dynamic_shapes: true,
+        int8: false,
         external_data: false,
         force: true,
         weights: "seed 0".into(),
