@@ -46,10 +46,10 @@ const SWISH: &str = "chain-05-swish";
 
 /// The error columns of a report, as (report field, metric, column label).
 const METRICS: [(&str, &str, &str); 4] = [
-    ("f16", "relative", "f16 max |Δ| / max |out|"),
-    ("bf16", "relative", "bf16 max |Δ| / max |out|"),
-    ("int8", "relative", "int8 max |Δ| / max |out|"),
-    ("int8", "rms_relative", "int8 RMS Δ / RMS out"),
+    ("f16", "relative", "f16 max |Δ| (% of max |out|)"),
+    ("bf16", "relative", "bf16 max |Δ| (% of max |out|)"),
+    ("int8", "relative", "int8 max |Δ| (% of max |out|)"),
+    ("int8", "rms_relative", "int8 RMS Δ (% of RMS out)"),
 ];
 
 /// Runs `cargo xtask precision`.
@@ -236,7 +236,7 @@ impl Row {
             .map(|(field, metric, _)| {
                 let values: Vec<f64> = reports
                     .iter()
-                    .map(|r| r[field][metric].as_f64().unwrap_or(f64::NAN))
+                    .map(|r| 100.0 * r[field][metric].as_f64().unwrap_or(f64::NAN))
                     .collect();
                 mean_sd(&values)
             })
@@ -370,7 +370,7 @@ fn readme(command: &str, started: &str, rows: &[Row], table: &str, study: &str) 
                 "swish higher beyond 2σ"
             };
             s.push_str(&format!(
-                "- {label}: gelu {g:.3e}, swish {w:.3e}: {effect:+.1} % ± {se:.1} % ({verdict})\n"
+                "- {label}: gelu {g:.3}, swish {w:.3}: {effect:+.1} % ± {se:.1} % ({verdict})\n"
             ));
         }
     }
