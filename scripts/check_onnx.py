@@ -11,10 +11,13 @@ the bundle on a reference fixture's test vector (`sample`, `timestep`, `encoder_
 `output`) and compares with the reference `output`. With `--bench N` it also times N ONNX Runtime
 runs at batch 1 and reports the median.
 
-Exit status 1 if any bundle fails a check or exceeds the tolerance (max |difference|:
-1e-4 for f32 bundles, --f16-tolerance for f16 ones, and for int8 bundles --int8-tolerance times
-the largest |output|: an input that lands within rounding noise of a quantization step boundary
-may round to the neighbouring step in one runtime and not the other).
+Exit status 1 if any bundle fails a check or exceeds the tolerance (max |difference|: 1e-4 for
+f32 bundles, --f16-tolerance for f16 ones). int8 bundles are judged by quality, not identity: an
+input within rounding noise of a quantization step boundary rounds to one step in candle and to
+the next in ONNX Runtime, and over hundreds of quantized layers the two int8 computations drift
+apart by about as much as either differs from f32. So ONNX Runtime's RMS error against the f32
+model's output (`output_f32` in the test vector) must be at most --int8-ratio times candle's int8
+RMS error against it.
 
 Run by `cargo xtask onnx-check`, which creates the virtual environment and the bundles.
 """
@@ -53,7 +56,17 @@ def max_abs_diff(a, b):
     return float(np.max(np.abs(a.astype(np.float32) - b.astype(np.float32))))
 
 
-def check_bundle(bundle, f16_tolerance, int8_tolerance, bench_runs, threads, reference):
+def rms(a):
+    return float(np.sqrt(np.mean(np.square(a.astype(np.float64)))))
+
+
+def int8_errors(output, io, prefix):
+    """(ONNX Runtime's, candle's) int8 RMS error against the f32 output, relative to its RMS."""
+    f32 = io[prefix + "output_f32"]
+    return rms(output - f32) / rms(f32), rms(io[prefix + "output"] - f32) / rms(f32)
+
+
+def check_bundle(bundle, f16_tolerance, int8_ratio, bench_runs, threads, reference):
     manifest = json.loads((bundle / "manifest.json").read_text())
     model_path = bundle / "model.onnx"
     onnx.checker.check_model(str(model_path), full_check=True)
@@ -72,6 +85,8 @@ def check_bundle(bundle, f16_tolerance, int8_tolerance, bench_runs, threads, ref
     diff = max_abs_diff(output, io["output"])
     (single,) = session.run(["output"], {n: v[:1] for n, v in feed.items()})
     diff_single = max_abs_diff(single, io["output"][:1])
+    int8 = manifest["dtype"] == "int8"
+    int8_rms = [int8_errors(output, io, "")] if int8 else []
     shapes = [list(feed["sample"].shape)]
     if manifest.get("dynamic_shapes"):
         resized = {n: io["dynamic." + n] for n in names}
@@ -80,8 +95,10 @@ def check_bundle(bundle, f16_tolerance, int8_tolerance, bench_runs, threads, ref
         diff = max(diff, max_abs_diff(output, io["dynamic.output"]))
         diff_single = max(diff_single, max_abs_diff(single, io["dynamic.output"][:1]))
         shapes.append(list(resized["sample"].shape))
+        if int8:
+            int8_rms.append(int8_errors(output, io, "dynamic."))
     output_max_abs = float(np.max(np.abs(io["output"].astype(np.float32))))
-    tolerance = {"f32": 1e-4, "f16": f16_tolerance}.get(manifest["dtype"], int8_tolerance * output_max_abs)
+    tolerance = {"f32": 1e-4, "f16": f16_tolerance}.get(manifest["dtype"])
     if manifest.get("text_encoder"):
         # Bundles of trained runs: the text encoder graph (always f32) against its test vector.
         text_path = bundle / "text_encoder.onnx"
@@ -98,6 +115,7 @@ def check_bundle(bundle, f16_tolerance, int8_tolerance, bench_runs, threads, ref
         (ref_output,) = session.run(["output"], {n: ref[n] for n in names})
         reference_diff = max_abs_diff(ref_output, ref["output"])
     worst = max(diff, diff_single, reference_diff or 0.0)
+    ok = all(ort <= int8_ratio * candle for ort, candle in int8_rms) if int8 else worst <= tolerance
     result = {
         "bundle": str(bundle),
         "name": manifest["name"],
@@ -113,7 +131,8 @@ def check_bundle(bundle, f16_tolerance, int8_tolerance, bench_runs, threads, ref
         "output_max_abs": output_max_abs,
         "int8": manifest.get("int8"),
         "tolerance": tolerance,
-        "ok": worst <= tolerance,
+        "ok": ok,
+        "int8_rms_error_vs_f32": [{"onnxruntime": o, "candle": c} for o, c in int8_rms],
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
     }
@@ -135,8 +154,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bundles", nargs="+", type=pathlib.Path)
     parser.add_argument("--f16-tolerance", type=float, default=1e-2)
-    parser.add_argument("--int8-tolerance", type=float, default=2e-2,
-                        help="for int8 bundles, relative to the largest |output|")
+    parser.add_argument("--int8-ratio", type=float, default=1.25,
+                        help="for int8 bundles: ONNX Runtime's RMS error against f32 at most this times candle's")
     parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N ONNX Runtime runs at batch 1")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
@@ -156,7 +175,7 @@ def main():
     results, failed = [], 0
     for bundle in args.bundles:
         try:
-            r = check_bundle(bundle, args.f16_tolerance, args.int8_tolerance, args.bench, args.threads,
+            r = check_bundle(bundle, args.f16_tolerance, args.int8_ratio, args.bench, args.threads,
                              references.get(bundle.resolve()))
         except Exception as e:  # report every bundle, then fail
             r = {"bundle": str(bundle), "ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -171,10 +190,14 @@ def main():
                     f"{' +text-encoder' if r['text_encoder'] else ''}"
                     f"{' dynamic' if r['dynamic_shapes'] else ' static'}: onnx.checker passed; "
                     f"ONNX Runtime vs unetlab at samples {r['checked_sample_shapes']} (and batch 1 of each) "
-                    f"max |diff| {r['max_abs_diff']:.2e} "
-                    f"(tolerance {r['tolerance']:.0e}, |output| up to {r['output_max_abs']:.2f})")
+                    f"max |diff| {r['max_abs_diff']:.2e} (|output| up to {r['output_max_abs']:.2f}")
             if r["int8"]:
-                line += f"; candle int8 vs f32 max |diff| {r['int8']['max_abs_error']:.2e}"
+                errors = ", ".join(f"ONNX Runtime {e['onnxruntime']:.2%}, candle {e['candle']:.2%}"
+                                   for e in r["int8_rms_error_vs_f32"])
+                line += (f"); int8: RMS error against f32 {errors} "
+                         f"(ONNX Runtime at most {args.int8_ratio}x candle's)")
+            else:
+                line += f", tolerance {r['tolerance']:.0e})"
             if r["reference_max_abs_diff"] is not None:
                 line += f"; vs the reference output {r['reference_max_abs_diff']:.2e}"
             if "ort_batch1_median_s" in r:

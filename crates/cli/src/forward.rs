@@ -72,6 +72,7 @@ pub fn run(args: &ForwardArgs) -> Result<()> {
             tensors.retain(|name, _| {
                 !name.starts_with("text.")
                     && !name.starts_with(unetlab_export::bundle::DYNAMIC_PREFIX)
+                    && name != unetlab_export::bundle::F32_OUTPUT
             });
             tensors.remove("output")
         }

@@ -43,6 +43,9 @@ use crate::proto::{Dim, ElemType, Initializer, Model, TensorBytes, ValueInfo};
 pub const FORMAT: &str = "unetlab-bundle/1";
 /// Batch of the bundled test vector (2, so a runtime must honour the dynamic batch).
 pub const EXAMPLE_BATCH: usize = 2;
+/// Name of the f32 model's output in an int8 bundle's test vectors (beside `output`, the int8
+/// computation's).
+pub const F32_OUTPUT: &str = "output_f32";
 /// Name prefix of a dynamic graph's second test vector (batch 3, a taller latent, more tokens).
 pub const DYNAMIC_PREFIX: &str = "dynamic.";
 /// Initializers move to `model.onnx.data` when they total more than this (protobuf's 2 GiB limit,
@@ -471,7 +474,7 @@ fn example_io(
 }
 
 /// Seeded inputs of one shape and the candle model's output on them, last; under int8 the int8
-/// computation's output, and the f32 output beside.
+/// computation's output, with the f32 output before it ([`F32_OUTPUT`]) and returned beside.
 fn test_vector(
     model: &UnetModel,
     options: &ExportOptions,
@@ -503,6 +506,9 @@ fn test_vector(
         .map(|(name, t)| (name.to_string(), t.to_device(&Device::Cpu)))
         .map(|(name, t)| t.map(|t| (name, t)))
         .collect::<Result<_, _>>()?;
+    if let Some(reference) = &f32_output {
+        tensors.push((F32_OUTPUT.into(), reference.to_device(&Device::Cpu)?));
+    }
     tensors.push(("output".into(), output.to_device(&Device::Cpu)?));
     Ok((tensors, f32_output))
 }

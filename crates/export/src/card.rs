@@ -128,6 +128,12 @@ pub fn model_card(config: &Config, m: &Manifest) -> String {
             false => "",
         }
     );
+    if m.int8.is_some() {
+        let _ = writeln!(
+            s,
+            "  `output` is the int8 computation's (candle), `output_f32` the f32 model's: a runtime's int8 output matches `output` up to rounding-boundary flips, and its error against `output_f32` should be about the card's."
+        );
+    }
     match &m.diffusers {
         Ok(_) => {
             let _ = writeln!(
