@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use unetlab_bench::prepare_process;
-use unetlab_model::{example_inputs, BlockMaximum, Precision, UnetModel};
+use unetlab_model::{example_inputs, max_abs, BlockMaximum, Precision, UnetModel};
 use unetlab_spec::Config;
 use unetlab_train::sample::TrainedRun;
 
@@ -250,14 +250,6 @@ fn headroom(b: &BlockMaximum) -> BlockHeadroom {
         max_abs: b.max_abs,
         f16_headroom: F16_MAX / b.max_abs,
     }
-}
-
-fn max_abs(x: &Tensor) -> Result<f32> {
-    Ok(x.to_dtype(DType::F32)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()?)
 }
 
 /// `output`'s error against `reference` (both compared in f32).

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use unetlab_cost::{count, text_encoder_params, Conditions};
 use unetlab_graph::{text_encoder_forward, TextEncoderSpec};
 use unetlab_model::{
-    example_inputs_sized, max_abs_diff, write_safetensors, CandleOps, ParamStore, Precision,
-    UnetModel,
+    example_inputs_sized, max_abs, max_abs_diff, write_safetensors, CandleOps, ParamStore,
+    Precision, UnetModel,
 };
 use unetlab_spec::diffusers::diffusers_from_spec;
 use unetlab_spec::explicit::{explicit_value, explicit_yaml};
@@ -447,7 +447,7 @@ fn example_io(
         (Some(ranges), Some(reference)) => {
             let output = &tensors.last().expect("the output comes last").1;
             let max_abs_error = max_abs_diff(output, &reference)?;
-            let largest = reference.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let largest = max_abs(&reference)?;
             let (calibration_batch, calibration_seed) = CALIBRATION;
             Some(Int8Summary {
                 calibration: format!(

@@ -39,7 +39,12 @@ pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 
 /// The largest absolute elementwise difference of two tensors of one shape (compared in f32).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
-    (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+    max_abs(&(a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?)
+}
+
+/// The largest absolute value of a tensor, in f32.
+pub fn max_abs(x: &Tensor) -> candle_core::Result<f32> {
+    x.to_dtype(DType::F32)?
         .abs()?
         .flatten_all()?
         .max(0)?

@@ -10,6 +10,7 @@ use candle_core::{DType, Tensor};
 use unetlab_graph::{Conv2dParams, Init, Ops, Role, ScopeStack, Unary};
 
 use crate::error::ModelError;
+use crate::max_abs;
 use crate::ops::CandleOps;
 use crate::params::ParamStore;
 
@@ -130,15 +131,6 @@ impl<'a> Probe<'a> {
             Precision::Int8 { .. } => Ok(quantize_per_channel(w)?),
         }
     }
-}
-
-/// Largest |value| of a tensor, in f32.
-fn max_abs(x: &Tensor) -> candle_core::Result<f32> {
-    x.to_dtype(DType::F32)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()
 }
 
 /// `x` through symmetric int8 QuantizeLinear/DequantizeLinear with scale `range / 127`:

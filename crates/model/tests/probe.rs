@@ -17,14 +17,7 @@ fn every_choice() -> (Config, UnetModel) {
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    unetlab_model::max_abs(t).unwrap()
 }
 
 #[test]
