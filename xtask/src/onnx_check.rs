@@ -236,5 +236,38 @@ fn full_size(python: &Path, unetlab: &Path, root: &Path, out: &Path) -> Result<(
         &json,
         &["--bench", "5", "--threads", &threads_flag],
     )?;
+    record_ort_latencies(&bundles, &json)?;
     crate::export_results::write(root, &bundles, &json)
+}
+
+/// Writes each bundle's ONNX Runtime latency (from the check's results) into its manifest and
+/// model card.
+fn record_ort_latencies(bundles: &[PathBuf], json: &Path) -> Result<()> {
+    let results: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+    let machine = unetlab_bench::Machine::current();
+    for (dir, r) in bundles.iter().zip(&results) {
+        let (Some(median_s), Some(times)) = (
+            r["ort_batch1_median_s"].as_f64(),
+            r["ort_batch1_times_s"].as_array(),
+        ) else {
+            continue;
+        };
+        let mut bundle = unetlab_export::Bundle::open(dir)?;
+        let setting = format!(
+            "ONNX Runtime {} on model.onnx, CPU execution provider, {}, batch 1, {}x{} latent, {} tokens, {} ({} threads)",
+            r["onnxruntime"].as_str().unwrap_or("?"),
+            bundle.manifest.dtype,
+            bundle.manifest.latent_size,
+            bundle.manifest.latent_size,
+            bundle.manifest.tokens,
+            machine.cpu_model,
+            r["ort_threads"]
+        );
+        bundle.record_latency(unetlab_export::Latency {
+            median_s,
+            runs: times.len(),
+            setting,
+        })?;
+    }
+    Ok(())
 }

@@ -159,6 +159,10 @@ pub struct Manifest {
     pub diffusers: Result<String, String>,
     /// candle latency measured at export, if any.
     pub latency: Option<Latency>,
+    /// Latencies measured on the bundle afterwards by other runtimes (`Bundle::record_latency`:
+    /// ONNX Runtime on model.onnx, by `cargo xtask onnx-check --full`).
+    #[serde(default)]
+    pub runtime_latencies: Vec<Latency>,
     /// The text encoder, for bundles of trained proxy runs (with `tokenizer.json`).
     pub text_encoder: Option<TextEncoderSpec>,
     /// The training run's summary (`run.json`), for bundles of trained proxy runs.
@@ -387,6 +391,7 @@ fn fill(
         weights: options.weights.clone(),
         diffusers,
         latency: options.latency.clone(),
+        runtime_latencies: Vec::new(),
         text_encoder: text.map(|t| t.spec),
         training: text.map(|t| t.training.clone()),
         command: options.command.clone(),
@@ -774,6 +779,32 @@ impl Bundle {
         let declared = text_encoder_params(&spec).map_err(unetlab_model::ModelError::from)?;
         let params = ParamStore::load(&declared, &weights, device, DType::F32)?;
         Ok(Some((spec, params, self.dir.join("tokenizer.json"))))
+    }
+
+    /// Adds a latency measured by another runtime on this bundle to its manifest and model card.
+    /// Both are staged, then renamed into place (a crash between the two renames leaves a card
+    /// that [`Bundle::open`] reports as modified).
+    pub fn record_latency(&mut self, latency: Latency) -> Result<(), ExportError> {
+        self.manifest.runtime_latencies.push(latency);
+        let staged_card = self.dir.join(".README.md.partial");
+        write_file(
+            &staged_card,
+            model_card(&self.config, &self.manifest).as_bytes(),
+        )?;
+        self.manifest
+            .files
+            .insert("README.md".into(), file_entry(&staged_card)?);
+        let text = serde_json::to_string_pretty(&self.manifest).expect("JSON always prints");
+        let staged_manifest = self.dir.join(".manifest.json.partial");
+        write_file(&staged_manifest, text.as_bytes())?;
+        for (staged, name) in [
+            (staged_card, "README.md"),
+            (staged_manifest, "manifest.json"),
+        ] {
+            let path = self.dir.join(name);
+            std::fs::rename(&staged, &path).map_err(ExportError::io(&path))?;
+        }
+        Ok(())
     }
 
     /// The bundled test vector (inputs and `output`).

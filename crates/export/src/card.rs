@@ -96,6 +96,13 @@ pub fn model_card(config: &Config, m: &Manifest) -> String {
             let _ = writeln!(s, "| measured latency | not measured (`--bench-runs 0`) |");
         }
     }
+    for l in &m.runtime_latencies {
+        let _ = writeln!(
+            s,
+            "| measured latency | {:.3} s median of {} runs ({}) |",
+            l.median_s, l.runs, l.setting
+        );
+    }
     let _ = writeln!(s, "| config hash | `{}` |", m.config_hash);
     let _ = writeln!(s, "| written by | unetlab {} |\n", m.unetlab_version);
 

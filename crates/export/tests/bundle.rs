@@ -289,3 +289,28 @@ fn exports_are_atomic() {
     assert_eq!(Bundle::open(&out).unwrap().manifest.name, "tiny-sd");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn a_runtime_latency_goes_into_the_card_and_the_bundle_stays_valid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("b");
+    export("every-choice", &out, &options()).unwrap();
+    let mut bundle = Bundle::open(&out).unwrap();
+    let latency = unetlab_export::Latency {
+        median_s: 0.123,
+        runs: 5,
+        setting: "ONNX Runtime 1.32.0, CPU, batch 1".into(),
+    };
+    bundle.record_latency(latency.clone()).unwrap();
+    let reopened = Bundle::open(&out).unwrap();
+    assert_eq!(reopened.manifest.runtime_latencies, [latency]);
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.contains(
+            "| measured latency | 0.123 s median of 5 runs (ONNX Runtime 1.32.0, CPU, batch 1) |"
+        ),
+        "{card}"
+    );
+    assert!(!out.join(".manifest.json.partial").exists());
+    assert!(!out.join(".README.md.partial").exists());
+}
