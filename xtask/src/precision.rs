@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use polars::prelude::{Column, DataFrame};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use unetlab_bench::Machine;
 use unetlab_provenance::{now_utc, Build};
@@ -129,6 +130,10 @@ pub fn run(args: &PrecisionArgs, root: &Path) -> Result<()> {
         &out.join("reports.json"),
         &serde_json::to_string_pretty(&all)?,
     )?;
+    write_text(
+        &out.join("rows.json"),
+        &serde_json::to_string_pretty(&rows)?,
+    )?;
     let command = format!(
         "cargo xtask precision --configs {} --study {}",
         args.configs.join(","),
@@ -218,7 +223,8 @@ fn proxy_runs(
 }
 
 /// One line of the table: a config's reports (one, or one per seed) summarised.
-struct Row {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
     config: String,
     weights: String,
     seeds: usize,
@@ -311,18 +317,43 @@ fn frame(rows: &[Row]) -> Result<DataFrame> {
     Ok(DataFrame::new(rows.len(), columns)?)
 }
 
-/// Swish against gelu on one metric of the trained proxies: (gelu mean, swish mean, effect in %
-/// of gelu, its standard error in %), when both were measured.
-fn swish_effect(rows: &[Row], metric: usize) -> Option<(f64, f64, f64, f64)> {
+/// The rows a `cargo xtask precision` wrote into `dir` (`rows.json`), if it did.
+pub fn read_rows(dir: &Path) -> Option<Vec<Row>> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("rows.json")).ok()?).ok()
+}
+
+/// `config` against `baseline` on one of [`METRICS`] over their trained proxies: (baseline mean,
+/// config mean, effect in % of the baseline, its standard error in %), when both were measured
+/// with several seeds.
+fn effect(
+    rows: &[Row],
+    config: &str,
+    baseline: &str,
+    metric: usize,
+) -> Option<(f64, f64, f64, f64)> {
     let proxy = |name: &str| {
         rows.iter()
             .find(|r| r.config == name && r.weights == "trained proxy")
     };
-    let (gelu, swish) = (proxy(GELU)?, proxy(SWISH)?);
-    let (g, gsd) = gelu.metrics[metric];
-    let (s, ssd) = swish.metrics[metric];
-    let se = (gsd?.powi(2) / gelu.seeds as f64 + ssd?.powi(2) / swish.seeds as f64).sqrt();
-    Some((g, s, 100.0 * (s - g) / g, 100.0 * se / g))
+    let (base, row) = (proxy(baseline)?, proxy(config)?);
+    let (b, bsd) = base.metrics[metric];
+    let (c, csd) = row.metrics[metric];
+    let se = (bsd?.powi(2) / base.seeds as f64 + csd?.powi(2) / row.seeds as f64).sqrt();
+    Some((b, c, 100.0 * (c - b) / b, 100.0 * se / b))
+}
+
+/// The f16 and int8 errors of `config` against `baseline` for the ablation table's effect
+/// column ("f16 error −6.6 % ± 13.5 %, int8 RMS error −2.4 % ± 2.4 % (results/precision)"), when
+/// the precision study measured both.
+pub fn effect_text(rows: &[Row], config: &str, baseline: &str) -> Option<String> {
+    let parts: Vec<String> = [(0, "f16 error"), (3, "int8 RMS error")]
+        .iter()
+        .filter_map(|&(metric, label)| {
+            let (_, _, e, se) = effect(rows, config, baseline, metric)?;
+            Some(format!("{label} {e:+.1} % ± {se:.1} %"))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| format!("{} (results/precision)", parts.join(", ")))
 }
 
 fn readme(command: &str, started: &str, rows: &[Row], table: &str, study: &str) -> String {
@@ -360,7 +391,7 @@ fn readme(command: &str, started: &str, rows: &[Row], table: &str, study: &str) 
     s.push_str("\n\n## Swish against gelu\n\nThe paper replaces gelu with swish because swish is \"more stable in fp16 and int8\". Measured on the trained proxies (chain-05-swish against chain-04-shared-kv, identical but for the feed-forward activation); the effect is swish's change in % of gelu's value, ± its standard error across seeds:\n\n");
     let mut any = false;
     for (i, (_, _, label)) in METRICS.iter().enumerate() {
-        if let Some((g, w, effect, se)) = swish_effect(rows, i) {
+        if let Some((g, w, effect, se)) = effect(rows, SWISH, GELU, i) {
             any = true;
             let verdict = if effect.abs() < 2.0 * se {
                 "within 2σ: no measurable difference"
@@ -380,4 +411,35 @@ fn readme(command: &str, started: &str, rows: &[Row], table: &str, study: &str) 
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(config: &str, mean: f64, sd: f64) -> Row {
+        Row {
+            config: config.into(),
+            weights: "trained proxy".into(),
+            seeds: 3,
+            metrics: vec![(mean, Some(sd)); METRICS.len()],
+            headroom: (1000.0, "mid_block".into()),
+            non_finite: 0,
+        }
+    }
+
+    #[test]
+    fn effects_are_relative_to_the_baseline_with_the_seeds_standard_error() {
+        let rows = [row(GELU, 2.0, 0.1), row(SWISH, 1.8, 0.1)];
+        let (b, c, e, se) = effect(&rows, SWISH, GELU, 3).unwrap();
+        assert_eq!((b, c), (2.0, 1.8));
+        assert!((e + 10.0).abs() < 1e-9);
+        // √(0.1²/3 + 0.1²/3) = 0.0816 of 2.0: 4.08 %.
+        assert!((se - 100.0 * (0.02f64 / 3.0).sqrt() / 2.0).abs() < 1e-9);
+        assert_eq!(
+            effect_text(&rows, SWISH, GELU).unwrap(),
+            "f16 error -10.0 % ± 4.1 %, int8 RMS error -10.0 % ± 4.1 % (results/precision)"
+        );
+        assert!(effect_text(&rows, SWISH, "md-lite").is_none());
+    }
 }

@@ -40,7 +40,9 @@ pub fn write(
     if let Some(other) = &args.rank_against {
         correlations.extend(ranking::against(rows, other)?);
     }
-    let mut wide = wide_table(rows, &verdicts)?;
+    let precision =
+        crate::precision::read_rows(&crate::docs::workspace().join("results/precision"));
+    let mut wide = wide_table(rows, &verdicts, precision.as_deref())?;
     write_tables(&mut wide, out, "table")?;
     plots(out, rows)?;
     let mut claims_table = claims::frame(&verdicts)?;
@@ -298,8 +300,13 @@ fn percent(new: f64, old: f64) -> String {
     format!("{:+.1} %", 100.0 * (new / old - 1.0))
 }
 
-/// The step's measured effect against its declared baseline, when that baseline is in the run.
-fn effect(row: &Row, by_name: &HashMap<&str, &Row>) -> String {
+/// The step's measured effect against its declared baseline, when that baseline is in the run;
+/// with the precision study's f16 and int8 errors of the pair when it measured both.
+fn effect(
+    row: &Row,
+    by_name: &HashMap<&str, &Row>,
+    precision: Option<&[crate::precision::Row]>,
+) -> String {
     let Some(base) = row
         .config
         .paper
@@ -337,11 +344,20 @@ fn effect(row: &Row, by_name: &HashMap<&str, &Row>) -> String {
     ) {
         parts.push(format!("text alignment {b:.3} -> {a:.3}"));
     }
+    if let Some(text) = precision
+        .and_then(|rows| crate::precision::effect_text(rows, &row.config.name, &base.config.name))
+    {
+        parts.push(text);
+    }
     format!("vs {}: {}", base.config.name, parts.join(", "))
 }
 
 /// One row per config: counts, latency, and the paper's claim beside the measured effect.
-fn wide_table(rows: &[Row], verdicts: &[claims::Verdict]) -> Result<DataFrame> {
+fn wide_table(
+    rows: &[Row],
+    verdicts: &[claims::Verdict],
+    precision: Option<&[crate::precision::Row]>,
+) -> Result<DataFrame> {
     let by_name: HashMap<&str, &Row> = rows.iter().map(|r| (r.config.name.as_str(), r)).collect();
     let text = |name: &str, f: &dyn Fn(&Row) -> String| {
         Column::new(name.into(), rows.iter().map(f).collect::<Vec<String>>())
@@ -428,7 +444,7 @@ fn wide_table(rows: &[Row], verdicts: &[claims::Verdict]) -> Result<DataFrame> {
             text("measured effect", &|r| match (&r.bench, &r.trained) {
                 (Err(e), _) => format!("FAILED: {e}"),
                 (_, Some(Err(e))) => format!("training FAILED: {e}"),
-                _ => effect(r, &by_name),
+                _ => effect(r, &by_name, precision),
             }),
             text("verdict", &|r| {
                 verdicts
