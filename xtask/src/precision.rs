@@ -388,6 +388,11 @@ fn readme(command: &str, started: &str, rows: &[Row], table: &str, study: &str) 
          seeds; batch 2).\n\n"
     ));
     s.push_str(table);
+    s.push_str(
+        "\n\nFiles: `table.{csv,parquet}` (above), `reports.json` (every report, every block), \
+         `rows.json` (the table's rows, which `cargo xtask ablate` reads to put each step's f16 and \
+         int8 effect beside its other effects).",
+    );
     s.push_str("\n\n## Swish against gelu\n\nThe paper replaces gelu with swish because swish is \"more stable in fp16 and int8\". Measured on the trained proxies (chain-05-swish against chain-04-shared-kv, identical but for the feed-forward activation); the effect is swish's change in % of gelu's value, ± its standard error across seeds:\n\n");
     let mut any = false;
     for (i, (_, _, label)) in METRICS.iter().enumerate() {
