@@ -242,6 +242,12 @@ pub fn write_bundle(
             "already exists (pass --force to replace it)".into(),
         ));
     }
+    if !matches!(options.dtype, ElemType::F32 | ElemType::F16) {
+        return Err(bundle_error(format!(
+            "{} weights: a bundle is f32 or f16 (int8 quantizes an f32 one)",
+            dtype_name(options.dtype)
+        )));
+    }
     if options.int8 && options.dtype != ElemType::F32 {
         return Err(bundle_error(
             "int8 quantizes an f32 model: export with f32 weights".into(),

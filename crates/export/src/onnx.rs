@@ -544,7 +544,7 @@ impl OnnxOps<'_> {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let (quantized, scales) = quantize_rows(&values, w.dims[0]);
+        let (quantized, scales) = unetlab_model::probe::quantize_rows(&values, w.dims[0]);
         init.elem_type = ElemType::I8;
         init.bytes = TensorBytes::Raw(quantized.iter().map(|&q| q as u8).collect());
         let channels = w.dims[0];
@@ -986,27 +986,6 @@ impl Ops for OnnxOps<'_> {
         let emb = self.concat(&parts, last)?;
         Ok(self.cast(&emb, self.dtype))
     }
-}
-
-/// Symmetric int8 quantization of `rows` equal rows (the output channels of a weight): each row's
-/// scale is its largest |value| × (1/127) in f32 (1/127 for an all-zero row), each value
-/// `clamp(round(v / scale), −127, 127)`, as `unetlab_model::probe::quantize_per_channel` computes
-/// them.
-fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
-    let per_row = values.len() / rows;
-    let mut quantized = Vec::with_capacity(values.len());
-    let mut scales = Vec::with_capacity(rows);
-    for row in values.chunks_exact(per_row) {
-        let range = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let range = if range == 0.0 { 127.0 } else { range };
-        let scale = range * (1.0f64 / 127.0) as f32;
-        quantized.extend(
-            row.iter()
-                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
-        );
-        scales.push(scale);
-    }
-    (quantized, scales)
 }
 
 /// NumPy broadcasting of two shapes.

@@ -149,32 +149,40 @@ pub fn fake_quantize(x: &Tensor, range: f32) -> candle_core::Result<Tensor> {
         .to_dtype(x.dtype())
 }
 
-/// The per-output-channel scales (`largest |w| of the channel / 127`, 1 for an all-zero
-/// channel) of a weight whose first dimension is the output channel.
-pub fn channel_scales(w: &Tensor) -> candle_core::Result<Tensor> {
-    let ranges = w
-        .to_dtype(DType::F32)?
-        .abs()?
-        .flatten_from(1)?
-        .max_keepdim(1)?;
-    let zero = ranges.eq(0f32)?;
-    let ranges = zero.where_cond(&ranges.ones_like()?.affine(127.0, 0.0)?, &ranges)?;
-    ranges.affine(1.0 / 127.0, 0.0)
+/// Symmetric int8 quantization of `rows` equal rows (the output channels of a weight): each row's
+/// scale is its largest |value| × (1/127) in f32 (1/127 for an all-zero row), each value
+/// `clamp(round(v / scale), −127, 127)`. The one rule both the probe's int8 forward and the int8
+/// ONNX export use, so the two agree bit for bit.
+pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
+    let per_row = values.len() / rows.max(1);
+    let mut quantized = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(rows);
+    for row in values.chunks_exact(per_row.max(1)) {
+        let range = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let range = if range == 0.0 { 127.0 } else { range };
+        let scale = range * (1.0f64 / 127.0) as f32;
+        quantized.extend(
+            row.iter()
+                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+        scales.push(scale);
+    }
+    (quantized, scales)
 }
 
-/// A weight through per-output-channel symmetric int8 quantization and back:
-/// `clamp(round(w / s_c), −127, 127) · s_c`.
+/// A weight through per-output-channel symmetric int8 quantization ([`quantize_rows`]) and back:
+/// `q · s_c` in f32.
 pub fn quantize_per_channel(w: &Tensor) -> candle_core::Result<Tensor> {
-    let scales = channel_scales(w)?;
-    let mut shape = vec![w.dim(0)?];
-    shape.extend(std::iter::repeat_n(1, w.rank() - 1));
-    let scales = scales.reshape(shape)?;
-    let w32 = w.to_dtype(DType::F32)?;
-    let q = w32
-        .broadcast_div(&scales)?
-        .round()?
-        .clamp(-127f32, 127f32)?;
-    q.broadcast_mul(&scales)?.to_dtype(w.dtype())
+    let rows = w.dim(0)?;
+    let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (quantized, scales) = quantize_rows(&values, rows);
+    let per_row = values.len() / rows.max(1);
+    let dequantized: Vec<f32> = quantized
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| f32::from(q) * scales[i / per_row.max(1)])
+        .collect();
+    Tensor::from_vec(dequantized, w.shape(), w.device())?.to_dtype(w.dtype())
 }
 
 impl Ops for Probe<'_> {
