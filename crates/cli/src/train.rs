@@ -45,6 +45,14 @@ pub struct TrainArgs {
     /// Peak learning rate (default: the budget's).
     #[arg(long)]
     lr: Option<f64>,
+    /// AdamW's second-moment decay β₂ (default: the budget's). A smaller β₂ lets the step-size
+    /// normaliser follow a sudden rise of the gradients, where 0.999 remembers a thousand quiet
+    /// steps and lets the update grow several times the learning rate.
+    #[arg(long)]
+    beta2: Option<f64>,
+    /// Linear warm-up steps before the cosine decay (default: the budget's; at most half the steps).
+    #[arg(long)]
+    warmup: Option<u64>,
     /// What the network predicts (default: the budget's, v): v-prediction and ε-prediction are
     /// the same DDPM objective; ε's x̂₀ at high noise divides its error by √ᾱ (×15 at t = 999),
     /// which makes samples of short runs noise.
@@ -172,6 +180,12 @@ fn recipe(args: &TrainArgs) -> Result<Recipe> {
     }
     if let Some(lr) = args.lr {
         recipe.optimizer.lr = lr;
+    }
+    if let Some(beta2) = args.beta2 {
+        recipe.optimizer.beta2 = beta2;
+    }
+    if let Some(w) = args.warmup {
+        recipe.warmup = w;
     }
     if let Some(p) = args.prediction {
         recipe.prediction = p;
