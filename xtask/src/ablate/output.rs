@@ -273,8 +273,8 @@ fn steps_per_s(s: &RunSummary) -> Option<f64> {
 fn train_conditions(s: &RunSummary) -> String {
     let r = &s.recipe;
     let mut text = format!(
-        "proxy {} steps x {} images, lr {}, seed {}",
-        r.steps, r.batch, r.optimizer.lr, r.seed
+        "proxy {} steps x {} images, lr {}, AdamW beta2 {}, seed {}",
+        r.steps, r.batch, r.optimizer.lr, r.optimizer.beta2, r.seed
     );
     if let Some(m) = &s.metrics {
         text.push_str(&format!(
