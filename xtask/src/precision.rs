@@ -159,13 +159,36 @@ fn reports(command: &mut Command) -> Result<Vec<Value>> {
     Ok(reports)
 }
 
+/// The training code identities behind a study's table: `run.json`'s training builds. Its cache
+/// keeps entries of earlier identities too (a re-run under a changed trainer adds, never deletes).
+fn study_training_codes(study: &Path) -> Result<Vec<String>> {
+    let path = study.join("run.json");
+    let run: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("reading {}", path.display()))?;
+    let codes: Vec<String> = run["provenance"]["builds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["kind"] == "training")
+        .filter_map(|b| b["code"].as_str().map(str::to_string))
+        .collect();
+    if codes.is_empty() {
+        bail!("{} names no training build: the study trained nothing", path.display());
+    }
+    Ok(codes)
+}
+
 /// The finished training runs of `configs` in a study: (config, seed, run directory), found by
-/// the run hashes its cache records among the run directories under `runs`.
+/// the run hashes its cache records, under the training code identities its table was made
+/// with, among the run directories under `runs`.
 fn proxy_runs(
     study: &Path,
     runs: &Path,
     configs: &[String],
 ) -> Result<Vec<(String, u64, PathBuf)>> {
+    let codes = study_training_codes(study)?;
     let cache = study.join("cache");
     let mut wanted: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let entries = std::fs::read_dir(&cache).with_context(|| {
@@ -185,12 +208,21 @@ fn proxy_runs(
         let summary: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
             .with_context(|| format!("reading {}", path.display()))?;
         let config = summary["config"].as_str().unwrap_or_default().to_string();
+        let code = summary["provenance"]["code"].as_str().unwrap_or_default();
         // Fine-tuning runs belong to their own config; only the configs asked for count.
-        if configs.contains(&config) {
+        if configs.contains(&config) && codes.iter().any(|c| c == code) {
             let run_hash = summary["run_hash"].as_str().unwrap_or_default().to_string();
             let seed = summary["recipe"]["seed"].as_u64().unwrap_or_default();
             wanted.insert(run_hash, (config, seed));
         }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((config, seed)) = wanted.values().find(|key| !seen.insert(*key)) {
+        bail!(
+            "{} holds two runs of {config} seed {seed} under one training build: re-run \
+             `cargo xtask ablate` for the study so that its table names one",
+            cache.display()
+        );
     }
     let mut found = Vec::new();
     if runs.is_dir() {
