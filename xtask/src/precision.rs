@@ -175,7 +175,10 @@ fn study_training_codes(study: &Path) -> Result<Vec<String>> {
         .filter_map(|b| b["code"].as_str().map(str::to_string))
         .collect();
     if codes.is_empty() {
-        bail!("{} names no training build: the study trained nothing", path.display());
+        bail!(
+            "{} names no training build: the study trained nothing",
+            path.display()
+        );
     }
     Ok(codes)
 }
