@@ -457,6 +457,57 @@ fn readme(command: &str, started: &str, rows: &[Row], table: &str, study: &str) 
 mod tests {
     use super::*;
 
+    /// A finished run: its directory under `runs/` and its entry in the study's cache.
+    fn run(root: &Path, name: &str, config: &str, seed: u64, code: &str) {
+        let summary = serde_json::json!({
+            "config": config,
+            "run_hash": format!("hash-{name}"),
+            "recipe": {"seed": seed},
+            "provenance": {"code": code},
+        })
+        .to_string();
+        let dir = root.join("runs").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("run.json"), &summary).unwrap();
+        let cached = root.join("study/cache").join(format!("train-{name}.json"));
+        std::fs::write(cached, &summary).unwrap();
+    }
+
+    #[test]
+    fn proxy_runs_are_those_of_the_training_build_the_study_names() {
+        let root = tempfile::tempdir().unwrap();
+        let study = root.path().join("study");
+        std::fs::create_dir_all(study.join("cache")).unwrap();
+        let provenance = serde_json::json!({"provenance": {"builds": [
+            {"kind": "latency", "code": "old"},
+            {"kind": "training", "code": "new"},
+        ]}});
+        std::fs::write(study.join("run.json"), provenance.to_string()).unwrap();
+        run(root.path(), "a-old", "a", 0, "old");
+        run(root.path(), "a-new-0", "a", 0, "new");
+        run(root.path(), "a-new-1", "a", 1, "new");
+        run(root.path(), "b-new", "b", 0, "new");
+        let found = proxy_runs(&study, &root.path().join("runs"), &["a".into()]).unwrap();
+        let names: Vec<(String, u64, String)> = found
+            .into_iter()
+            .map(|(c, s, d)| (c, s, d.file_name().unwrap().to_string_lossy().into()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a".to_string(), 0, "a-new-0".to_string()),
+                ("a".to_string(), 1, "a-new-1".to_string()),
+            ]
+        );
+        // Two runs of one config and seed under the table's build are ambiguous.
+        run(root.path(), "a-new-0-again", "a", 0, "new");
+        let error = proxy_runs(&study, &root.path().join("runs"), &["a".into()]).unwrap_err();
+        assert!(
+            error.to_string().contains("two runs of a seed 0"),
+            "{error}"
+        );
+    }
+
     fn row(config: &str, mean: f64, sd: f64) -> Row {
         Row {
             config: config.into(),
