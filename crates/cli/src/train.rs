@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// EMA decay of the weights that are sampled and scored (default: the budget's).
     #[arg(long)]
     ema_decay: Option<f64>,
+    /// Channels of the proxy's first level (default: the budget's, 32); every level scales with
+    /// it, as the proxy transform scales the config's widths. A multiple of 8 (the norm groups).
+    #[arg(long, value_name = "CHANNELS")]
+    base_width: Option<usize>,
     /// Seed of initialisation, data order and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -204,6 +208,15 @@ fn recipe(args: &TrainArgs) -> Result<Recipe> {
     }
     if let Some(c) = args.checkpoint_every {
         recipe.checkpoint_every = c;
+    }
+    if let Some(width) = args.base_width {
+        if width == 0 || width % recipe.proxy.norm_groups != 0 {
+            bail!(
+                "--base-width {width}: must be a positive multiple of {} (the proxy's norm groups)",
+                recipe.proxy.norm_groups
+            );
+        }
+        recipe.proxy.base_width = width;
     }
     recipe.validate().map_err(|e| anyhow!(e))?;
     recipe.warmup = recipe.warmup.min(recipe.steps / 2).max(1);
