@@ -210,7 +210,7 @@ fn recipe(args: &TrainArgs) -> Result<Recipe> {
         recipe.checkpoint_every = c;
     }
     if let Some(width) = args.base_width {
-        if width == 0 || width % recipe.proxy.norm_groups != 0 {
+        if width == 0 || !width.is_multiple_of(recipe.proxy.norm_groups) {
             bail!(
                 "--base-width {width}: must be a positive multiple of {} (the proxy's norm groups)",
                 recipe.proxy.norm_groups
