@@ -3,9 +3,12 @@
 //! re-run measures only what is new or changed. The conditions include the identity of the source
 //! code that measures (`unetlab_provenance::Code`), so a build with other kernels or another
 //! trainer never reuses an older build's numbers; a change to report-only code (tables, plots)
-//! keeps them.
+//! keeps them. A folder therefore keeps every build's entries until [`Cache::prune`] removes those
+//! that a complete run did not use (`cargo xtask ablate --prune`).
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
@@ -59,9 +62,11 @@ impl BenchConditions {
     }
 }
 
-/// A cache folder: `<out>/cache`, or one the shards of a sweep share.
+/// A cache folder: `<out>/cache`, or one the shards of a sweep share. It remembers which of its
+/// files this process read or wrote, for [`Cache::prune`].
 pub struct Cache {
     dir: PathBuf,
+    used: Mutex<BTreeSet<PathBuf>>,
 }
 
 impl Cache {
@@ -75,6 +80,7 @@ impl Cache {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Cache {
             dir: dir.to_path_buf(),
+            used: Mutex::default(),
         })
     }
 
@@ -85,8 +91,34 @@ impl Cache {
 
     fn path(&self, kind: &str, hash: &str, key: &[u8]) -> PathBuf {
         let digest = &unetlab_files::sha256_hex(key)[..16];
-        self.dir
-            .join(format!("{kind}-{}-{digest}.json", &hash[..16]))
+        self.used_file(format!("{kind}-{}-{digest}.json", &hash[..16]))
+    }
+
+    /// The path of the file `name` in the folder, remembered as used.
+    fn used_file(&self, name: impl AsRef<Path>) -> PathBuf {
+        let path = self.dir.join(name);
+        self.used.lock().expect("cache use").insert(path.clone());
+        path
+    }
+
+    /// Removes every entry (`*.json`) of the folder that this process neither read nor wrote:
+    /// after a complete run, the entries of earlier builds, seeds or configs that its outputs no
+    /// longer show. Returns the names removed, sorted.
+    pub fn prune(&self) -> Result<Vec<String>> {
+        let used = self.used.lock().expect("cache use");
+        let mut removed = Vec::new();
+        let entries = std::fs::read_dir(&self.dir)
+            .with_context(|| format!("reading {}", self.dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json") && !used.contains(&path) {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+                removed.extend(path.file_name().map(|n| n.to_string_lossy().into_owned()));
+            }
+        }
+        removed.sort();
+        Ok(removed)
     }
 
     /// A cached bench result, if present and readable (an unreadable one is measured again).
@@ -125,7 +157,7 @@ impl Cache {
     /// for them (its own `machine` says where). Shards on other nodes are found this way.
     pub fn get_any_machine(&self, hash: &str, conditions: &BenchConditions) -> Option<BenchResult> {
         let name: String = self.get_json("bench-on", hash, &machine_free_key(conditions))?;
-        let path = self.dir.join(name);
+        let path = self.used_file(name);
         let text = std::fs::read_to_string(&path).ok()?;
         serde_json::from_str(&text).ok()
     }
@@ -340,6 +372,34 @@ mod tests {
         };
         assert!(cache.get(&hash, &elsewhere).is_none());
         assert!(cache.get_any_machine(&hash, &elsewhere).is_some());
+    }
+
+    #[test]
+    fn prune_keeps_what_this_process_used_and_removes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = "ab".repeat(32);
+        let ours = conditions(Code::Latency.identity());
+        let earlier = conditions(&"0".repeat(64));
+        {
+            // An earlier process stored two builds' latencies and a run.
+            let cache = Cache::open(dir.path()).unwrap();
+            cache.put(&hash, &earlier, &result()).unwrap();
+            cache.put(&hash, &ours, &result()).unwrap();
+            cache.put_json("train", &hash, b"seed 0", &1.5).unwrap();
+        }
+        std::fs::write(dir.path().join("cache").join("notes.txt"), "kept").unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        assert!(cache.get(&hash, &ours).is_some());
+        assert!(cache.get_any_machine(&hash, &ours).is_some());
+        let removed = cache.prune().unwrap();
+        // The earlier build's result and its machine-free pointer go, and the run nobody read.
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(removed.iter().all(|n| n.starts_with("bench-") || n.starts_with("train-")));
+        assert!(cache.get(&hash, &ours).is_some(), "what was used stays");
+        assert!(cache.get(&hash, &earlier).is_none());
+        assert!(cache.get_json::<f64>("train", &hash, b"seed 0").is_none());
+        assert!(dir.path().join("cache").join("notes.txt").exists());
+        assert_eq!(cache.prune().unwrap(), Vec::<String>::new());
     }
 
     /// `result()` with the provenance of `r` (the time differs between two calls).

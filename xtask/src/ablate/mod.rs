@@ -127,6 +127,11 @@ pub struct AblateArgs {
     /// of this study's FD and validation loss with its, over the configs both trained.
     #[arg(long, value_name = "DIR")]
     rank_against: Option<PathBuf>,
+    /// After writing the outputs, remove every cache entry this run did not use: other builds'
+    /// measurements and runs, other seeds and configs. Keeps a committed cache to what the
+    /// study's tables show. Not with --no-train (it would remove the trained runs) or a shard.
+    #[arg(long, conflicts_with = "no_train")]
+    prune: bool,
     #[command(flatten)]
     sharding: ShardArgs,
 }
@@ -175,6 +180,9 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let cache = args.sharding.open_cache(&out)?;
     let work = args.sharding.work()?;
+    if args.prune && matches!(work, Work::Shard(_)) {
+        bail!("--prune: a shard uses only its share of the cache; prune with --merge or a whole run");
+    }
     let configs = plan
         .configs
         .iter()
@@ -250,6 +258,15 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         (&build, &started),
     )?;
     eprintln!("wrote {}", out.display());
+    if args.prune {
+        let removed = cache.prune()?;
+        eprintln!(
+            "--prune: removed {} unused cache entr{} from {}",
+            removed.len(),
+            if removed.len() == 1 { "y" } else { "ies" },
+            cache.dir().display()
+        );
+    }
     Ok(())
 }
 
