@@ -282,6 +282,21 @@ fn rescore(
         .collect()
 }
 
+/// Each finished run's sample grid, as `samples/<experiment>.png`.
+fn write_samples(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Result<()> {
+    let folder = out.join("samples");
+    std::fs::create_dir_all(&folder)?;
+    for (e, dir, _) in done {
+        let from = dir.join("samples.png");
+        if let Ok(png) = std::fs::read(&from) {
+            let to = folder.join(format!("{}.png", e.name));
+            unetlab_files::write_file(&to, png)
+                .with_context(|| format!("writing {}", to.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// (step, values...) rows of a run's CSV log.
 fn read_log(path: &Path) -> Vec<Vec<f64>> {
     std::fs::read_to_string(path)
@@ -302,6 +317,7 @@ fn write(
 ) -> Result<()> {
     std::fs::create_dir_all(out)?;
     write_curves(out, done)?;
+    write_samples(out, done)?;
     let mut table = runs_table(done)?;
     write_tables(&mut table, out, "table")?;
     let sampler_section = sampler_section(out, file, rescored)?;
@@ -317,7 +333,9 @@ fn write(
          `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
          - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
          value) along each run.\n- `sampler.{{md,csv,parquet}}`: the sampler settings, if the file asks for them.\n\
-         - `fd`, `attribute_alignment`, `validation_loss` (`.svg`, `.png`): the curves.\n",
+         - `fd`, `attribute_alignment`, `validation_loss` (`.svg`, `.png`): the curves.\n\
+         - `samples/<experiment>.png`: each run's final EMA weights sampled on the first validation captions \
+         (the run's `samples.png`).\n",
         file.study,
         file.description.trim(),
         std::env::args().skip(2).collect::<Vec<_>>().join(" "),

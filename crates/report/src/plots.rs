@@ -109,20 +109,22 @@ fn render(stem: &Path, chart: &impl Chart) -> Result<(), ReportError> {
     })
 }
 
+/// The series colours (matplotlib's tab10), repeated past ten series.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
 fn color(i: usize) -> RGBColor {
-    const COLORS: [RGBColor; 10] = [
-        RGBColor(31, 119, 180),
-        RGBColor(255, 127, 14),
-        RGBColor(44, 160, 44),
-        RGBColor(214, 39, 40),
-        RGBColor(148, 103, 189),
-        RGBColor(140, 86, 75),
-        RGBColor(227, 119, 194),
-        RGBColor(127, 127, 127),
-        RGBColor(188, 189, 34),
-        RGBColor(23, 190, 207),
-    ];
-    COLORS[i % COLORS.len()]
+    PALETTE[i % PALETTE.len()]
 }
 
 fn plot_err<E: std::fmt::Display>(e: E) -> String {
@@ -843,11 +845,29 @@ impl Chart for Lines<'_> {
         let mut chart = xy_axes(root, labels, x_max, y_max)?;
         for (i, (name, line)) in self.series.iter().enumerate() {
             let style = color(i).stroke_width(2);
+            // Past the palette, colours repeat: those series also mark their points.
+            let marker = if i >= PALETTE.len() { 4 } else { 0 };
             chart
                 .draw_series(LineSeries::new(line.iter().copied(), style))
                 .map_err(plot_err)?
                 .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                .legend(move |(x, y)| {
+                    let line =
+                        EmptyElement::at((x, y)) + PathElement::new(vec![(0, 0), (18, 0)], style);
+                    if marker > 0 {
+                        (line + Circle::new((9, 0), marker, style.filled())).into_dyn()
+                    } else {
+                        line.into_dyn()
+                    }
+                });
+            if marker > 0 {
+                chart
+                    .draw_series(
+                        line.iter()
+                            .map(|&p| Circle::new(p, marker, style.filled())),
+                    )
+                    .map_err(plot_err)?;
+            }
         }
         legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
         Ok(())
@@ -973,5 +993,27 @@ mod tests {
         };
         assert!(stacked_bars(&dir.path().join("bad"), "t", "x", &cats, &[short]).is_err());
         assert!(grouped_bars(&dir.path().join("bad"), "t", &[], &[], None).is_err());
+    }
+
+    #[test]
+    fn lines_past_the_palette_mark_their_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let series = |n: usize| -> Vec<(String, Vec<(f64, f64)>)> {
+            (0..n)
+                .map(|i| (format!("run {i}"), vec![(1.0, i as f64), (2.0, i as f64 + 0.5)]))
+                .collect()
+        };
+        let circles = |stem: &str, n: usize| {
+            let stem = dir.path().join(stem);
+            lines(&stem, "t", "x", "y", &series(n)).unwrap();
+            std::fs::read_to_string(stem.with_extension("svg"))
+                .unwrap()
+                .matches("<circle")
+                .count()
+        };
+        assert_eq!(circles("ten", PALETTE.len()), 0, "distinct colours: plain lines");
+        // The eleventh series repeats the first colour: its two points and its legend entry
+        // are marked.
+        assert_eq!(circles("eleven", PALETTE.len() + 1), 3);
     }
 }
