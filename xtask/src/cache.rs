@@ -394,7 +394,9 @@ mod tests {
         let removed = cache.prune().unwrap();
         // The earlier build's result and its machine-free pointer go, and the run nobody read.
         assert_eq!(removed.len(), 3, "{removed:?}");
-        assert!(removed.iter().all(|n| n.starts_with("bench-") || n.starts_with("train-")));
+        assert!(removed
+            .iter()
+            .all(|n| n.starts_with("bench-") || n.starts_with("train-")));
         assert!(cache.get(&hash, &ours).is_some(), "what was used stays");
         assert!(cache.get(&hash, &earlier).is_none());
         assert!(cache.get_json::<f64>("train", &hash, b"seed 0").is_none());

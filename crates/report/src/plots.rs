@@ -845,27 +845,26 @@ impl Chart for Lines<'_> {
         let mut chart = xy_axes(root, labels, x_max, y_max)?;
         for (i, (name, line)) in self.series.iter().enumerate() {
             let style = color(i).stroke_width(2);
-            // Past the palette, colours repeat: those series also mark their points.
-            let marker = if i >= PALETTE.len() { 4 } else { 0 };
+            // Past the palette, colours repeat: those series also mark their points (a
+            // transparent mark is not drawn).
+            let marked = i >= PALETTE.len();
+            let mark = if marked {
+                style.filled()
+            } else {
+                TRANSPARENT.filled()
+            };
             chart
                 .draw_series(LineSeries::new(line.iter().copied(), style))
                 .map_err(plot_err)?
                 .label(name.clone())
                 .legend(move |(x, y)| {
-                    let line =
-                        EmptyElement::at((x, y)) + PathElement::new(vec![(0, 0), (18, 0)], style);
-                    if marker > 0 {
-                        (line + Circle::new((9, 0), marker, style.filled())).into_dyn()
-                    } else {
-                        line.into_dyn()
-                    }
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (18, 0)], style)
+                        + Circle::new((9, 0), 4, mark)
                 });
-            if marker > 0 {
+            if marked {
                 chart
-                    .draw_series(
-                        line.iter()
-                            .map(|&p| Circle::new(p, marker, style.filled())),
-                    )
+                    .draw_series(line.iter().map(|&p| Circle::new(p, 4, mark)))
                     .map_err(plot_err)?;
             }
         }
@@ -1000,7 +999,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let series = |n: usize| -> Vec<(String, Vec<(f64, f64)>)> {
             (0..n)
-                .map(|i| (format!("run {i}"), vec![(1.0, i as f64), (2.0, i as f64 + 0.5)]))
+                .map(|i| {
+                    (
+                        format!("run {i}"),
+                        vec![(1.0, i as f64), (2.0, i as f64 + 0.5)],
+                    )
+                })
                 .collect()
         };
         let circles = |stem: &str, n: usize| {
@@ -1011,7 +1015,11 @@ mod tests {
                 .matches("<circle")
                 .count()
         };
-        assert_eq!(circles("ten", PALETTE.len()), 0, "distinct colours: plain lines");
+        assert_eq!(
+            circles("ten", PALETTE.len()),
+            0,
+            "distinct colours: plain lines"
+        );
         // The eleventh series repeats the first colour: its two points and its legend entry
         // are marked.
         assert_eq!(circles("eleven", PALETTE.len() + 1), 3);

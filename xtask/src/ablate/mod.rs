@@ -181,7 +181,9 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
     let cache = args.sharding.open_cache(&out)?;
     let work = args.sharding.work()?;
     if args.prune && matches!(work, Work::Shard(_)) {
-        bail!("--prune: a shard uses only its share of the cache; prune with --merge or a whole run");
+        bail!(
+            "--prune: a shard uses only its share of the cache; prune with --merge or a whole run"
+        );
     }
     let configs = plan
         .configs
