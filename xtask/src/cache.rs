@@ -121,6 +121,19 @@ impl Cache {
         Ok(removed)
     }
 
+    /// `--prune` after a complete run: [`Cache::prune`], then one line on stderr saying how
+    /// many entries went.
+    pub fn prune_and_report(&self) -> Result<()> {
+        let removed = self.prune()?;
+        eprintln!(
+            "--prune: removed {} unused cache entr{} from {}",
+            removed.len(),
+            if removed.len() == 1 { "y" } else { "ies" },
+            self.dir.display()
+        );
+        Ok(())
+    }
+
     /// A cached bench result, if present and readable (an unreadable one is measured again).
     /// A result found without its machine-free pointer (a process killed between the two
     /// writes of [`Self::put`]) gets the pointer now, so `--merge` finds it too.

@@ -156,6 +156,17 @@ impl Work {
             Work::Merge => false,
         }
     }
+
+    /// Refuses `--prune` on a shard: it uses only its share of the cache, so it would remove
+    /// the other shards' units.
+    pub fn check_prune(&self, prune: bool) -> Result<()> {
+        if prune && matches!(self, Work::Shard(_)) {
+            bail!(
+                "--prune: a shard uses only its share of the cache; prune with --merge or a whole run"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -266,6 +266,38 @@ fn a_killed_search_resumes_without_losing_or_redoing_a_measurement() {
     }
     assert_eq!(last.len(), promoted + 1);
     assert!(out.path().join("quality.png").is_file());
+
+    // --prune removes what this search did not use (as an earlier build's entries would be),
+    // reading every measurement and run it did use from the cache.
+    let used = cache_files(out.path(), "bench")
+        .into_iter()
+        .chain(cache_files(out.path(), "train"))
+        .collect::<Vec<_>>();
+    let stale = [
+        "bench-0000000000000000-stale.json",
+        "train-0000000000000000-stale.json",
+    ]
+    .map(|name| out.path().join("cache").join(name));
+    for path in &stale {
+        std::fs::write(path, "{}").unwrap();
+    }
+    let pruned = search(file, out.path()).arg("--prune").output().unwrap();
+    let stderr = String::from_utf8_lossy(&pruned.stderr);
+    assert!(pruned.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--prune: removed 2 unused cache entries"),
+        "{stderr}"
+    );
+    for path in &stale {
+        assert!(!path.exists(), "{} was kept", path.display());
+    }
+    for path in &used {
+        assert!(path.exists(), "{} was removed", path.display());
+    }
+    assert!(
+        !stderr.contains("training "),
+        "nothing is trained again: {stderr}"
+    );
 }
 
 #[test]

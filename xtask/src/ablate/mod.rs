@@ -180,11 +180,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let cache = args.sharding.open_cache(&out)?;
     let work = args.sharding.work()?;
-    if args.prune && matches!(work, Work::Shard(_)) {
-        bail!(
-            "--prune: a shard uses only its share of the cache; prune with --merge or a whole run"
-        );
-    }
+    work.check_prune(args.prune)?;
     let configs = plan
         .configs
         .iter()
@@ -261,13 +257,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
     )?;
     eprintln!("wrote {}", out.display());
     if args.prune {
-        let removed = cache.prune()?;
-        eprintln!(
-            "--prune: removed {} unused cache entr{} from {}",
-            removed.len(),
-            if removed.len() == 1 { "y" } else { "ies" },
-            cache.dir().display()
-        );
+        cache.prune_and_report()?;
     }
     Ok(())
 }

@@ -55,6 +55,11 @@ pub struct SearchArgs {
     /// (default: target/search-runs).
     #[arg(long)]
     runs: Option<PathBuf>,
+    /// After writing the outputs, remove every cache entry this search did not use: other
+    /// builds' probes, checks and training runs. Keeps a committed cache to what the outputs
+    /// show. Not with a shard.
+    #[arg(long)]
+    prune: bool,
     #[command(flatten)]
     sharding: ShardArgs,
 }
@@ -103,6 +108,7 @@ pub struct Reference {
 /// Runs `cargo xtask search`.
 pub fn run(args: &SearchArgs, workspace: PathBuf) -> Result<()> {
     let work = args.sharding.work()?;
+    work.check_prune(args.prune)?;
     match search(args, workspace, work) {
         Err(e) => match (e.downcast_ref::<Incomplete>(), work) {
             (Some(waiting), Work::Shard(shard)) => {
@@ -230,6 +236,9 @@ fn search(args: &SearchArgs, workspace: PathBuf, work: Work) -> Result<()> {
         (args.budget, &machine, &build, &started),
     )?;
     eprintln!("wrote {}", out.display());
+    if args.prune {
+        cache.prune_and_report()?;
+    }
     Ok(())
 }
 
