@@ -1,6 +1,7 @@
 //! `cargo xtask search` end to end on tiny searches: the front as loadable configs whose counts
 //! are recomputed here, the latency predictor checked against its own benchmarks, the quality
-//! stage, and a search killed mid-run that resumes without losing or redoing a measurement.
+//! stage, a search killed mid-run that resumes without losing or redoing a measurement, and
+//! `--prune` keeping exactly what the resumed search used.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
