@@ -103,7 +103,8 @@ impl Cache {
 
     /// Removes every entry (`*.json`) of the folder that this process neither read nor wrote:
     /// after a complete run, the entries of earlier builds, seeds or configs that its outputs no
-    /// longer show. Returns the names removed, sorted.
+    /// longer show; and the `*.partial` files a killed process left mid-write. Returns the names
+    /// removed, sorted.
     pub fn prune(&self) -> Result<Vec<String>> {
         let used = self.used.lock().expect("cache use");
         let mut removed = Vec::new();
@@ -111,7 +112,12 @@ impl Cache {
             .with_context(|| format!("reading {}", self.dir.display()))?;
         for entry in entries {
             let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "json") && !used.contains(&path) {
+            let stale = match path.extension().and_then(|e| e.to_str()) {
+                Some("json") => !used.contains(&path),
+                Some("partial") => true,
+                _ => false,
+            };
+            if stale {
                 std::fs::remove_file(&path)
                     .with_context(|| format!("removing {}", path.display()))?;
                 removed.extend(path.file_name().map(|n| n.to_string_lossy().into_owned()));
@@ -401,15 +407,20 @@ mod tests {
             cache.put_json("train", &hash, b"seed 0", &1.5).unwrap();
         }
         std::fs::write(dir.path().join("cache").join("notes.txt"), "kept").unwrap();
+        // A process killed mid-write leaves its temporary file.
+        let partial = unetlab_files::temp_path(&dir.path().join("cache").join("train-x.json"));
+        std::fs::write(&partial, "{").unwrap();
         let cache = Cache::open(dir.path()).unwrap();
         assert!(cache.get(&hash, &ours).is_some());
         assert!(cache.get_any_machine(&hash, &ours).is_some());
         let removed = cache.prune().unwrap();
-        // The earlier build's result and its machine-free pointer go, and the run nobody read.
-        assert_eq!(removed.len(), 3, "{removed:?}");
+        // The earlier build's result and its machine-free pointer go, the run nobody read, and
+        // the temporary file.
+        assert_eq!(removed.len(), 4, "{removed:?}");
         assert!(removed
             .iter()
             .all(|n| n.starts_with("bench-") || n.starts_with("train-")));
+        assert!(!partial.exists());
         assert!(cache.get(&hash, &ours).is_some(), "what was used stays");
         assert!(cache.get(&hash, &earlier).is_none());
         assert!(cache.get_json::<f64>("train", &hash, b"seed 0").is_none());
