@@ -14,7 +14,10 @@ use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 use unetlab_provenance::{now_utc, Build};
 use unetlab_report::{lines, to_markdown, write_tables, write_text};
+use unetlab_train::metrics::{AttributeRates, MetricOptions};
 use unetlab_train::RunSummary;
+
+use crate::ablate::Budget;
 
 /// Train the experiments of a recipe file (`ablations/recipe.yaml`) and compare their quality
 /// against images seen: curves, table, plots and README in `results/<study>/`.
@@ -36,6 +39,10 @@ pub struct RecipeArgs {
     /// images per second as one run on two threads on this 2-core machine).
     #[arg(long, default_value_t = 2)]
     jobs: usize,
+    /// Whose recipe (data, optimizer, proxy) and scoring the runs start from: `quick` (the
+    /// study) or `smoke` (a tiny proxy and 16 captions: seconds, for tests).
+    #[arg(long, value_enum, default_value_t = Budget::Quick)]
+    budget: Budget,
 }
 
 /// A recipe file.
@@ -61,6 +68,9 @@ struct RecipeFile {
 struct Rescore {
     /// The experiment.
     experiment: String,
+    /// Validation captions scored (default: the budget's).
+    #[serde(default)]
+    images: Option<usize>,
     /// (DDIM steps, guidance scale) pairs.
     settings: Vec<(usize, f64)>,
 }
@@ -85,12 +95,12 @@ struct Experiment {
 }
 
 impl Experiment {
-    fn train_args(&self, score_every: u64) -> Vec<String> {
+    fn train_args(&self, score_every: u64, budget: Budget) -> Vec<String> {
         let mut args: Vec<String> = [
             "train",
             &self.config,
             "--budget",
-            "quick",
+            budget.name(),
             "--batch",
             &self.batch.to_string(),
             "--steps",
@@ -178,7 +188,7 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
                 let Some(e) = queue.lock().expect("queue").pop() else {
                     break;
                 };
-                let train_args = e.train_args(file.score_every_images / e.batch);
+                let train_args = e.train_args(file.score_every_images / e.batch, args.budget);
                 eprintln!("{}: unetlab {} ...", e.name, train_args.join(" "));
                 let dir = runs.join(&e.name);
                 match train(&unetlab, &dir, &train_args, &evaluator_cache) {
@@ -208,12 +218,22 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
         })
         .collect();
     let rescored = match &file.rescore {
-        Some(r) if done.iter().any(|(e, _, _)| e.name == r.experiment) => {
-            rescore(&unetlab, &runs.join(&r.experiment), r, &evaluator_cache)?
-        }
+        Some(r) if done.iter().any(|(e, _, _)| e.name == r.experiment) => rescore(
+            &unetlab,
+            &runs.join(&r.experiment),
+            (r, args.budget),
+            &evaluator_cache,
+        )?,
         _ => Vec::new(),
     };
-    write(&out, &file, &done, &rescored, &build, &started)?;
+    write(
+        &out,
+        &file,
+        &done,
+        &rescored,
+        args.budget,
+        (&build, &started),
+    )?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
@@ -251,7 +271,7 @@ fn train(
 fn rescore(
     unetlab: &Path,
     dir: &Path,
-    r: &Rescore,
+    (r, budget): (&Rescore, Budget),
     evaluator_cache: &Path,
 ) -> Result<Vec<(usize, f64, unetlab_train::trainer::RunMetrics)>> {
     r.settings
@@ -261,10 +281,16 @@ fn rescore(
                 "{}: scoring with {steps} DDIM steps, guidance {cfg} ...",
                 r.experiment
             );
-            let output = Command::new(unetlab)
+            let mut command = Command::new(unetlab);
+            command
                 .arg("score")
                 .arg(dir)
-                .args(["--steps", &steps.to_string(), "--cfg", &cfg.to_string()])
+                .args(["--budget", budget.name()])
+                .args(["--steps", &steps.to_string(), "--cfg", &cfg.to_string()]);
+            if let Some(images) = r.images {
+                command.args(["--images", &images.to_string()]);
+            }
+            let output = command
                 .arg("--evaluator-cache")
                 .arg(evaluator_cache)
                 .arg("--json")
@@ -312,8 +338,8 @@ fn write(
     file: &RecipeFile,
     done: &[(Experiment, PathBuf, RunSummary)],
     rescored: &[(usize, f64, unetlab_train::trainer::RunMetrics)],
-    build: &Build,
-    started: &str,
+    budget: Budget,
+    (build, started): (&Build, &str),
 ) -> Result<()> {
     std::fs::create_dir_all(out)?;
     write_curves(out, done)?;
@@ -321,14 +347,15 @@ fn write(
     let mut table = runs_table(done)?;
     write_tables(&mut table, out, "table")?;
     let sampler_section = sampler_section(out, file, rescored)?;
+    let scoring = MetricOptions::for_budget(budget.training());
     let real_fd = done
         .iter()
         .find_map(|(_, _, s)| s.metrics.as_ref().map(|m| m.real_fd));
     let machine = unetlab_bench::Machine::current();
     let readme = format!(
         "# Study `{}`\n\n{}\n\nProduced by `cargo xtask recipe {}` on {} (build {}, {} UTC); each run is `unetlab train` \
-         with the arguments in `table.md`, scored every {} images seen on the quick scoring (128 validation captions, 10 DDIM \
-         steps, guidance 3){}. Runs read from an earlier invocation name their build in `trained by`. Nothing here is \
+         with the arguments in `table.md`, scored every {} images seen on the {} scoring ({} validation captions, {} DDIM \
+         steps, guidance {}){}. Runs read from an earlier invocation name their build in `trained by`. Nothing here is \
          edited by hand.\n\n## Runs\n\n{}\n\nThe attribute columns (`count` … `size`) split the attribute alignment by kind. \
          `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
          - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
@@ -343,6 +370,10 @@ fn write(
         build.label(),
         started,
         file.score_every_images,
+        budget.name(),
+        scoring.images,
+        scoring.ddim_steps,
+        scoring.cfg,
         real_fd.map_or(String::new(), |f| format!(
             "; real images against other real ones score FD {f:.1}"
         )),
@@ -457,21 +488,42 @@ fn runs_table(done: &[(Experiment, PathBuf, RunSummary)]) -> Result<DataFrame> {
                 quality(|q| Some(q.attribute_alignment)),
             ),
             Column::new("text alignment".into(), quality(|q| Some(q.text_alignment))),
-            Column::new("count".into(), quality(|q| q.by_kind.map(|k| k.count))),
-            Column::new(
-                "relation".into(),
-                quality(|q| q.by_kind.map(|k| k.relation)),
-            ),
-            Column::new("shape".into(), quality(|q| q.by_kind.map(|k| k.shape))),
-            Column::new("colour".into(), quality(|q| q.by_kind.map(|k| k.colour))),
-            Column::new("size".into(), quality(|q| q.by_kind.map(|k| k.size))),
+        ]
+        .into_iter()
+        .chain(by_kind_columns(
+            &done
+                .iter()
+                .map(|(_, _, s)| s.metrics.as_ref().map(|m| &m.quality))
+                .collect::<Vec<_>>(),
+        ))
+        .chain([
             Column::new(
                 "trained by".into(),
                 text(&|_, s| s.provenance.build.label()),
             ),
             Column::new("note".into(), text(&|e, _| e.note.clone())),
-        ],
+        ])
+        .collect(),
     )?)
+}
+
+/// The attribute alignment by kind (count, relation, shape, colour, size) as columns, one row
+/// per score; empty where a score has none.
+fn by_kind_columns(scores: &[Option<&unetlab_train::metrics::Quality>]) -> Vec<Column> {
+    let column = |name: &str, f: fn(&AttributeRates) -> f64| {
+        let values: Vec<Option<f64>> = scores
+            .iter()
+            .map(|q| q.and_then(|q| q.by_kind.as_ref()).map(f))
+            .collect();
+        Column::new(name.into(), values)
+    };
+    vec![
+        column("count", |k| k.count),
+        column("relation", |k| k.relation),
+        column("shape", |k| k.shape),
+        column("colour", |k| k.colour),
+        column("size", |k| k.size),
+    ]
 }
 
 /// `sampler.{md,csv,parquet}` from the rescored sampler settings, and the README's section on
@@ -502,12 +554,24 @@ fn sampler_section(
                 Column::new("FD".into(), q(|q| q.fd)),
                 Column::new("attribute alignment".into(), q(|q| q.attribute_alignment)),
                 Column::new("text alignment".into(), q(|q| q.text_alignment)),
-            ],
+            ]
+            .into_iter()
+            .chain(by_kind_columns(
+                &rescored
+                    .iter()
+                    .map(|(_, _, m)| Some(&m.quality))
+                    .collect::<Vec<_>>(),
+            ))
+            .collect(),
         )?;
         write_tables(&mut sampler, out, "sampler")?;
+        let captions = r.images.map_or("the budget's captions".to_string(), |n| {
+            format!("the first {n} validation captions")
+        });
         return Ok(format!(
             "\n## Sampler settings\n\nThe final weights of `{}` scored with other DDIM step counts and guidance scales \
-             (`unetlab score`; same captions, noise and evaluator):\n\n{}\n",
+             (`unetlab score` on {captions}; the same noise and evaluator for every setting; the \
+             by-kind columns are the attribute alignment of each kind):\n\n{}\n",
             r.experiment,
             to_markdown(&sampler)
         ));

@@ -1,0 +1,126 @@
+//! `cargo xtask recipe` end to end on a tiny recipe file at the smoke budget: every run in the
+//! table with its images and by-kind scores, the curves at the asked-for points, and the rescored
+//! sampler settings equal to `unetlab score` run here on the same weights.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use polars::prelude::{AnyValue, DataFrame};
+use unetlab_report::read_csv;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn column(df: &DataFrame, name: &str) -> Vec<AnyValue<'static>> {
+    let c = df.column(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    (0..df.height())
+        .map(|i| c.get(i).unwrap().into_static())
+        .collect()
+}
+
+fn number(v: &AnyValue) -> f64 {
+    match v {
+        AnyValue::Float64(x) => *x,
+        AnyValue::Int64(x) => *x as f64,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+fn text(v: &AnyValue) -> String {
+    match v {
+        AnyValue::String(s) => s.to_string(),
+        AnyValue::StringOwned(s) => s.to_string(),
+        other => panic!("not text: {other:?}"),
+    }
+}
+
+#[test]
+fn a_smoke_recipe_trains_scores_and_rescores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, runs) = (dir.path().join("out"), dir.path().join("runs"));
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "recipe",
+            "ablations/fixtures/tiny-recipe.yaml",
+            "--budget",
+            "smoke",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .arg("--runs")
+        .arg(&runs)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+
+    // Every run, with its images seen and the attribute alignment split by kind.
+    let table = read_csv(&out.join("table.csv")).unwrap();
+    let names: Vec<String> = column(&table, "experiment").iter().map(text).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for (name, images) in [("md-8x2", 16.0), ("lite-4x2", 8.0)] {
+        let row = names.iter().position(|n| n == name).expect(name);
+        assert_eq!(number(&column(&table, "images")[row]), images, "{name}");
+        for kind in ["count", "relation", "shape", "colour", "size"] {
+            let rate = number(&column(&table, kind)[row]);
+            assert!((0.0..=1.0).contains(&rate), "{name} {kind}: {rate}");
+        }
+    }
+
+    // Scored every 8 images: the longer run at 8 and 16, the shorter at 8.
+    let curves = read_csv(&out.join("curves.csv")).unwrap();
+    let points = |name: &str| -> Vec<f64> {
+        let (experiments, metrics) = (column(&curves, "experiment"), column(&curves, "metric"));
+        let seen = column(&curves, "images");
+        let mut v: Vec<f64> = (0..curves.height())
+            .filter(|&i| text(&experiments[i]) == name && text(&metrics[i]) == "fd")
+            .map(|i| number(&seen[i]))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    assert_eq!(points("md-8x2"), [8.0, 16.0]);
+    assert_eq!(points("lite-4x2"), [8.0]);
+    assert!(out.join("samples").join("md-8x2.png").is_file());
+
+    // The sampler settings: what `unetlab score` gives on the same weights, captions and noise.
+    let sampler = read_csv(&out.join("sampler.csv")).unwrap();
+    let guidance: Vec<f64> = column(&sampler, "guidance").iter().map(number).collect();
+    assert_eq!(guidance, [1.0, 3.0]);
+    let unetlab = Path::new(env!("CARGO_BIN_EXE_xtask")).with_file_name("unetlab");
+    for (row, cfg) in guidance.iter().enumerate() {
+        let score = Command::new(&unetlab)
+            .arg("score")
+            .arg(runs.join("md-8x2"))
+            .args(["--budget", "smoke", "--images", "8", "--steps", "2"])
+            .args(["--cfg", &cfg.to_string(), "--json"])
+            .arg("--evaluator-cache")
+            .arg(workspace().join("target").join("unetlab-cache"))
+            .output()
+            .unwrap();
+        assert!(
+            score.status.success(),
+            "{}",
+            String::from_utf8_lossy(&score.stderr)
+        );
+        let score: serde_json::Value = serde_json::from_slice(&score.stdout).unwrap();
+        assert_eq!(score["options"]["images"], 8);
+        let quality = &score["quality"];
+        assert_eq!(
+            number(&column(&sampler, "FD")[row]),
+            quality["fd"].as_f64().unwrap()
+        );
+        assert_eq!(
+            number(&column(&sampler, "relation")[row]),
+            quality["by_kind"]["relation"].as_f64().unwrap()
+        );
+    }
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        readme.contains("on the smoke scoring (16 validation captions, 4 DDIM steps, guidance 3)"),
+        "{readme}"
+    );
+    assert!(readme.contains("on the first 8 validation captions"));
+}
