@@ -191,6 +191,17 @@ mod tests {
     }
 
     #[test]
+    fn prune_is_refused_on_a_shard_only() {
+        let shard = Work::Shard(Shard { index: 1, count: 2 });
+        let refused = shard.check_prune(true).unwrap_err().to_string();
+        assert!(refused.contains("--prune"), "{refused}");
+        assert!(shard.check_prune(false).is_ok());
+        for whole in [Work::All, Work::Merge] {
+            assert!(whole.check_prune(true).is_ok(), "{whole:?}");
+        }
+    }
+
+    #[test]
     fn array_tasks_count_from_the_arrays_first_id() {
         // `--array=0-3` and `--array=1-4`: task ids differ, shards do not.
         assert_eq!(
