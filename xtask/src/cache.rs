@@ -4,7 +4,7 @@
 //! code that measures (`unetlab_provenance::Code`), so a build with other kernels or another
 //! trainer never reuses an older build's numbers; a change to report-only code (tables, plots)
 //! keeps them. A folder therefore keeps every build's entries until [`Cache::prune`] removes those
-//! that a complete run did not use (`cargo xtask ablate --prune`).
+//! that a complete run did not use (`--prune` of `cargo xtask ablate` and `search`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
