@@ -60,6 +60,24 @@ struct RecipeFile {
     /// Sampler settings to score one finished experiment with (`unetlab score`).
     #[serde(default)]
     rescore: Option<Rescore>,
+    /// Captions every finished experiment draws from the same noise (`unetlab sample
+    /// --same-noise`), to show what changing only their words changes.
+    #[serde(default)]
+    same_noise: Option<SameNoise>,
+}
+
+/// A same-noise grid per experiment: one row per caption, each column one initial noise.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SameNoise {
+    /// The captions (rows).
+    prompts: Vec<String>,
+    /// Images per caption (columns).
+    count: usize,
+    /// DDIM steps.
+    steps: usize,
+    /// Guidance scale.
+    cfg: f64,
 }
 
 /// Other sampler settings for one experiment's final weights.
@@ -150,6 +168,14 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
             );
         }
     }
+    if let Some(g) = &file.same_noise {
+        if g.prompts.is_empty() || g.count == 0 || g.steps == 0 || !g.cfg.is_finite() {
+            bail!(
+                "{}: same_noise: needs at least one prompt, count and steps of at least 1 and a finite cfg",
+                args.file.display()
+            );
+        }
+    }
     if let Some(unknown) = args
         .only
         .iter()
@@ -226,6 +252,9 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
         )?,
         _ => Vec::new(),
     };
+    if let Some(grid) = &file.same_noise {
+        same_noise_grids(&unetlab, &out.join("same-noise"), &done, grid)?;
+    }
     write(
         &out,
         &file,
@@ -308,6 +337,40 @@ fn rescore(
         .collect()
 }
 
+/// `<folder>/<experiment>.png`: each finished run's same-noise grid.
+fn same_noise_grids(
+    unetlab: &Path,
+    folder: &Path,
+    done: &[(Experiment, PathBuf, RunSummary)],
+    grid: &SameNoise,
+) -> Result<()> {
+    std::fs::create_dir_all(folder)?;
+    for (e, dir, _) in done {
+        let out = folder.join(format!("{}.png", e.name));
+        let mut command = Command::new(unetlab);
+        command.arg("sample").arg(dir).arg("--same-noise");
+        for prompt in &grid.prompts {
+            command.args(["--prompt", prompt]);
+        }
+        let output = command
+            .args(["--count", &grid.count.to_string()])
+            .args(["--steps", &grid.steps.to_string()])
+            .args(["--cfg", &grid.cfg.to_string(), "--zoom", "2"])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .with_context(|| format!("running {}", unetlab.display()))?;
+        if !output.status.success() {
+            bail!(
+                "unetlab sample {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Each finished run's sample grid, as `samples/<experiment>.png`.
 fn write_samples(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Result<()> {
     let folder = out.join("samples");
@@ -355,14 +418,14 @@ fn write(
     let readme = format!(
         "# Study `{}`\n\n{}\n\nProduced by `cargo xtask recipe {}` on {} (build {}, {} UTC); each run is `unetlab train` \
          with the arguments in `table.md`, scored every {} images seen on the {} scoring ({} validation captions, {} DDIM \
-         steps, guidance {}){}. Runs read from an earlier invocation name their build in `trained by`. Nothing here is \
+         steps, guidance {}){}. `trained by` names the build that ran each run's last training step (for runs recorded before that was kept, the build of their last session, which may only have re-scored them). Nothing here is \
          edited by hand.\n\n## Runs\n\n{}\n\nThe attribute columns (`count` … `size`) split the attribute alignment by kind. \
          `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
          - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
          value) along each run.\n- `sampler.{{md,csv,parquet}}`: the sampler settings, if the file asks for them.\n\
          - `fd`, `attribute_alignment`, `validation_loss` (`.svg`, `.png`): the curves.\n\
          - `samples/<experiment>.png`: each run's final EMA weights sampled on the first validation captions \
-         (the run's `samples.png`).\n",
+         (the run's `samples.png`).\n{}",
         file.study,
         file.description.trim(),
         std::env::args().skip(2).collect::<Vec<_>>().join(" "),
@@ -379,6 +442,16 @@ fn write(
         )),
         to_markdown(&table),
         sampler_section,
+        file.same_noise.as_ref().map_or(String::new(), |g| format!(
+            "- `same-noise/<experiment>.png`: each run's final EMA weights on {} captions, one row each ({}), \
+             {} columns, {} DDIM steps, guidance {}; every row of a column starts from the same noise \
+             (`unetlab sample --same-noise`), so what differs between rows is what the words changed.\n",
+            g.prompts.len(),
+            g.prompts.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", "),
+            g.count,
+            g.steps,
+            g.cfg
+        )),
     );
     write_text(&out.join("README.md"), &readme)?;
     Ok(())
@@ -499,7 +572,7 @@ fn runs_table(done: &[(Experiment, PathBuf, RunSummary)]) -> Result<DataFrame> {
         .chain([
             Column::new(
                 "trained by".into(),
-                text(&|_, s| s.provenance.build.label()),
+                text(&|_, s| s.trained_by.as_ref().unwrap_or(&s.provenance).build.label()),
             ),
             Column::new("note".into(), text(&|e, _| e.note.clone())),
         ])

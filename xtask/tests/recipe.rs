@@ -85,6 +85,26 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
     assert_eq!(points("lite-4x2"), [8.0]);
     assert!(out.join("samples").join("md-8x2.png").is_file());
 
+    // A same-noise grid per run: two captions (rows) of two images, the rows' noise shared, so
+    // the first column's two images differ only by what the captions changed.
+    for name in ["md-8x2", "lite-4x2"] {
+        let grid = image::open(out.join("same-noise").join(format!("{name}.png")))
+            .unwrap()
+            .to_rgb8();
+        let (w, h) = grid.dimensions();
+        assert_eq!(w, h, "{name}: two rows of two");
+        let cell = (w - 2) / 2 - 2;
+        let pixel_row = |r: u32| -> Vec<u8> {
+            let y = 2 + r * (cell + 2) + cell / 2;
+            (2..2 + cell).flat_map(|x| grid.get_pixel(x, y).0).collect()
+        };
+        assert_ne!(
+            pixel_row(0),
+            pixel_row(1),
+            "{name}: the captions changed nothing"
+        );
+    }
+
     // The sampler settings: what `unetlab score` gives on the same weights, captions and noise.
     let sampler = read_csv(&out.join("sampler.csv")).unwrap();
     let guidance: Vec<f64> = column(&sampler, "guidance").iter().map(number).collect();

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use unetlab_export::Bundle;
 use unetlab_train::model::ProxyModel;
 use unetlab_train::sample::{sample, write_grid, SampleOptions, TrainedRun};
+use unetlab_train::schedule::{Prediction, ScheduleKind};
 use unetlab_train::tokenizer::TextTokenizer;
 use unetlab_train::Recipe;
 
@@ -35,6 +36,10 @@ pub struct SampleArgs {
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Start every row from the same noise, so that a column shows what the prompt alone
+    /// changes (e.g. a caption and the same caption with another relation).
+    #[arg(long)]
+    same_noise: bool,
     /// Pixel zoom of the grid.
     #[arg(long, default_value_t = 4)]
     zoom: usize,
@@ -48,11 +53,14 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     if args.count == 0 || args.steps == 0 || args.zoom == 0 {
         bail!("--count, --steps and --zoom must be at least 1");
     }
-    let (name, model, tokenizer, (prediction, schedule)) = match (&args.run, &args.export) {
+    let (name, model, tokenizer, (prediction, schedule, noise_shift)) = match (
+        &args.run,
+        &args.export,
+    ) {
         (Some(dir), _) => {
             let run = TrainedRun::open(dir)?;
             let recipe = &run.summary.recipe;
-            let trained_with = (recipe.prediction, recipe.schedule);
+            let trained_with = (recipe.prediction, recipe.schedule, recipe.noise_shift);
             (run.summary.config, run.model, run.tokenizer, trained_with)
         }
         (None, Some(dir)) => {
@@ -71,15 +79,15 @@ pub fn run(args: &SampleArgs) -> Result<()> {
                 text_spec,
             };
             // The run's recipe travels in the manifest; runs recorded before `prediction` and
-            // `schedule` existed predicted ε on the scaled-linear schedule (serde's defaults).
+            // `schedule` existed predicted ε on the unshifted scaled-linear schedule (the defaults).
             let trained_with = bundle
                 .manifest
                 .training
                 .as_ref()
                 .and_then(|t| t.get("recipe"))
                 .and_then(|r| serde_json::from_value::<Recipe>(r.clone()).ok())
-                .map(|r| (r.prediction, r.schedule))
-                .unwrap_or_default();
+                .map(|r| (r.prediction, r.schedule, r.noise_shift))
+                .unwrap_or((Prediction::default(), ScheduleKind::default(), 1.0));
             (bundle.manifest.name, model, tokenizer, trained_with)
         }
         (None, None) => unreachable!("clap requires a run or --export"),
@@ -95,16 +103,30 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         seed: args.seed,
         prediction,
         schedule,
+        noise_shift,
     };
-    let images = sample(&model, &tokenizer, &prompts, options)?;
+    let images = if args.same_noise {
+        let rows = prompts
+            .chunks(args.count)
+            .map(|row| sample(&model, &tokenizer, row, options, &mut |_| {}))
+            .collect::<Result<Vec<_>, _>>()?;
+        Tensor::cat(&rows, 0)?
+    } else {
+        sample(&model, &tokenizer, &prompts, options, &mut |_| {})?
+    };
     write_grid(&images, args.count, args.zoom, &args.out)?;
     eprintln!(
-        "{}: {} image(s), {} DDIM steps, guidance {}, seed {} -> {}",
+        "{}: {} image(s), {} DDIM steps, guidance {}, seed {}{} -> {}",
         name,
         prompts.len(),
         args.steps,
         args.cfg,
         args.seed,
+        if args.same_noise {
+            " (the same noise in every row)"
+        } else {
+            ""
+        },
         args.out.display()
     );
     Ok(())

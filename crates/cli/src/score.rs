@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use unetlab_train::evaluator::{default_cache_dir, EvaluatorRecipe};
 use unetlab_train::metrics::MetricOptions;
 use unetlab_train::sample::TrainedRun;
 use unetlab_train::trainer::{score, MetricsSetup};
-use unetlab_train::Budget;
+use unetlab_train::{Budget, Progress};
 
 /// Score a `shapes` training run's EMA weights with other sampler settings than its own: FD,
 /// attribute and text alignment through the budget's evaluator, on the first `--images`
@@ -42,6 +43,35 @@ pub struct ScoreArgs {
     json: bool,
 }
 
+/// The evaluator's one-time training, then the images generated, on a bar on stderr.
+fn show_progress(bar: &ProgressBar, p: Progress) {
+    let style = |what: &str| {
+        ProgressStyle::with_template(&format!(
+            "{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {what}  ETA {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> ")
+    };
+    match p {
+        Progress::EvaluatorTraining { done, total } => {
+            if done == 1 {
+                bar.set_style(style("steps"));
+                bar.set_prefix("evaluator (once)");
+                bar.set_length(total);
+            }
+            bar.set_position(done);
+        }
+        Progress::Scoring { images } => {
+            bar.set_style(style("images"));
+            bar.set_prefix("generating");
+            bar.set_length(images as u64);
+            bar.set_position(0);
+        }
+        Progress::Sampled { done, .. } => bar.set_position(done as u64),
+        Progress::Started { .. } | Progress::Step { .. } | Progress::Validation { .. } => {}
+    }
+}
+
 /// Runs `unetlab score`.
 pub fn run(args: &ScoreArgs) -> Result<()> {
     let run = TrainedRun::open(&args.run)?;
@@ -72,14 +102,16 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         options,
         every: None,
     };
+    let bar = ProgressBar::new(0);
     let metrics = score(
         &setup,
         &run.model,
         &run.tokenizer,
         recipe,
         args.samples.as_deref(),
-        &mut |_| {},
+        &mut |p| show_progress(&bar, p),
     )?;
+    bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
     } else {

@@ -68,6 +68,11 @@ pub struct TrainArgs {
     /// Noise schedule (default: the budget's).
     #[arg(long, value_enum)]
     schedule: Option<ScheduleKind>,
+    /// Divide the schedule's signal-to-noise ratios by this squared (default: the budget's,
+    /// 1: none): more of training at the noise levels where the layout must come from the
+    /// caption, as `results/recipe` found the 32 × 32 proxy needs.
+    #[arg(long, value_name = "SHIFT")]
+    noise_shift: Option<f64>,
     /// EMA decay of the weights that are sampled and scored (default: the budget's).
     #[arg(long)]
     ema_decay: Option<f64>,
@@ -203,6 +208,9 @@ fn recipe(args: &TrainArgs) -> Result<Recipe> {
     if let Some(schedule) = args.schedule {
         recipe.schedule = schedule;
     }
+    if let Some(shift) = args.noise_shift {
+        recipe.noise_shift = shift;
+    }
     if let Some(decay) = args.ema_decay {
         recipe.ema_decay = decay;
     }
@@ -264,6 +272,9 @@ fn show_progress(bar: &ProgressBar, p: Progress) {
         Progress::Scoring { images } => {
             bar.set_prefix("scoring");
             bar.set_message(format!("generating and scoring {images} images"));
+        }
+        Progress::Sampled { done, total } => {
+            bar.set_message(format!("generated {done} of {total} images"));
         }
     }
 }

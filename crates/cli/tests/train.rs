@@ -251,6 +251,71 @@ fn fine_tuning_and_sampling_from_a_run() {
     assert!(o.status.success(), "{}", stderr(&o));
     let png = std::fs::read(&grid).unwrap();
 
+    // --same-noise: every row starts from the first row's noise. The first row is the plain
+    // grid's; a prompt repeated draws the same images in both rows, and different ones without.
+    let rows = |path: &Path| -> Vec<Vec<u8>> {
+        let image = image::open(path).unwrap().to_rgb8();
+        assert_eq!(image.dimensions(), (3 * 66 + 2, 2 * 66 + 2));
+        (0..2)
+            .map(|r| {
+                let start = (2 + r * 66) * image.width() as usize * 3;
+                image.as_raw()[start..start + 64 * image.width() as usize * 3].to_vec()
+            })
+            .collect()
+    };
+    let sample_rows = |prompts: [&str; 2], same_noise: bool| {
+        let out = tmp
+            .path()
+            .join(format!("rows-{same_noise}-{}.png", prompts[1].len()));
+        let mut args = vec!["sample", tuned.to_str().unwrap(), "--count", "3"];
+        for p in prompts {
+            args.extend(["--prompt", p]);
+        }
+        args.extend([
+            "--steps",
+            "4",
+            "--zoom",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        if same_noise {
+            args.push("--same-noise");
+        }
+        let o = unetlab(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        rows(&out)
+    };
+    // Mean absolute difference of two rows, in 8-bit levels. The same noise in a batch of
+    // another size may round differently; other noise differs by tens of levels.
+    let distance = |a: &[u8], b: &[u8]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| x.abs_diff(*y) as f64)
+            .sum::<f64>()
+            / a.len() as f64
+    };
+    let (circle, square) = ("a small red circle", "a large blue square");
+    let (same, plain) = (sample_rows([circle, square], true), rows(&grid));
+    let first = distance(&same[0], &plain[0]);
+    assert!(first < 1.0, "the first row moved by {first} levels");
+    let second = distance(&same[1], &plain[1]);
+    assert!(
+        second > 10.0,
+        "the second row kept its own noise ({second} levels)"
+    );
+    let repeated = sample_rows([circle, circle], true);
+    assert!(
+        repeated[0] == repeated[1],
+        "one prompt, one noise: the same images"
+    );
+    let fresh = sample_rows([circle, circle], false);
+    let apart = distance(&fresh[0], &fresh[1]);
+    assert!(
+        apart > 10.0,
+        "rows without --same-noise: {apart} levels apart"
+    );
+
     // Exported with its text encoder, the bundle alone samples the same images.
     let bundle = tmp.path().join("bundle");
     let o = unetlab(&[

@@ -5,7 +5,7 @@ use unetlab_graph::TextEncoderSpec;
 
 use crate::optim::AdamWConfig;
 use crate::proxy::ProxyShape;
-use crate::schedule::{Prediction, ScheduleKind};
+use crate::schedule::{NoiseSchedule, Prediction, ScheduleKind};
 
 /// How much training: `smoke` for CI (seconds), `quick` for the committed results, `full` for
 /// more steps and several seeds.
@@ -68,6 +68,18 @@ pub struct Recipe {
     /// The noise schedule (and with it the sampler's timestep spacing).
     #[serde(default, skip_serializing_if = "ScheduleKind::is_default")]
     pub schedule: ScheduleKind,
+    /// The schedule's signal-to-noise ratios divided by this squared ([`NoiseSchedule::shifted`]);
+    /// 1: none (and then not recorded, so older run hashes stay put).
+    #[serde(default = "no_shift", skip_serializing_if = "is_no_shift")]
+    pub noise_shift: f64,
+}
+
+fn no_shift() -> f64 {
+    1.0
+}
+
+fn is_no_shift(shift: &f64) -> bool {
+    *shift == 1.0
 }
 
 impl Recipe {
@@ -80,6 +92,11 @@ impl Recipe {
             layers: self.text_layers,
             heads: self.text_heads,
         }
+    }
+
+    /// The noise schedule this recipe trains and samples with.
+    pub fn noise_schedule(&self) -> NoiseSchedule {
+        NoiseSchedule::new(self.schedule).shifted(self.noise_shift)
     }
 
     /// Checks the counts a run divides by or indexes with.
@@ -106,6 +123,12 @@ impl Recipe {
                 "recipe: the zero-terminal-SNR schedule needs v-prediction (ε cannot give x₀ where ᾱ = 0)"
                     .into(),
             );
+        }
+        if !(self.noise_shift > 0.0 && self.noise_shift.is_finite()) {
+            return Err(format!(
+                "recipe: noise shift {} must be a positive number",
+                self.noise_shift
+            ));
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(format!(
@@ -162,6 +185,7 @@ impl Recipe {
             prediction: Prediction::V,
             min_snr_gamma: Some(5.0),
             schedule: ScheduleKind::ScaledLinear,
+            noise_shift: 1.0,
         };
         match budget {
             Budget::Smoke => Recipe {

@@ -83,15 +83,24 @@ pub struct SampleOptions {
     pub prediction: Prediction,
     /// The schedule it was trained on (the run's recipe says).
     pub schedule: ScheduleKind,
+    /// The schedule's noise shift (the run's recipe says; [`NoiseSchedule::shifted`]).
+    pub noise_shift: f64,
 }
 
+/// Prompts denoised together: memory stays bounded whatever the number of prompts, and every
+/// committed score (at most 512 captions) ran as one batch, as before chunking.
+pub const SAMPLE_CHUNK: usize = 512;
+
 /// Images `[N, 3, S, S]` in [-1, 1] for `prompts`, by deterministic DDIM (η = 0) with
-/// classifier-free guidance `ε = ε(∅) + s · (ε(c) − ε(∅))`.
+/// classifier-free guidance `ε = ε(∅) + s · (ε(c) − ε(∅))`, [`SAMPLE_CHUNK`] prompts at a time;
+/// `progress(done)` after each chunk. Each image's initial noise is its slice of one draw for
+/// all prompts, so the chunking does not change which noise an image starts from.
 pub fn sample(
     model: &ProxyModel,
     tokenizer: &TextTokenizer,
     prompts: &[&str],
     options: SampleOptions,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<Tensor, TrainError> {
     let device = Device::Cpu;
     let spec = &model.unet.spec;
@@ -99,21 +108,29 @@ pub fn sample(
     let dims = (n, spec.in_channels, spec.latent_size, spec.latent_size);
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let count = n * spec.in_channels * spec.latent_size * spec.latent_size;
-    let mut x = Tensor::from_vec(standard_normal(&mut rng, count), dims, &device)?;
-    let empty = vec![""; n];
-    let text = tokenizer.one_hot(&[prompts, &empty[..]].concat(), &device)?;
-    let schedule = NoiseSchedule::new(options.schedule);
+    let noise = Tensor::from_vec(standard_normal(&mut rng, count), dims, &device)?;
+    let schedule = NoiseSchedule::new(options.schedule).shifted(options.noise_shift);
     let timesteps = schedule.ddim_timesteps(options.steps);
-    for (i, &t) in timesteps.iter().enumerate() {
-        let both = Tensor::cat(&[&x, &x], 0)?;
-        let t_in = Tensor::full(t as f32, 2 * n, &device)?;
-        let output = model.predict(&both, &t_in, &text, false)?;
-        let (cond, uncond) = (output.narrow(0, 0, n)?, output.narrow(0, n, n)?);
-        let guided = (&uncond + ((cond - &uncond)? * options.cfg)?)?;
-        let prev = timesteps.get(i + 1).copied();
-        x = schedule.ddim_step(&x, &guided, options.prediction, t, prev)?;
+    let mut images = Vec::with_capacity(n.div_ceil(SAMPLE_CHUNK));
+    for start in (0..n).step_by(SAMPLE_CHUNK) {
+        let chunk = &prompts[start..n.min(start + SAMPLE_CHUNK)];
+        let m = chunk.len();
+        let mut x = noise.narrow(0, start, m)?;
+        let empty = vec![""; m];
+        let text = tokenizer.one_hot(&[chunk, &empty[..]].concat(), &device)?;
+        for (i, &t) in timesteps.iter().enumerate() {
+            let both = Tensor::cat(&[&x, &x], 0)?;
+            let t_in = Tensor::full(t as f32, 2 * m, &device)?;
+            let output = model.predict(&both, &t_in, &text, false)?;
+            let (cond, uncond) = (output.narrow(0, 0, m)?, output.narrow(0, m, m)?);
+            let guided = (&uncond + ((cond - &uncond)? * options.cfg)?)?;
+            let prev = timesteps.get(i + 1).copied();
+            x = schedule.ddim_step(&x, &guided, options.prediction, t, prev)?;
+        }
+        images.push(latents_to_images(&x)?.clamp(-1f32, 1f32)?);
+        progress(start + m);
     }
-    Ok(latents_to_images(&x)?.clamp(-1f32, 1f32)?)
+    Ok(Tensor::cat(&images, 0)?)
 }
 
 /// Writes images `[N, 3, S, S]` in [-1, 1] as one PNG grid, `columns` wide, each image scaled up

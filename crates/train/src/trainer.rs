@@ -128,6 +128,14 @@ pub enum Progress {
         /// How many.
         images: usize,
     },
+    /// Images generated so far for scoring (after each chunk of
+    /// [`crate::sample::SAMPLE_CHUNK`]).
+    Sampled {
+        /// Generated.
+        done: usize,
+        /// To generate.
+        total: usize,
+    },
 }
 
 /// The outcome, also written to `run.json`.
@@ -179,6 +187,11 @@ pub struct RunSummary {
     pub metrics: Option<RunMetrics>,
     /// The build that finished (and scored) the run, and when.
     pub provenance: Provenance,
+    /// The build that ran the last training step, and when: `provenance` when this session
+    /// trained, else carried over from the session that did (a re-score changes only
+    /// `provenance`). None in run files recorded before this field.
+    #[serde(default)]
+    pub trained_by: Option<Provenance>,
 }
 
 /// Runs (or resumes) a training run in three parts: set-up (tokenizer, identity, weights, run
@@ -342,7 +355,7 @@ impl<'a> Session<'a> {
             adam,
             start,
             logs,
-            schedule: NoiseSchedule::new(recipe.schedule),
+            schedule: recipe.noise_schedule(),
             initial_validation_loss,
             validation_loss,
             losses,
@@ -513,6 +526,12 @@ impl<'a> Session<'a> {
             }
             None => None,
         };
+        // Whether this session ran any step; if not, the finished run's own figures carry over.
+        let trained = self.start < recipe.steps;
+        let previous = (!trained)
+            .then(|| previous_summary(out, &self.run_hash))
+            .flatten();
+        let provenance = Provenance::now(Code::Training);
         let tail = &self.losses[self.losses.len().saturating_sub(20)..];
         let summary = RunSummary {
             config: opts.config.name.clone(),
@@ -538,14 +557,19 @@ impl<'a> Session<'a> {
             final_train_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
             validation_loss: self.validation_loss,
             initial_validation_loss: self.initial_validation_loss,
-            steps_per_s: if self.start < recipe.steps {
+            steps_per_s: if trained {
                 (recipe.steps - self.start) as f64 / self.training_time.max(1e-9)
             } else {
                 // Nothing left to train: the finished run's own throughput.
-                previous_throughput(out, &self.run_hash).unwrap_or(f64::NAN)
+                previous.as_ref().map_or(f64::NAN, |p| p.steps_per_s)
             },
             metrics,
-            provenance: Provenance::now(Code::Training),
+            trained_by: if trained {
+                Some(provenance.clone())
+            } else {
+                previous.and_then(|p| p.trained_by.or(Some(p.provenance)))
+            },
+            provenance,
         };
         write(
             &out.join("run.json"),
@@ -591,11 +615,11 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-/// `steps_per_s` of the run.json in `out`, if it belongs to this run.
-fn previous_throughput(out: &Path, run_hash: &str) -> Option<f64> {
+/// The run.json in `out`, if it belongs to this run (an earlier session's summary).
+fn previous_summary(out: &Path, run_hash: &str) -> Option<RunSummary> {
     let text = std::fs::read_to_string(out.join("run.json")).ok()?;
     let previous: RunSummary = serde_json::from_str(&text).ok()?;
-    (previous.run_hash == run_hash).then_some(previous.steps_per_s)
+    (previous.run_hash == run_hash).then_some(previous)
 }
 
 /// Scores a trained proxy (EMA weights) with the evaluator; writes its first 32 images to
@@ -623,6 +647,12 @@ pub fn score(
         &reference,
         setup.options,
         recipe,
+        &mut |done| {
+            progress(Progress::Sampled {
+                done,
+                total: setup.options.images,
+            })
+        },
     )?;
     if let Some(path) = samples {
         let shown = images.dim(0)?.min(32);

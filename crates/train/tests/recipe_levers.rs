@@ -1,5 +1,5 @@
 //! The recipe's levers, checked against independent computations: the zero-terminal-SNR
-//! schedule and its sampler spacing, min-SNR-γ weights derived from the x₀ error the sampler
+//! schedule and its sampler spacing, the noise shift, min-SNR-γ weights derived from the x₀ error the sampler
 //! actually makes, recipe validation, and the attribute alignment split by kind.
 
 use candle_core::{Device, Tensor};
@@ -41,6 +41,44 @@ fn zero_terminal_snr_shifts_and_scales_the_scaled_linear_schedule() {
     }
     // The original keeps a trace of the image at t = 999; the rescaled one does not.
     assert!(linear.snr(last) > 4e-3);
+}
+
+#[test]
+fn a_noise_shift_divides_every_snr_by_its_square() {
+    for kind in [ScheduleKind::ScaledLinear, ScheduleKind::ZeroTerminalSnr] {
+        let plain = NoiseSchedule::new(kind);
+        assert_eq!(
+            plain.clone().shifted(1.0).alphas_cumprod,
+            plain.alphas_cumprod
+        );
+        for shift in [0.5, 4.0, 8.0] {
+            let shifted = NoiseSchedule::new(kind).shifted(shift);
+            for t in [0, 1, 250, 500, 900, 998] {
+                let expected = plain.snr(t) / (shift * shift);
+                assert!(
+                    (shifted.snr(t) / expected - 1.0).abs() < 1e-9,
+                    "{kind:?} shift {shift} t {t}: {} against {expected}",
+                    shifted.snr(t)
+                );
+            }
+            assert!(shifted.alphas_cumprod.windows(2).all(|w| w[1] < w[0]));
+            // The sampler's spacing belongs to the kind, not to the shift.
+            assert_eq!(shifted.ddim_timesteps(10), plain.ddim_timesteps(10));
+        }
+    }
+    // Zero terminal SNR stays zero; the scaled-linear trace at t = 999 shrinks with the shift.
+    let last = TRAIN_STEPS - 1;
+    let zero = NoiseSchedule::new(ScheduleKind::ZeroTerminalSnr).shifted(8.0);
+    assert_eq!(zero.snr(last), 0.0);
+    let linear = NoiseSchedule::new(ScheduleKind::ScaledLinear).shifted(8.0);
+    assert!(linear.snr(last) < 1e-4);
+    // The recipe builds its schedule with its shift.
+    let recipe = Recipe {
+        noise_shift: 4.0,
+        ..Recipe::for_budget(Budget::Quick)
+    };
+    let built = recipe.noise_schedule();
+    assert!((built.snr(500) * 16.0 / NoiseSchedule::default().snr(500) - 1.0).abs() < 1e-9);
 }
 
 #[test]
@@ -121,13 +159,32 @@ fn recipes_refuse_what_cannot_train() {
         ..quick.clone()
     };
     assert!(bad_ema.validate().unwrap_err().contains("EMA"));
-    // The new fields stay out of older runs' identities when unused.
+    for shift in [0.0, -2.0, f64::INFINITY, f64::NAN] {
+        let bad = Recipe {
+            noise_shift: shift,
+            ..quick.clone()
+        };
+        assert!(
+            bad.validate().unwrap_err().contains("noise shift"),
+            "{shift}"
+        );
+    }
+    // The new fields stay out of older runs' identities when unused, and round-trip when used.
     let plain = Recipe {
         min_snr_gamma: None,
-        ..quick
+        ..quick.clone()
     };
     let json = serde_json::to_value(&plain).unwrap();
     assert!(json.get("min_snr_gamma").is_none() && json.get("schedule").is_none());
+    assert!(json.get("noise_shift").is_none());
+    assert_eq!(serde_json::from_value::<Recipe>(json).unwrap(), plain);
+    let shifted = Recipe {
+        noise_shift: 4.0,
+        ..quick
+    };
+    let json = serde_json::to_value(&shifted).unwrap();
+    assert_eq!(json["noise_shift"], 4.0);
+    assert_eq!(serde_json::from_value::<Recipe>(json).unwrap(), shifted);
 }
 
 #[test]

@@ -80,6 +80,22 @@ fn validation_loss_falls_within_forty_steps() {
     assert_eq!(parquet.height(), 40, "one row per step");
     let losses = std::fs::read_to_string(tmp.path().join("loss.csv")).unwrap();
     assert_eq!(losses.lines().count(), 41, "header + one row per step");
+
+    // A session with nothing left to train (a re-score) keeps the training session's figures:
+    // its throughput and the build that trained, here marked with a time no build could stamp.
+    assert_eq!(summary.trained_by.as_ref(), Some(&summary.provenance));
+    let run_json = tmp.path().join("run.json");
+    let mut recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    recorded["trained_by"]["measured_utc"] = "2000-01-01T00:00:00Z".into();
+    std::fs::write(&run_json, recorded.to_string()).unwrap();
+    let again = train(&options(tmp.path(), 40), &mut |_| {}).unwrap();
+    assert_eq!(again.resumed_from, Some(40));
+    // Through JSON twice: serde_json's float parsing may move the last bit.
+    assert!((again.steps_per_s / summary.steps_per_s - 1.0).abs() < 1e-12);
+    let trained_by = again.trained_by.expect("carried over");
+    assert_eq!(trained_by.measured_utc, "2000-01-01T00:00:00Z");
+    assert_ne!(again.provenance.measured_utc, trained_by.measured_utc);
 }
 
 #[test]
