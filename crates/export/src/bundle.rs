@@ -699,6 +699,7 @@ impl Bundle {
         if manifest.format != FORMAT {
             return Err(fail(format!("format {} is not {FORMAT}", manifest.format)));
         }
+        finish_card_update(dir, &manifest)?;
         for (name, want) in &manifest.files {
             // A manifest names files inside its bundle: nothing absolute, nothing through `..`.
             let inside = Path::new(name)
@@ -788,11 +789,12 @@ impl Bundle {
     }
 
     /// Adds a latency measured by another runtime on this bundle to its manifest and model card.
-    /// Both are staged, then renamed into place (a crash between the two renames leaves a card
-    /// that [`Bundle::open`] reports as modified).
+    /// Both are staged; the manifest's rename is the commit, then the card's follows. A crash
+    /// before the first rename leaves the old bundle; one between them leaves the new card
+    /// staged beside a manifest that records it, which [`Bundle::open`] renames into place.
     pub fn record_latency(&mut self, latency: Latency) -> Result<(), ExportError> {
         self.manifest.runtime_latencies.push(latency);
-        let staged_card = self.dir.join(".README.md.partial");
+        let staged_card = self.dir.join(STAGED_CARD.0);
         write_file(
             &staged_card,
             model_card(&self.config, &self.manifest).as_bytes(),
@@ -804,8 +806,8 @@ impl Bundle {
         let staged_manifest = self.dir.join(".manifest.json.partial");
         write_file(&staged_manifest, text.as_bytes())?;
         for (staged, name) in [
-            (staged_card, "README.md"),
             (staged_manifest, "manifest.json"),
+            (staged_card, STAGED_CARD.1),
         ] {
             let path = self.dir.join(name);
             std::fs::rename(&staged, &path).map_err(ExportError::io(&path))?;
@@ -820,6 +822,23 @@ impl Bundle {
             device,
         )?)
     }
+}
+
+/// The model card staged by [`Bundle::record_latency`] and its name once in place.
+const STAGED_CARD: (&str, &str) = (".README.md.partial", "README.md");
+
+/// Completes a [`Bundle::record_latency`] interrupted after its commit: a staged card whose
+/// contents the manifest records replaces the card (a staged card the manifest does not record
+/// is an update that never committed, and stays where it is).
+fn finish_card_update(dir: &Path, manifest: &Manifest) -> Result<(), ExportError> {
+    let (staged, card) = (dir.join(STAGED_CARD.0), dir.join(STAGED_CARD.1));
+    let Some(want) = manifest.files.get(STAGED_CARD.1) else {
+        return Ok(());
+    };
+    if staged.is_file() && file_entry(&staged)? == *want {
+        std::fs::rename(&staged, &card).map_err(ExportError::io(&card))?;
+    }
+    Ok(())
 }
 
 /// Checks the manifest's text encoder against the tensors of its weights before the encoder is

@@ -303,7 +303,10 @@ fn a_runtime_latency_goes_into_the_card_and_the_bundle_stays_valid() {
     };
     bundle.record_latency(latency.clone()).unwrap();
     let reopened = Bundle::open(&out).unwrap();
-    assert_eq!(reopened.manifest.runtime_latencies, [latency]);
+    assert_eq!(
+        reopened.manifest.runtime_latencies,
+        std::slice::from_ref(&latency)
+    );
     let card = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(
         card.contains(
@@ -313,4 +316,30 @@ fn a_runtime_latency_goes_into_the_card_and_the_bundle_stays_valid() {
     );
     assert!(!out.join(".manifest.json.partial").exists());
     assert!(!out.join(".README.md.partial").exists());
+
+    // A crash between the manifest's rename and the card's leaves the new card staged beside
+    // the old one: opening finishes the update. A staged card that the manifest does not record
+    // (a crash before the commit) is left alone, and the bundle opens as it was.
+    let before = std::fs::read(out.join("README.md")).unwrap();
+    let mut bundle = Bundle::open(&out).unwrap();
+    let second = unetlab_export::Latency {
+        median_s: 0.5,
+        ..latency.clone()
+    };
+    bundle.record_latency(second.clone()).unwrap();
+    let after = std::fs::read(out.join("README.md")).unwrap();
+    std::fs::rename(out.join("README.md"), out.join(".README.md.partial")).unwrap();
+    std::fs::write(out.join("README.md"), &before).unwrap();
+    let reopened = Bundle::open(&out).unwrap();
+    assert_eq!(reopened.manifest.runtime_latencies, [latency, second]);
+    assert_eq!(std::fs::read(out.join("README.md")).unwrap(), after);
+    assert!(!out.join(".README.md.partial").exists());
+    std::fs::write(
+        out.join(".README.md.partial"),
+        b"an update that never committed",
+    )
+    .unwrap();
+    Bundle::open(&out).unwrap();
+    assert_eq!(std::fs::read(out.join("README.md")).unwrap(), after);
+    assert!(out.join(".README.md.partial").exists());
 }
