@@ -319,20 +319,12 @@ fn rescore(
             if let Some(images) = r.images {
                 command.args(["--images", &images.to_string()]);
             }
-            let output = command
+            command
                 .arg("--evaluator-cache")
                 .arg(evaluator_cache)
-                .arg("--json")
-                .output()
-                .with_context(|| format!("running {}", unetlab.display()))?;
-            if !output.status.success() {
-                bail!(
-                    "unetlab score {}: {}",
-                    dir.display(),
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            Ok((steps, cfg, serde_json::from_slice(&output.stdout)?))
+                .arg("--json");
+            let stdout = stdout_of(&mut command, dir)?;
+            Ok((steps, cfg, serde_json::from_slice(&stdout)?))
         })
         .collect()
 }
@@ -352,23 +344,35 @@ fn same_noise_grids(
         for prompt in &grid.prompts {
             command.args(["--prompt", prompt]);
         }
-        let output = command
+        command
             .args(["--count", &grid.count.to_string()])
             .args(["--steps", &grid.steps.to_string()])
             .args(["--cfg", &grid.cfg.to_string(), "--zoom", "2"])
             .arg("--out")
-            .arg(&out)
-            .output()
-            .with_context(|| format!("running {}", unetlab.display()))?;
-        if !output.status.success() {
-            bail!(
-                "unetlab sample {}: {}",
-                dir.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+            .arg(&out);
+        stdout_of(&mut command, dir)?;
     }
     Ok(())
+}
+
+/// Runs a `unetlab` subcommand on the run in `dir`: its stdout, or an error with its stderr.
+fn stdout_of(command: &mut Command, dir: &Path) -> Result<Vec<u8>> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let subcommand = command
+        .get_args()
+        .next()
+        .map_or(String::new(), |a| a.to_string_lossy().into_owned());
+    let output = command
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "unetlab {subcommand} {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output.stdout)
 }
 
 /// Each finished run's sample grid, as `samples/<experiment>.png`.

@@ -28,24 +28,24 @@ fn train_args<'a>(out: &'a str, steps: &'a str) -> Vec<&'a str> {
     ]
 }
 
-/// `unetlab sample SOURCE...`: two prompts, three images each, 4 DDIM steps, zoom 2.
-fn sample_grid(source: &[&str], out: &Path) -> std::process::Output {
+/// The two prompts of the sample grids.
+const PROMPTS: [&str; 2] = ["a small red circle", "a large blue square"];
+
+/// `unetlab sample SOURCE... EXTRA...`: two prompts, three images each, 4 DDIM steps, zoom 2.
+fn sample_grid(
+    source: &[&str],
+    prompts: [&str; 2],
+    extra: &[&str],
+    out: &Path,
+) -> std::process::Output {
     let mut args = vec!["sample"];
     args.extend(source);
-    args.extend([
-        "--prompt",
-        "a small red circle",
-        "--prompt",
-        "a large blue square",
-        "--count",
-        "3",
-        "--steps",
-        "4",
-        "--zoom",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    for prompt in prompts {
+        args.extend(["--prompt", prompt]);
+    }
+    args.extend(["--count", "3", "--steps", "4", "--zoom", "2"]);
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(extra);
     unetlab(&args)
 }
 
@@ -247,7 +247,7 @@ fn fine_tuning_and_sampling_from_a_run() {
 
     // A 2 x 3 grid of 32 x 32 images at zoom 2 with 2-pixel gaps.
     let grid = tmp.path().join("grid.png");
-    let o = sample_grid(&[tuned.to_str().unwrap()], &grid);
+    let o = sample_grid(&[tuned.to_str().unwrap()], PROMPTS, &[], &grid);
     assert!(o.status.success(), "{}", stderr(&o));
     let png = std::fs::read(&grid).unwrap();
 
@@ -267,22 +267,8 @@ fn fine_tuning_and_sampling_from_a_run() {
         let out = tmp
             .path()
             .join(format!("rows-{same_noise}-{}.png", prompts[1].len()));
-        let mut args = vec!["sample", tuned.to_str().unwrap(), "--count", "3"];
-        for p in prompts {
-            args.extend(["--prompt", p]);
-        }
-        args.extend([
-            "--steps",
-            "4",
-            "--zoom",
-            "2",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        if same_noise {
-            args.push("--same-noise");
-        }
-        let o = unetlab(&args);
+        let extra: &[&str] = if same_noise { &["--same-noise"] } else { &[] };
+        let o = sample_grid(&[tuned.to_str().unwrap()], prompts, extra, &out);
         assert!(o.status.success(), "{}", stderr(&o));
         rows(&out)
     };
@@ -295,7 +281,7 @@ fn fine_tuning_and_sampling_from_a_run() {
             .sum::<f64>()
             / a.len() as f64
     };
-    let (circle, square) = ("a small red circle", "a large blue square");
+    let [circle, square] = PROMPTS;
     let (same, plain) = (sample_rows([circle, square], true), rows(&grid));
     let first = distance(&same[0], &plain[0]);
     assert!(first < 1.0, "the first row moved by {first} levels");
@@ -339,7 +325,12 @@ fn fine_tuning_and_sampling_from_a_run() {
     let card = std::fs::read_to_string(bundle.join("README.md")).unwrap();
     assert!(card.contains("validation denoising loss"), "{card}");
     let from_bundle = tmp.path().join("bundle.png");
-    let o = sample_grid(&["--export", bundle.to_str().unwrap()], &from_bundle);
+    let o = sample_grid(
+        &["--export", bundle.to_str().unwrap()],
+        PROMPTS,
+        &[],
+        &from_bundle,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         std::fs::read(&from_bundle).unwrap() == png,
