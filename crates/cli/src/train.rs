@@ -80,6 +80,10 @@ pub struct TrainArgs {
     /// it, as the proxy transform scales the config's widths. A multiple of 8 (the norm groups).
     #[arg(long, value_name = "CHANNELS")]
     base_width: Option<usize>,
+    /// Transformer layers of the proxy's text encoder (default: the budget's, 2); 0 leaves token
+    /// and position embeddings under a layer norm.
+    #[arg(long, value_name = "LAYERS")]
+    text_layers: Option<usize>,
     /// Seed of initialisation, data order and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -225,6 +229,9 @@ fn recipe(args: &TrainArgs) -> Result<Recipe> {
             );
         }
         recipe.proxy.base_width = width;
+    }
+    if let Some(layers) = args.text_layers {
+        recipe.text_layers = layers;
     }
     recipe.validate().map_err(|e| anyhow!(e))?;
     recipe.warmup = recipe.warmup.min(recipe.steps / 2).max(1);

@@ -341,3 +341,33 @@ fn fine_tuning_and_sampling_from_a_run() {
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
     assert_eq!((width, height), (3 * 66 + 2, 2 * 66 + 2));
 }
+
+/// `--text-layers` deepens the jointly trained text encoder by whole transformer layers: each
+/// adds self-attention (Q, K, V and output, one bias), a GEGLU feed-forward of width 4 (two
+/// biased linears, the first of twice its width) and two layer norms (no cross-attention, so no
+/// third), 16w² + 14w parameters.
+#[test]
+fn text_encoder_depth_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |layers: Option<&str>| -> serde_json::Value {
+        let out = tmp
+            .path()
+            .join(format!("text-{}", layers.unwrap_or("default")));
+        let mut args = train_args(out.to_str().unwrap(), "1");
+        args.push("--no-metrics");
+        if let Some(layers) = layers {
+            args.extend(["--text-layers", layers]);
+        }
+        let o = unetlab(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap()
+    };
+    let default = run(None);
+    let layers = default["recipe"]["text_layers"].as_u64().unwrap();
+    let deeper = run(Some(&(layers + 1).to_string()));
+    assert_eq!(deeper["recipe"]["text_layers"], layers + 1);
+    assert_ne!(deeper["run_hash"], default["run_hash"]);
+    let w = default["recipe"]["proxy"]["text_dim"].as_u64().unwrap();
+    let params = |r: &serde_json::Value| r["text_encoder_params"].as_u64().unwrap();
+    assert_eq!(params(&deeper) - params(&default), 16 * w * w + 14 * w);
+}
