@@ -12,9 +12,10 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
-use unetlab_provenance::{now_utc, Build};
+use unetlab_provenance::{now_utc, Build, Code};
 use unetlab_report::{lines, to_markdown, write_tables, write_text};
 use unetlab_train::metrics::{AttributeRates, MetricOptions};
+use unetlab_train::trainer::RunMetrics;
 use unetlab_train::RunSummary;
 
 use crate::ablate::Budget;
@@ -108,12 +109,23 @@ struct Experiment {
     /// Further `unetlab train` arguments (`--lr 1e-3`, `--min-snr-gamma 5`, ...).
     #[serde(default)]
     args: Vec<String>,
+    /// An earlier experiment whose final weights this one starts from (`unetlab train
+    /// --init-from`): it trains after that one.
+    #[serde(default)]
+    init_from: Option<String>,
     /// Why it is in the study.
     note: String,
 }
 
 impl Experiment {
-    fn train_args(&self, score_every: u64, budget: Budget) -> Vec<String> {
+    /// Its arguments as the table shows them: the parent by experiment name.
+    fn arguments(&self) -> String {
+        let parent = self.init_from.iter().map(|p| format!("--init-from {p}"));
+        let args: Vec<String> = self.args.iter().cloned().chain(parent).collect();
+        args.join(" ")
+    }
+
+    fn train_args(&self, score_every: u64, budget: Budget, runs: &Path) -> Vec<String> {
         let mut args: Vec<String> = [
             "train",
             &self.config,
@@ -134,6 +146,10 @@ impl Experiment {
         .map(String::from)
         .to_vec();
         args.extend(self.args.iter().cloned());
+        if let Some(parent) = &self.init_from {
+            args.push("--init-from".into());
+            args.push(runs.join(parent).display().to_string());
+        }
         args
     }
 }
@@ -157,6 +173,15 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
                 "{}: experiments[{i}]: batch and steps must be at least 1",
                 args.file.display()
             );
+        }
+        if let Some(parent) = &e.init_from {
+            if !file.experiments[..i].iter().any(|o| &o.name == parent) {
+                bail!(
+                    "{}: experiments[{i}].init_from: `{parent}` is not an experiment listed before `{}`",
+                    args.file.display(),
+                    e.name
+                );
+            }
         }
     }
     if let Some(r) = &file.rescore {
@@ -195,43 +220,30 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
         .clone()
         .unwrap_or_else(|| crate::tools::target_dir(&workspace).join("recipe-runs"));
     std::fs::create_dir_all(&runs)?;
-    let (build, started) = (Build::current(), now_utc());
-    let unetlab = crate::tools::build_unetlab(&workspace)?;
-    let evaluator_cache = crate::tools::target_dir(&workspace).join("unetlab-cache");
-
-    // Smallest first in the queue, which is taken from the end: the longest runs start first.
-    let mut selected: Vec<&Experiment> = file
+    let selected: Vec<&Experiment> = file
         .experiments
         .iter()
         .filter(|e| args.only.is_empty() || args.only.contains(&e.name))
         .collect();
-    selected.sort_by_key(|e| e.steps * e.batch);
-    let queue = std::sync::Mutex::new(selected);
-    let failures = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..args.jobs.max(1) {
-            scope.spawn(|| loop {
-                let Some(e) = queue.lock().expect("queue").pop() else {
-                    break;
-                };
-                let train_args = e.train_args(file.score_every_images / e.batch, args.budget);
-                eprintln!("{}: unetlab {} ...", e.name, train_args.join(" "));
-                let dir = runs.join(&e.name);
-                match train(&unetlab, &dir, &train_args, &evaluator_cache) {
-                    Ok(s) => eprintln!(
-                        "{}: {} images, validation loss {:.4}",
-                        e.name,
-                        s.steps * s.recipe.batch as u64,
-                        s.validation_loss
-                    ),
-                    Err(err) => failures.lock().expect("failures").push(format!("{err:#}")),
-                }
-            });
+    for e in &selected {
+        if let Some(parent) = &e.init_from {
+            if !selected.iter().any(|o| &o.name == parent)
+                && !runs.join(parent).join("run.json").is_file()
+            {
+                bail!(
+                    "{}: starts from `{parent}`, which has no finished run in {}; select it too",
+                    e.name,
+                    runs.display()
+                );
+            }
         }
-    });
-    let failures = failures.into_inner().expect("failures");
-    if !failures.is_empty() {
-        bail!("{} run(s) failed:\n{}", failures.len(), failures.join("\n"));
+    }
+    let (build, started) = (Build::current(), now_utc());
+    let unetlab = crate::tools::build_unetlab(&workspace)?;
+    let evaluator_cache = crate::tools::target_dir(&workspace).join("unetlab-cache");
+
+    for wave in waves(&selected) {
+        train_wave(wave, args, (&file, &runs), (&unetlab, &evaluator_cache))?;
     }
     // The study: every experiment with a finished run (also those not selected this time).
     let done: Vec<(Experiment, PathBuf, RunSummary)> = file
@@ -267,6 +279,65 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
     Ok(())
 }
 
+/// The selected experiments in waves: a parent (`init_from`), if selected, trains in an
+/// earlier wave than the experiments that start from it. Parents are listed before them.
+fn waves<'a>(selected: &[&'a Experiment]) -> Vec<Vec<&'a Experiment>> {
+    let mut waves: Vec<Vec<&Experiment>> = Vec::new();
+    let mut depth = std::collections::HashMap::new();
+    for e in selected {
+        let d = e
+            .init_from
+            .as_ref()
+            .and_then(|p| depth.get(p.as_str()))
+            .map_or(0, |d| d + 1);
+        depth.insert(e.name.as_str(), d);
+        if waves.len() <= d {
+            waves.resize_with(d + 1, Vec::new);
+        }
+        waves[d].push(*e);
+    }
+    waves
+}
+
+/// Trains one wave of experiments, `args.jobs` at a time; the longest start first.
+fn train_wave(
+    mut wave: Vec<&Experiment>,
+    args: &RecipeArgs,
+    (file, runs): (&RecipeFile, &Path),
+    (unetlab, evaluator_cache): (&Path, &Path),
+) -> Result<()> {
+    // Smallest first in the queue, which is taken from the end.
+    wave.sort_by_key(|e| e.steps * e.batch);
+    let queue = std::sync::Mutex::new(wave);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.max(1) {
+            scope.spawn(|| loop {
+                let Some(e) = queue.lock().expect("queue").pop() else {
+                    break;
+                };
+                let train_args = e.train_args(file.score_every_images / e.batch, args.budget, runs);
+                eprintln!("{}: unetlab {} ...", e.name, train_args.join(" "));
+                let dir = runs.join(&e.name);
+                match train(unetlab, &dir, &train_args, evaluator_cache) {
+                    Ok(s) => eprintln!(
+                        "{}: {} images, validation loss {:.4}",
+                        e.name,
+                        s.steps * s.recipe.batch as u64,
+                        s.validation_loss
+                    ),
+                    Err(err) => failures.lock().expect("failures").push(format!("{err:#}")),
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("failures");
+    if !failures.is_empty() {
+        bail!("{} run(s) failed:\n{}", failures.len(), failures.join("\n"));
+    }
+    Ok(())
+}
+
 fn train(
     unetlab: &Path,
     dir: &Path,
@@ -296,16 +367,68 @@ fn train(
     serde_json::from_slice(&output.stdout).context("unreadable run.json")
 }
 
-/// `unetlab score` of one run at each of the settings: (steps, cfg, its metrics).
+/// What a rescore's metrics depend on: the run's final weights, the sampler settings and the
+/// scoring code. A rescore with the same key is read back instead of sampled again.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct RescoreKey {
+    /// SHA-256 of the run's checkpoint.
+    checkpoint: String,
+    /// DDIM steps.
+    steps: usize,
+    /// Guidance scale.
+    cfg: f64,
+    /// Validation captions (`None`: the budget's).
+    images: Option<usize>,
+    /// The budget whose scoring is used.
+    budget: String,
+    /// [`Code::Training`]'s identity of the build that scores.
+    code: String,
+}
+
+/// A rescore kept beside its run (`<run>/rescore/<steps>-steps-cfg-<cfg>.json`).
+#[derive(Serialize, Deserialize)]
+struct CachedRescore {
+    key: RescoreKey,
+    metrics: RunMetrics,
+}
+
+/// `unetlab score` of one run at each of the settings: (steps, cfg, its metrics). A setting
+/// already scored on the same weights by the same scoring code is read from the run's folder.
 fn rescore(
     unetlab: &Path,
     dir: &Path,
     (r, budget): (&Rescore, Budget),
     evaluator_cache: &Path,
-) -> Result<Vec<(usize, f64, unetlab_train::trainer::RunMetrics)>> {
+) -> Result<Vec<(usize, f64, RunMetrics)>> {
+    let checkpoint = dir.join("checkpoint.safetensors");
+    let (_, digest) = unetlab_files::sha256_file(&checkpoint)
+        .with_context(|| format!("reading {}", checkpoint.display()))?;
     r.settings
         .iter()
         .map(|&(steps, cfg)| {
+            let key = RescoreKey {
+                checkpoint: digest.clone(),
+                steps,
+                cfg,
+                images: r.images,
+                budget: budget.name().into(),
+                code: Code::Training.identity().into(),
+            };
+            let cached = dir
+                .join("rescore")
+                .join(format!("{steps}-steps-cfg-{cfg}.json"));
+            let kept = std::fs::read_to_string(&cached)
+                .ok()
+                .and_then(|t| serde_json::from_str::<CachedRescore>(&t).ok())
+                .filter(|c| c.key == key);
+            if let Some(c) = kept {
+                eprintln!(
+                    "{}: {steps} DDIM steps, guidance {cfg}: scored before ({})",
+                    r.experiment,
+                    cached.display()
+                );
+                return Ok((steps, cfg, c.metrics));
+            }
             eprintln!(
                 "{}: scoring with {steps} DDIM steps, guidance {cfg} ...",
                 r.experiment
@@ -324,7 +447,11 @@ fn rescore(
                 .arg(evaluator_cache)
                 .arg("--json");
             let stdout = stdout_of(&mut command, dir)?;
-            Ok((steps, cfg, serde_json::from_slice(&stdout)?))
+            let metrics: RunMetrics = serde_json::from_slice(&stdout)?;
+            let record = CachedRescore { key, metrics };
+            std::fs::create_dir_all(cached.parent().expect("a file in a folder"))?;
+            unetlab_files::write_file(&cached, serde_json::to_string_pretty(&record)? + "\n")?;
+            Ok((steps, cfg, record.metrics))
         })
         .collect()
 }
@@ -337,6 +464,7 @@ fn same_noise_grids(
     grid: &SameNoise,
 ) -> Result<()> {
     std::fs::create_dir_all(folder)?;
+    remove_stale_grids(folder, done)?;
     for (e, dir, _) in done {
         let out = folder.join(format!("{}.png", e.name));
         let mut command = Command::new(unetlab);
@@ -379,12 +507,29 @@ fn stdout_of(command: &mut Command, dir: &Path) -> Result<Vec<u8>> {
 fn write_samples(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Result<()> {
     let folder = out.join("samples");
     std::fs::create_dir_all(&folder)?;
+    remove_stale_grids(&folder, done)?;
     for (e, dir, _) in done {
         let from = dir.join("samples.png");
         if let Ok(png) = std::fs::read(&from) {
             let to = folder.join(format!("{}.png", e.name));
             unetlab_files::write_file(&to, png)
                 .with_context(|| format!("writing {}", to.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the `<experiment>.png` grids in `folder` of experiments without a finished run in
+/// the study (renamed, or no longer in its file).
+fn remove_stale_grids(folder: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Result<()> {
+    for entry in std::fs::read_dir(folder)? {
+        let path = entry?.path();
+        let stale = path.extension().is_some_and(|x| x == "png")
+            && path
+                .file_stem()
+                .is_some_and(|stem| !done.iter().any(|(e, _, _)| stem == e.name.as_str()));
+        if stale {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
     Ok(())
@@ -404,7 +549,7 @@ fn write(
     out: &Path,
     file: &RecipeFile,
     done: &[(Experiment, PathBuf, RunSummary)],
-    rescored: &[(usize, f64, unetlab_train::trainer::RunMetrics)],
+    rescored: &[(usize, f64, RunMetrics)],
     budget: Budget,
     (build, started): (&Build, &str),
 ) -> Result<()> {
@@ -546,7 +691,7 @@ fn runs_table(done: &[(Experiment, PathBuf, RunSummary)]) -> Result<DataFrame> {
                 "steps x batch".into(),
                 text(&|e, _| format!("{} x {}", e.steps, e.batch)),
             ),
-            Column::new("arguments".into(), text(&|e, _| e.args.join(" "))),
+            Column::new("arguments".into(), text(&|e, _| e.arguments())),
             Column::new(
                 "images".into(),
                 summary(&|s| Some((s.steps * s.recipe.batch as u64) as f64)),
@@ -608,7 +753,7 @@ fn by_kind_columns(scores: &[Option<&unetlab_train::metrics::Quality>]) -> Vec<C
 fn sampler_section(
     out: &Path,
     file: &RecipeFile,
-    rescored: &[(usize, f64, unetlab_train::trainer::RunMetrics)],
+    rescored: &[(usize, f64, RunMetrics)],
 ) -> Result<String> {
     if let (Some(r), false) = (&file.rescore, rescored.is_empty()) {
         let q = |f: fn(&unetlab_train::metrics::Quality) -> f64| {

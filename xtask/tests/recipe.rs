@@ -1,6 +1,7 @@
 //! `cargo xtask recipe` end to end on a tiny recipe file at the smoke budget: every run in the
-//! table with its images and by-kind scores, the curves at the asked-for points, and the rescored
-//! sampler settings equal to `unetlab score` run here on the same weights.
+//! table with its images and by-kind scores, the curves at the asked-for points, a run started
+//! from another's weights, and the rescored sampler settings equal to `unetlab score` run here on
+//! the same weights and read back, not sampled again, by the next invocation.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,32 +36,47 @@ fn text(v: &AnyValue) -> String {
     }
 }
 
+/// `cargo xtask recipe FILE --budget smoke --out OUT --runs RUNS EXTRA...`.
+fn recipe(file: &Path, out: &Path, runs: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("recipe")
+        .arg(file)
+        .args(["--budget", "smoke"])
+        .arg("--out")
+        .arg(out)
+        .arg("--runs")
+        .arg(runs)
+        .args(extra)
+        .current_dir(workspace())
+        .output()
+        .unwrap()
+}
+
+fn run_json(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn a_smoke_recipe_trains_scores_and_rescores() {
     let dir = tempfile::tempdir().unwrap();
     let (out, runs) = (dir.path().join("out"), dir.path().join("runs"));
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args([
-            "recipe",
-            "ablations/fixtures/tiny-recipe.yaml",
-            "--budget",
-            "smoke",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .arg("--runs")
-        .arg(&runs)
-        .current_dir(workspace())
-        .output()
-        .unwrap();
+    let file = workspace().join("ablations/fixtures/tiny-recipe.yaml");
+    // Grids of an experiment the file no longer lists are removed.
+    for folder in ["samples", "same-noise"] {
+        std::fs::create_dir_all(out.join(folder)).unwrap();
+        std::fs::write(out.join(folder).join("gone.png"), b"stale").unwrap();
+    }
+    let output = recipe(&file, &out, &runs, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
+    assert!(!out.join("samples/gone.png").exists());
+    assert!(!out.join("same-noise/gone.png").exists());
 
     // Every run, with its images seen and the attribute alignment split by kind.
     let table = read_csv(&out.join("table.csv")).unwrap();
     let names: Vec<String> = column(&table, "experiment").iter().map(text).collect();
-    assert_eq!(names.len(), 2, "{names:?}");
-    for (name, images) in [("md-8x2", 16.0), ("lite-4x2", 8.0)] {
+    assert_eq!(names.len(), 3, "{names:?}");
+    for (name, images) in [("md-8x2", 16.0), ("lite-4x2", 8.0), ("md-8x2-tuned", 8.0)] {
         let row = names.iter().position(|n| n == name).expect(name);
         assert_eq!(number(&column(&table, "images")[row]), images, "{name}");
         for kind in ["count", "relation", "shape", "colour", "size"] {
@@ -85,9 +101,20 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
     assert_eq!(points("lite-4x2"), [8.0]);
     assert!(out.join("samples").join("md-8x2.png").is_file());
 
+    // The fine-tuned run trained after its parent, from its weights, and says so in the table.
+    assert_eq!(
+        run_json(&runs.join("md-8x2-tuned"))["initialised_from"],
+        run_json(&runs.join("md-8x2"))["run_hash"]
+    );
+    let tuned = names.iter().position(|n| n == "md-8x2-tuned").unwrap();
+    assert_eq!(
+        text(&column(&table, "arguments")[tuned]),
+        "--uniform-weighting --init-from md-8x2"
+    );
+
     // A same-noise grid per run: two captions (rows) of two images, the rows' noise shared, so
     // the first column's two images differ only by what the captions changed.
-    for name in ["md-8x2", "lite-4x2"] {
+    for name in ["md-8x2", "lite-4x2", "md-8x2-tuned"] {
         let grid = image::open(out.join("same-noise").join(format!("{name}.png")))
             .unwrap()
             .to_rgb8();
@@ -143,4 +170,50 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
         "{readme}"
     );
     assert!(readme.contains("on the first 8 validation captions"));
+
+    // Adding a run does not sample the rescore again: it is read back, to the same numbers.
+    assert_eq!(stderr.matches("scoring with").count(), 2, "{stderr}");
+    let before = std::fs::read_to_string(out.join("sampler.csv")).unwrap();
+    let again = recipe(&file, &out, &runs, &["--only", "lite-4x2"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(!stderr.contains("scoring with"), "{stderr}");
+    assert_eq!(stderr.matches("scored before").count(), 2, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("sampler.csv")).unwrap(),
+        before
+    );
+}
+
+/// A run can only start from an experiment listed before it, and from a finished run or one
+/// that trains first.
+#[test]
+fn a_parent_must_come_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, runs) = (dir.path().join("out"), dir.path().join("runs"));
+    let fixture = workspace().join("ablations/fixtures/tiny-recipe.yaml");
+    let text = std::fs::read_to_string(&fixture).unwrap();
+
+    let backwards = dir.path().join("backwards.yaml");
+    std::fs::write(
+        &backwards,
+        text.replace("init_from: md-8x2", "init_from: md-8x2-later"),
+    )
+    .unwrap();
+    let o = recipe(&backwards, &out, &runs, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("experiments[2].init_from: `md-8x2-later` is not an experiment listed before `md-8x2-tuned`"),
+        "{stderr}"
+    );
+
+    let o = recipe(&fixture, &out, &runs, &["--only", "md-8x2-tuned"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("md-8x2-tuned: starts from `md-8x2`, which has no finished run"),
+        "{stderr}"
+    );
+    assert!(!runs.join("md-8x2-tuned").exists());
 }
