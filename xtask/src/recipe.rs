@@ -569,6 +569,8 @@ fn write(
          with the arguments in `table.md`, scored every {} images seen on the {} scoring ({} validation captions, {} DDIM \
          steps, guidance {}){}. `trained by` names the build that ran each run's last training step (for runs recorded before that was kept, the build of their last session, which may only have re-scored them). Nothing here is \
          edited by hand.\n\n## Runs\n\n{}\n\nThe attribute columns (`count` … `size`) split the attribute alignment by kind. \
+         `direction` is not one of them: of the `direction scenes` drawn with the caption's two colours on its axis, the \
+         fraction in the caption's order (chance 0.5; empty for runs scored before it existed). \
          `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
          - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
          value) along each run.\n- `sampler.{{md,csv,parquet}}`: the sampler settings, if the file asks for them.\n\
@@ -729,8 +731,9 @@ fn runs_table(done: &[(Experiment, PathBuf, RunSummary)]) -> Result<DataFrame> {
     )?)
 }
 
-/// The attribute alignment by kind (count, relation, shape, colour, size) as columns, one row
-/// per score; empty where a score has none.
+/// The attribute alignment by kind (count, relation, shape, colour, size) and the direction
+/// along the axis with the scenes it judged, as columns, one row per score; empty where a score
+/// has none.
 fn by_kind_columns(scores: &[Option<&unetlab_train::metrics::Quality>]) -> Vec<Column> {
     let column = |name: &str, f: fn(&AttributeRates) -> f64| {
         let values: Vec<Option<f64>> = scores
@@ -745,6 +748,23 @@ fn by_kind_columns(scores: &[Option<&unetlab_train::metrics::Quality>]) -> Vec<C
         column("shape", |k| k.shape),
         column("colour", |k| k.colour),
         column("size", |k| k.size),
+        Column::new(
+            "direction".into(),
+            scores
+                .iter()
+                .map(|q| q.and_then(|q| q.by_kind.as_ref()).and_then(|k| k.direction))
+                .collect::<Vec<Option<f64>>>(),
+        ),
+        Column::new(
+            "direction scenes".into(),
+            scores
+                .iter()
+                .map(|q| {
+                    q.and_then(|q| q.by_kind.as_ref())
+                        .map(|k| k.direction_scenes as u64)
+                })
+                .collect::<Vec<Option<u64>>>(),
+        ),
     ]
 }
 

@@ -83,6 +83,15 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
             let rate = number(&column(&table, kind)[row]);
             assert!((0.0..=1.0).contains(&rate), "{name} {kind}: {rate}");
         }
+        // The direction is a rate of the scenes it judged, empty where it judged none.
+        let scenes = number(&column(&table, "direction scenes")[row]);
+        match &column(&table, "direction")[row] {
+            AnyValue::Null => assert_eq!(scenes, 0.0, "{name}"),
+            rate => {
+                assert!(scenes >= 1.0, "{name}");
+                assert!((0.0..=1.0).contains(&number(rate)), "{name}");
+            }
+        }
     }
 
     // Scored every 8 images: the longer run at 8 and 16, the shorter at 8.

@@ -132,6 +132,12 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
                 "  attributes found by kind: count {:.3}, relation {:.3}, shape {:.3}, colour {:.3}, size {:.3}",
                 k.count, k.relation, k.shape, k.colour, k.size
             );
+            if let Some(direction) = k.direction {
+                println!(
+                    "  direction along the axis: {direction:.3} of {} judged scenes (chance 0.5)",
+                    k.direction_scenes
+                );
+            }
         }
     }
     Ok(())

@@ -167,6 +167,28 @@ impl Attributes {
         }
         kinds
     }
+
+    /// Whether `predicted` draws a two-object scene's objects in the stated order along its
+    /// axis, told apart by colour: `Some(true)` in the stated order, `Some(false)` swapped, and
+    /// `None` where only the order cannot be judged (not two objects of different colours
+    /// stated, another axis or count predicted, or predicted colours that are not the stated
+    /// pair). The relation kind scores the axis; this scores the direction along it.
+    pub fn direction(&self, predicted: &Attributes) -> Option<bool> {
+        let (stated, drawn) = (&self.objects, &predicted.objects);
+        if self.relation.is_none()
+            || predicted.relation != self.relation
+            || stated.len() != 2
+            || drawn.len() != 2
+            || stated[0].1 == stated[1].1
+        {
+            return None;
+        }
+        match (drawn[0].1, drawn[1].1) {
+            (a, b) if (a, b) == (stated[0].1, stated[1].1) => Some(true),
+            (a, b) if (a, b) == (stated[1].1, stated[0].1) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 /// Accuracy of the evaluator on labelled images.

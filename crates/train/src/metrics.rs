@@ -76,6 +76,14 @@ pub struct AttributeRates {
     pub colour: f64,
     /// Each object's size.
     pub size: f64,
+    /// Of the two-object scenes drawn on the stated axis with the stated pair of (different)
+    /// colours, the fraction in the stated order ([`Attributes::direction`]; chance is 0.5).
+    /// `None` where no scene could be judged, and in scores from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<f64>,
+    /// How many scenes `direction` judged.
+    #[serde(default)]
+    pub direction_scenes: usize,
 }
 
 impl AttributeRates {
@@ -89,12 +97,20 @@ impl AttributeRates {
             }
         }
         let rate = |(h, t): (usize, usize)| h as f64 / t.max(1) as f64;
+        let judged: Vec<bool> = truth
+            .iter()
+            .zip(predicted)
+            .filter_map(|(t, p)| t.direction(p))
+            .collect();
+        let in_order = judged.iter().filter(|&&right| right).count();
         AttributeRates {
             count: rate(sums[0]),
             relation: rate(sums[1]),
             shape: rate(sums[2]),
             colour: rate(sums[3]),
             size: rate(sums[4]),
+            direction: (!judged.is_empty()).then(|| rate((in_order, judged.len()))),
+            direction_scenes: judged.len(),
         }
     }
 }

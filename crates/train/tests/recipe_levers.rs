@@ -230,4 +230,54 @@ fn attribute_alignment_splits_by_kind() {
     assert_eq!(rates.shape, 1.0 / 3.0);
     assert_eq!(rates.colour, 1.0 / 3.0);
     assert_eq!(rates.size, 2.0 / 3.0);
+    // The first scene's predicted axis is wrong and the second has one object: no direction.
+    assert_eq!((rates.direction, rates.direction_scenes), (None, 0));
+}
+
+/// The direction along the axis is judged only where the axis and the pair of colours were
+/// drawn, so that only the order can be wrong.
+#[test]
+fn direction_is_the_order_along_a_drawn_axis() {
+    let scene = |colours: [Colour; 2], relation| Attributes {
+        objects: colours
+            .iter()
+            .map(|&c| (Shape::Circle, c, Size::Large))
+            .collect(),
+        relation,
+    };
+    let above = Some(Relation::Above);
+    let truth = scene([Colour::Red, Colour::Blue], above);
+    let in_order = scene([Colour::Red, Colour::Blue], above);
+    let swapped = scene([Colour::Blue, Colour::Red], above);
+    assert_eq!(truth.direction(&in_order), Some(true));
+    assert_eq!(truth.direction(&swapped), Some(false));
+    // Shapes and sizes do not enter: only the colours tell the objects apart.
+    let mut squares = swapped.clone();
+    squares.objects[0].0 = Shape::Square;
+    squares.objects[1].2 = Size::Small;
+    assert_eq!(truth.direction(&squares), Some(false));
+    for unjudged in [
+        scene([Colour::Red, Colour::Blue], Some(Relation::LeftOf)),
+        scene([Colour::Red, Colour::Green], above),
+        Attributes {
+            objects: vec![(Shape::Circle, Colour::Red, Size::Large)],
+            relation: None,
+        },
+    ] {
+        assert_eq!(truth.direction(&unjudged), None, "{unjudged:?}");
+    }
+    let same_colours = scene([Colour::Red, Colour::Red], above);
+    assert_eq!(same_colours.direction(&same_colours), None);
+
+    let rates = AttributeRates::of(
+        &[truth.clone(), truth.clone(), truth.clone(), truth.clone()],
+        &[
+            in_order,
+            swapped.clone(),
+            swapped,
+            scene([Colour::Red, Colour::Blue], None),
+        ],
+    );
+    assert_eq!(rates.direction_scenes, 3);
+    assert_eq!(rates.direction, Some(1.0 / 3.0));
 }
