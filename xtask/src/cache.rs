@@ -63,10 +63,14 @@ impl BenchConditions {
 }
 
 /// A cache folder: `<out>/cache`, or one the shards of a sweep share. It remembers which of its
-/// files this process read or wrote, for [`Cache::prune`].
+/// files this process read or wrote, for [`Cache::prune`], and holds a shared lock on the folder's
+/// `.lock` while open, so that a prune, which needs it alone, cannot remove what another process
+/// is using.
 pub struct Cache {
     dir: PathBuf,
     used: Mutex<BTreeSet<PathBuf>>,
+    /// `.lock`, locked shared; `None` where the file system has no locks.
+    lock: Option<std::fs::File>,
 }
 
 impl Cache {
@@ -78,9 +82,23 @@ impl Cache {
     /// Opens (creating) the cache folder `dir` (shared by the shards of a sweep).
     pub fn at(dir: &Path) -> Result<Cache> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let lock_path = dir.join(".lock");
+        let file = std::fs::File::create(&lock_path)
+            .with_context(|| format!("creating {}", lock_path.display()))?;
+        let lock = match file.lock_shared() {
+            Ok(()) => Some(file),
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: {e}; --prune cannot tell whether another process uses the cache",
+                    lock_path.display()
+                );
+                None
+            }
+        };
         Ok(Cache {
             dir: dir.to_path_buf(),
             used: Mutex::default(),
+            lock,
         })
     }
 
@@ -105,7 +123,31 @@ impl Cache {
     /// after a complete run, the entries of earlier builds, seeds or configs that its outputs no
     /// longer show; and the `*.partial` files a killed process left mid-write. Returns the names
     /// removed, sorted.
+    ///
+    /// Refused while another process has the folder open: what it reads or writes is not in
+    /// this process's list.
     pub fn prune(&self) -> Result<Vec<String>> {
+        if let Some(lock) = &self.lock {
+            // Turns this process's shared lock into an exclusive one, if no other holds one.
+            lock.try_lock().map_err(|e| match e {
+                std::fs::TryLockError::WouldBlock => anyhow::anyhow!(
+                    "another process is using the cache {}; prune when it has finished",
+                    self.dir.display()
+                ),
+                std::fs::TryLockError::Error(e) => anyhow::Error::new(e)
+                    .context(format!("locking {}", self.dir.join(".lock").display())),
+            })?;
+        }
+        let pruned = self.remove_unused();
+        if let Some(lock) = &self.lock {
+            lock.lock_shared()
+                .with_context(|| format!("locking {}", self.dir.join(".lock").display()))?;
+        }
+        pruned
+    }
+
+    /// The removal of [`Cache::prune`], under the exclusive lock.
+    fn remove_unused(&self) -> Result<Vec<String>> {
         let used = self.used.lock().expect("cache use");
         let mut removed = Vec::new();
         let entries = std::fs::read_dir(&self.dir)
@@ -425,7 +467,30 @@ mod tests {
         assert!(cache.get(&hash, &earlier).is_none());
         assert!(cache.get_json::<f64>("train", &hash, b"seed 0").is_none());
         assert!(dir.path().join("cache").join("notes.txt").exists());
+        assert!(dir.path().join("cache").join(".lock").exists());
         assert_eq!(cache.prune().unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn prune_is_refused_while_another_process_has_the_cache_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = "ab".repeat(32);
+        // Another process (another open of the lock file) is training into the cache.
+        let other = Cache::open(dir.path()).unwrap();
+        other.put_json("train", &hash, b"seed 0", &1.5).unwrap();
+        let ours = Cache::open(dir.path()).unwrap();
+        let refused = ours.prune().unwrap_err().to_string();
+        assert!(
+            refused.contains("another process is using the cache"),
+            "{refused}"
+        );
+        assert!(other.get_json::<f64>("train", &hash, b"seed 0").is_some());
+        // Once it has finished, the prune removes what this process did not use.
+        drop(other);
+        assert_eq!(ours.prune().unwrap().len(), 1);
+        // And the pruning process holds its shared lock again: a newcomer cannot prune.
+        let newcomer = Cache::open(dir.path()).unwrap();
+        assert!(newcomer.prune().is_err());
     }
 
     /// `result()` with the provenance of `r` (the time differs between two calls).
