@@ -570,7 +570,7 @@ fn write(
          steps, guidance {}){}. `trained by` names the build that ran each run's last training step (for runs recorded before that was kept, the build of their last session, which may only have re-scored them). Nothing here is \
          edited by hand.\n\n## Runs\n\n{}\n\nThe attribute columns (`count` … `size`) split the attribute alignment by kind. \
          `direction` is not one of them: of the `direction scenes` drawn with the caption's two colours on its axis, the \
-         fraction in the caption's order (chance 0.5; empty for runs scored before it existed). \
+         fraction in the caption's order (chance 0.5; both empty where no scene could be judged, and for runs scored before it existed). \
          `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
          - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
          value) along each run.\n- `sampler.{{md,csv,parquet}}`: the sampler settings, if the file asks for them.\n\
@@ -759,10 +759,8 @@ fn by_kind_columns(scores: &[Option<&unetlab_train::metrics::Quality>]) -> Vec<C
             "direction scenes".into(),
             scores
                 .iter()
-                .map(|q| {
-                    q.and_then(|q| q.by_kind.as_ref())
-                        .map(|k| k.direction_scenes as u64)
-                })
+                .map(|q| q.and_then(|q| q.by_kind.as_ref()))
+                .map(|k| k.and_then(|k| k.direction.map(|_| k.direction_scenes as u64)))
                 .collect::<Vec<Option<u64>>>(),
         ),
     ]
