@@ -568,7 +568,8 @@ fn write(
         "# Study `{}`\n\n{}\n\nProduced by `cargo xtask recipe {}` on {} (build {}, {} UTC); each run is `unetlab train` \
          with the arguments in `table.md`, scored every {} images seen on the {} scoring ({} validation captions, {} DDIM \
          steps, guidance {}){}. `trained by` names the build that ran each run's last training step (for runs recorded before that was kept, the build of their last session, which may only have re-scored them). Nothing here is \
-         edited by hand.\n\n## Runs\n\n{}\n\nThe attribute columns (`count` … `size`) split the attribute alignment by kind. \
+         edited by hand.\n\n## Runs\n\n{}\n\n`images` and the curves count the images of the run an experiment started from (`init_from`, shown as `--init-from` \
+         in `arguments`). The attribute columns (`count` … `size`) split the attribute alignment by kind. \
          `direction` is not one of them: of the `direction scenes` drawn with the caption's two colours on its axis, the \
          fraction in the caption's order (chance 0.5; both empty where no scene could be judged, and for runs scored before it existed). \
          `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
@@ -620,16 +621,23 @@ fn write_curves(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Resul
         values.push(value);
     };
     for (e, dir, _) in done {
+        // A run started from another's weights continues that run's count of images seen.
+        let before = parents_images(e, done);
         for row in read_log(&dir.join("quality.csv")) {
             if let [_, seen, fd, attribute, text] = row[..] {
-                push(&e.name, seen, "fd", fd);
-                push(&e.name, seen, "attribute_alignment", attribute);
-                push(&e.name, seen, "text_alignment", text);
+                push(&e.name, before + seen, "fd", fd);
+                push(&e.name, before + seen, "attribute_alignment", attribute);
+                push(&e.name, before + seen, "text_alignment", text);
             }
         }
         for row in read_log(&dir.join("validation.csv")) {
             if let [step, loss] = row[..] {
-                push(&e.name, step * e.batch as f64, "validation_loss", loss);
+                push(
+                    &e.name,
+                    before + step * e.batch as f64,
+                    "validation_loss",
+                    loss,
+                );
             }
         }
     }
@@ -673,6 +681,17 @@ fn write_curves(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Resul
     Ok(())
 }
 
+/// The images its `init_from` ancestors trained on (0 for a run from scratch).
+fn parents_images(e: &Experiment, done: &[(Experiment, PathBuf, RunSummary)]) -> f64 {
+    let parent = e
+        .init_from
+        .as_ref()
+        .and_then(|p| done.iter().find(|(o, _, _)| &o.name == p));
+    parent.map_or(0.0, |(p, _, _)| {
+        (p.steps * p.batch) as f64 + parents_images(p, done)
+    })
+}
+
 /// One row per run: its arguments, images, training time and final metrics.
 fn runs_table(done: &[(Experiment, PathBuf, RunSummary)]) -> Result<DataFrame> {
     let summary = |f: &dyn Fn(&RunSummary) -> Option<f64>| -> Vec<Option<f64>> {
@@ -696,7 +715,11 @@ fn runs_table(done: &[(Experiment, PathBuf, RunSummary)]) -> Result<DataFrame> {
             Column::new("arguments".into(), text(&|e, _| e.arguments())),
             Column::new(
                 "images".into(),
-                summary(&|s| Some((s.steps * s.recipe.batch as u64) as f64)),
+                done.iter()
+                    .map(|(e, _, s)| {
+                        Some((s.steps * s.recipe.batch as u64) as f64 + parents_images(e, done))
+                    })
+                    .collect::<Vec<_>>(),
             ),
             Column::new(
                 "training s".into(),

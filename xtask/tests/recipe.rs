@@ -76,7 +76,7 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
     let table = read_csv(&out.join("table.csv")).unwrap();
     let names: Vec<String> = column(&table, "experiment").iter().map(text).collect();
     assert_eq!(names.len(), 3, "{names:?}");
-    for (name, images) in [("md-8x2", 16.0), ("lite-4x2", 8.0), ("md-8x2-tuned", 8.0)] {
+    for (name, images) in [("md-8x2", 16.0), ("lite-4x2", 8.0), ("md-8x2-tuned", 24.0)] {
         let row = names.iter().position(|n| n == name).expect(name);
         assert_eq!(number(&column(&table, "images")[row]), images, "{name}");
         for kind in ["count", "relation", "shape", "colour", "size"] {
@@ -110,6 +110,8 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
     };
     assert_eq!(points("md-8x2"), [8.0, 16.0]);
     assert_eq!(points("lite-4x2"), [8.0]);
+    // The fine-tuned run's 8 images continue its parent's 16.
+    assert_eq!(points("md-8x2-tuned"), [24.0]);
     assert!(out.join("samples").join("md-8x2.png").is_file());
 
     // The fine-tuned run trained after its parent, from its weights, and says so in the table.

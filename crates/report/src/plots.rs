@@ -826,13 +826,19 @@ struct Lines<'a> {
     series: &'a [(String, Vec<(f64, f64)>)],
 }
 
+/// Width of the key beside a line chart's plot.
+const LINES_KEY_WIDTH: u32 = 240;
+
 impl Chart for Lines<'_> {
     fn size(&self) -> (u32, u32) {
-        (960, 560)
+        (960 + LINES_KEY_WIDTH, 560)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         root.fill(&WHITE).map_err(plot_err)?;
+        // The key sits beside the plot, so that no line is hidden under it.
+        let (plot, key) = root.split_horizontally(self.size().0 - LINES_KEY_WIDTH);
+        let root = &plot;
         let points = || self.series.iter().flat_map(|(_, p)| p.iter());
         let x_max = points().map(|p| p.0).fold(0.0f64, f64::max).max(1.0);
         let y_max = points()
@@ -855,20 +861,25 @@ impl Chart for Lines<'_> {
             };
             chart
                 .draw_series(LineSeries::new(line.iter().copied(), style))
-                .map_err(plot_err)?
-                .label(name.clone())
-                .legend(move |(x, y)| {
-                    EmptyElement::at((x, y))
-                        + PathElement::new(vec![(0, 0), (18, 0)], style)
-                        + Circle::new((9, 0), 4, mark)
-                });
+                .map_err(plot_err)?;
             if marked {
                 chart
                     .draw_series(line.iter().map(|&p| Circle::new(p, 4, mark)))
                     .map_err(plot_err)?;
             }
+            // Its key entry: rows of at most 20 pixels, closer when many series share the height.
+            let row = (20.min((self.size().1 as usize - 60) / self.series.len().max(1))) as i32;
+            let y = 48 + i as i32 * row;
+            key.draw(&PathElement::new(vec![(8, y), (30, y)], style))
+                .map_err(plot_err)?;
+            key.draw(&Circle::new((19, y), 4, mark)).map_err(plot_err)?;
+            key.draw(&Text::new(
+                name.clone(),
+                (38, y - 7),
+                ("sans-serif", 13).into_font(),
+            ))
+            .map_err(plot_err)?;
         }
-        legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
         Ok(())
     }
 }
@@ -1023,5 +1034,10 @@ mod tests {
         // The eleventh series repeats the first colour: its two points and its legend entry
         // are marked.
         assert_eq!(circles("eleven", PALETTE.len() + 1), 3);
+        // Every series is named in the key beside the plot.
+        let svg = std::fs::read_to_string(dir.path().join("eleven.svg")).unwrap();
+        for i in 0..=PALETTE.len() {
+            assert!(svg.contains(&format!(">\nrun {i}\n<")), "run {i}");
+        }
     }
 }
