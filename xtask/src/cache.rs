@@ -83,8 +83,13 @@ impl Cache {
     pub fn at(dir: &Path) -> Result<Cache> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let lock_path = dir.join(".lock");
-        let file = std::fs::File::create(&lock_path)
-            .with_context(|| format!("creating {}", lock_path.display()))?;
+        // Opened, never written: it exists only to carry the lock.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
         let lock = match file.lock_shared() {
             Ok(()) => Some(file),
             Err(e) => {

@@ -16,7 +16,7 @@ const RAW_WRITES: [&str; 5] = [
 ];
 
 /// (file, call, how many, why it may write directly).
-const ALLOWED: [(&str, &str, usize, &str); 7] = [
+const ALLOWED: [(&str, &str, usize, &str); 8] = [
     (
         "crates/export/src/bundle.rs",
         "fs::copy(",
@@ -53,6 +53,12 @@ const ALLOWED: [(&str, &str, usize, &str); 7] = [
         "File::create(",
         1,
         "a training subprocess's live output log",
+    ),
+    (
+        "xtask/src/cache.rs",
+        "OpenOptions::new()",
+        1,
+        "the cache folder's empty `.lock`, opened only to hold an advisory lock, never written",
     ),
     (
         "xtask/src/fuzz/case.rs",
