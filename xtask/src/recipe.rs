@@ -41,8 +41,10 @@ pub struct RecipeArgs {
     #[arg(long, default_value_t = 2)]
     jobs: usize,
     /// Whose recipe (data, optimizer, proxy) and scoring the runs start from: `quick` (the
-    /// study) or `smoke` (a tiny proxy and 16 captions: seconds, for tests).
-    #[arg(long, value_enum, default_value_t = Budget::Quick)]
+    /// study: 128 scoring captions), `smoke` (a tiny proxy and 16 captions: seconds, for tests)
+    /// or `full` (256 scoring captions). Each experiment's steps, batch and arguments override
+    /// the budget's.
+    #[arg(long, value_enum, default_value_t = Budget::Quick, hide_possible_values = true)]
     budget: Budget,
 }
 
@@ -113,15 +115,26 @@ struct Experiment {
     /// --init-from`): it trains after that one.
     #[serde(default)]
     init_from: Option<String>,
+    /// An earlier experiment whose text encoder this one takes and keeps frozen (`unetlab
+    /// train --frozen-text-encoder`): it trains after that one.
+    #[serde(default)]
+    frozen_text_encoder: Option<String>,
     /// Why it is in the study.
     note: String,
 }
 
 impl Experiment {
-    /// Its arguments as the table shows them: the parent by experiment name.
+    /// The earlier experiments it starts from, with their `unetlab train` flags.
+    fn parents(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        let init = self.init_from.iter().map(|p| ("--init-from", p));
+        let text = self.frozen_text_encoder.iter();
+        init.chain(text.map(|p| ("--frozen-text-encoder", p)))
+    }
+
+    /// Its arguments as the table shows them: the parents by experiment name.
     fn arguments(&self) -> String {
-        let parent = self.init_from.iter().map(|p| format!("--init-from {p}"));
-        let args: Vec<String> = self.args.iter().cloned().chain(parent).collect();
+        let parents = self.parents().map(|(flag, p)| format!("{flag} {p}"));
+        let args: Vec<String> = self.args.iter().cloned().chain(parents).collect();
         args.join(" ")
     }
 
@@ -146,8 +159,8 @@ impl Experiment {
         .map(String::from)
         .to_vec();
         args.extend(self.args.iter().cloned());
-        if let Some(parent) = &self.init_from {
-            args.push("--init-from".into());
+        for (flag, parent) in self.parents() {
+            args.push(flag.into());
             args.push(runs.join(parent).display().to_string());
         }
         args
@@ -174,10 +187,11 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
                 args.file.display()
             );
         }
-        if let Some(parent) = &e.init_from {
+        for (flag, parent) in e.parents() {
             if !file.experiments[..i].iter().any(|o| &o.name == parent) {
+                let field = flag.trim_start_matches("--").replace('-', "_");
                 bail!(
-                    "{}: experiments[{i}].init_from: `{parent}` is not an experiment listed before `{}`",
+                    "{}: experiments[{i}].{field}: `{parent}` is not an experiment listed before `{}`",
                     args.file.display(),
                     e.name
                 );
@@ -226,7 +240,7 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
         .filter(|e| args.only.is_empty() || args.only.contains(&e.name))
         .collect();
     for e in &selected {
-        if let Some(parent) = &e.init_from {
+        for (_, parent) in e.parents() {
             if !selected.iter().any(|o| &o.name == parent)
                 && !runs.join(parent).join("run.json").is_file()
             {
@@ -279,16 +293,16 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// The selected experiments in waves: a parent (`init_from`), if selected, trains in an
+/// The selected experiments in waves: a parent (`init_from` or `frozen_text_encoder`), if selected, trains in an
 /// earlier wave than the experiments that start from it. Parents are listed before them.
 fn waves<'a>(selected: &[&'a Experiment]) -> Vec<Vec<&'a Experiment>> {
     let mut waves: Vec<Vec<&Experiment>> = Vec::new();
     let mut depth = std::collections::HashMap::new();
     for e in selected {
         let d = e
-            .init_from
-            .as_ref()
-            .and_then(|p| depth.get(p.as_str()))
+            .parents()
+            .filter_map(|(_, p)| depth.get(p.as_str()))
+            .max()
             .map_or(0, |d| d + 1);
         depth.insert(e.name.as_str(), d);
         if waves.len() <= d {
@@ -569,7 +583,7 @@ fn write(
          with the arguments in `table.md`, scored every {} images seen on the {} scoring ({} validation captions, {} DDIM \
          steps, guidance {}){}. `trained by` names the build that ran each run's last training step (for runs recorded before that was kept, the build of their last session, which may only have re-scored them). Nothing here is \
          edited by hand.\n\n## Runs\n\n{}\n\n`images` and the curves count the images of the run an experiment started from (`init_from`, shown as `--init-from` \
-         in `arguments`). The attribute columns (`count` … `size`) split the attribute alignment by kind. \
+         in `arguments`); a run with `--frozen-text-encoder` takes that run's text encoder and trains its UNet alone, and counts only its own images. The attribute columns (`count` … `size`) split the attribute alignment by kind. \
          `direction` is not one of them: of the `direction scenes` drawn with the caption's two colours on its axis, the \
          fraction in the caption's order (chance 0.5; both empty where no scene could be judged, and for runs scored before it existed). \
          `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\

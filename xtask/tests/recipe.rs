@@ -1,7 +1,8 @@
 //! `cargo xtask recipe` end to end on a tiny recipe file at the smoke budget: every run in the
 //! table with its images and by-kind scores, the curves at the asked-for points, a run started
-//! from another's weights, and the rescored sampler settings equal to `unetlab score` run here on
-//! the same weights and read back, not sampled again, by the next invocation.
+//! from another's weights, a run under another's frozen text encoder, and the rescored sampler
+//! settings equal to `unetlab score` run here on the same weights and read back, not sampled
+//! again, by the next invocation.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -124,6 +125,17 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
         text(&column(&table, "arguments")[tuned]),
         "--uniform-weighting --init-from md-8x2"
     );
+    // The run under md-8x2's frozen text encoder trained after it, and counts its own images
+    // alone (8, above).
+    assert_eq!(
+        run_json(&runs.join("lite-4x2"))["frozen_text_encoder"],
+        run_json(&runs.join("md-8x2"))["run_hash"]
+    );
+    let lite = names.iter().position(|n| n == "lite-4x2").unwrap();
+    assert_eq!(
+        text(&column(&table, "arguments")[lite]),
+        "--uniform-weighting --frozen-text-encoder md-8x2"
+    );
 
     // A same-noise grid per run: two captions (rows) of two images, the rows' noise shared, so
     // the first column's two images differ only by what the captions changed.
@@ -218,6 +230,23 @@ fn a_parent_must_come_first() {
     assert!(!o.status.success());
     assert!(
         stderr.contains("experiments[2].init_from: `md-8x2-later` is not an experiment listed before `md-8x2-tuned`"),
+        "{stderr}"
+    );
+
+    let backwards = dir.path().join("backwards-text.yaml");
+    std::fs::write(
+        &backwards,
+        text.replace(
+            "frozen_text_encoder: md-8x2",
+            "frozen_text_encoder: md-8x2-tuned",
+        ),
+    )
+    .unwrap();
+    let o = recipe(&backwards, &out, &runs, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("experiments[1].frozen_text_encoder: `md-8x2-tuned` is not an experiment listed before `lite-4x2`"),
         "{stderr}"
     );
 

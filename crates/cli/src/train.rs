@@ -97,6 +97,11 @@ pub struct TrainArgs {
     /// ReLU attention, as the paper fine-tunes); the parent's run hash becomes part of this run's.
     #[arg(long, value_name = "CHECKPOINT_OR_RUN")]
     init_from: Option<PathBuf>,
+    /// Take another run's text encoder (its EMA weights and tokenizer.json) and keep it frozen,
+    /// training the UNet alone, as the paper trains its UNets under a frozen pretrained CLIP
+    /// text encoder; that run's hash becomes part of this run's.
+    #[arg(long, value_name = "CHECKPOINT_OR_RUN")]
+    frozen_text_encoder: Option<PathBuf>,
     /// The run directory (default: `runs/<config name>`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -157,6 +162,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         data,
         tokenizer: args.tokenizer.clone(),
         init_from: args.init_from.clone(),
+        frozen_text_encoder: args.frozen_text_encoder.clone(),
         out,
         restart: args.restart,
         metrics: (!args.no_metrics).then(|| MetricsSetup {

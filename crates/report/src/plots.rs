@@ -826,18 +826,24 @@ struct Lines<'a> {
     series: &'a [(String, Vec<(f64, f64)>)],
 }
 
-/// Width of the key beside a line chart's plot.
-const LINES_KEY_WIDTH: u32 = 240;
+impl Lines<'_> {
+    /// Width of the key beside the plot: the swatch and the longest name (about 8 pixels a
+    /// character at 13 px), at least 240 pixels.
+    fn key_width(&self) -> u32 {
+        let longest = self.series.iter().map(|(name, _)| name.chars().count());
+        (46 + 8 * longest.max().unwrap_or(0) as u32).max(240)
+    }
+}
 
 impl Chart for Lines<'_> {
     fn size(&self) -> (u32, u32) {
-        (960 + LINES_KEY_WIDTH, 560)
+        (960 + self.key_width(), 560)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         root.fill(&WHITE).map_err(plot_err)?;
         // The key sits beside the plot, so that no line is hidden under it.
-        let (plot, key) = root.split_horizontally(self.size().0 - LINES_KEY_WIDTH);
+        let (plot, key) = root.split_horizontally(self.size().0 - self.key_width());
         let root = &plot;
         let points = || self.series.iter().flat_map(|(_, p)| p.iter());
         let x_max = points().map(|p| p.0).fold(0.0f64, f64::max).max(1.0);
@@ -1039,5 +1045,24 @@ mod tests {
         for i in 0..=PALETTE.len() {
             assert!(svg.contains(&format!(">\nrun {i}\n<")), "run {i}");
         }
+    }
+
+    #[test]
+    fn a_long_name_widens_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let width = |name: &str| {
+            let stem = dir.path().join("key");
+            let series = [(name.to_string(), vec![(1.0, 1.0), (2.0, 2.0)])];
+            lines(&stem, "t", "x", "y", &series).unwrap();
+            let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+            let open = svg.find("width=\"").unwrap() + 7;
+            let digits = svg[open..].find('"').unwrap();
+            svg[open..open + digits].parse::<u32>().unwrap()
+        };
+        assert_eq!(width("short"), 960 + 240);
+        let long = "an-experiment-name-of-fifty-characters-in-all-0123";
+        assert_eq!(long.len(), 50);
+        // The key holds the swatch (46 px) and 8 px a character.
+        assert_eq!(width(long), 960 + 46 + 8 * 50);
     }
 }

@@ -17,7 +17,8 @@ pub enum Budget {
     /// 800 steps of 8 images with min-SNR-5 weighting: `cargo xtask ablate configs/*.yaml`
     /// trains every config with two seeds within an hour on a 2-core CPU, two runs at a time. An
     /// early-training comparison, not a converged one; `results/recipe` shows why: at 8,000
-    /// images, 1,000 steps of 8 beat 250 of 32, and min-SNR-γ lowered FD at every size tried.
+    /// images, 1,000 steps of 8 beat 250 of 32, and min-SNR-γ lowered FD up to 32,000 images
+    /// (at 256,000, uniform weighting ended lower).
     Quick,
     /// Twice the quick images (1,600 steps of 8), scored on 256 captions: configs/*.yaml with
     /// three seeds took 82 minutes on a 2-core AMD EPYC (`results/ablate-full`).

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,9 @@ pub struct RunOptions {
     pub tokenizer: Option<PathBuf>,
     /// A checkpoint (or run directory) to initialise matching parameters from, by name.
     pub init_from: Option<PathBuf>,
+    /// A run (or its checkpoint) whose text encoder this run takes and keeps frozen: its EMA
+    /// `text.*` weights and, unless `tokenizer` says otherwise, the run's `tokenizer.json`.
+    pub frozen_text_encoder: Option<PathBuf>,
     /// The run directory.
     pub out: PathBuf,
     /// Start over even if the run directory holds a checkpoint of this run.
@@ -150,6 +153,9 @@ pub struct RunSummary {
     /// The run hash of the checkpoint whose EMA weights this run started from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initialised_from: Option<String>,
+    /// The run hash of the checkpoint whose text encoder this run kept frozen, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_text_encoder: Option<String>,
     /// The recipe.
     pub recipe: Recipe,
     /// The data.
@@ -217,6 +223,8 @@ struct Session<'a> {
     text_spec: TextEncoderSpec,
     run_hash: String,
     initialised_from: Option<String>,
+    /// The run hash of the frozen text encoder's run, if any.
+    frozen_text_encoder: Option<String>,
     model: ProxyModel,
     ema: BTreeMap<String, Tensor>,
     adam: AdamW,
@@ -264,22 +272,42 @@ impl<'a> Session<'a> {
         let resuming = checkpoint_path(out).is_file() && !opts.restart;
         let tokenizer_path = out.join("tokenizer.json");
         let tokens = recipe.proxy.tokens;
-        let tokenizer = match (&opts.tokenizer, resuming && tokenizer_path.is_file()) {
-            (Some(path), _) => TextTokenizer::load(path, tokens)?,
-            (None, true) => TextTokenizer::load(&tokenizer_path, tokens)?,
-            (None, false) => {
+        let frozen_text_tokenizer = opts.frozen_text_encoder.as_deref().map(|source| {
+            checkpoint_file(source)
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("tokenizer.json")
+        });
+        let tokenizer = match (
+            &opts.tokenizer,
+            resuming && tokenizer_path.is_file(),
+            &frozen_text_tokenizer,
+        ) {
+            (Some(path), _, _) => TextTokenizer::load(path, tokens)?,
+            (None, true, _) => TextTokenizer::load(&tokenizer_path, tokens)?,
+            (None, false, Some(path)) => TextTokenizer::load(path, tokens)?,
+            (None, false, None) => {
                 let captions = data.vocabulary_captions();
                 TextTokenizer::train(captions.iter().map(String::as_str), tokens)?
             }
         };
         let text_spec = recipe.text_encoder(tokenizer.vocab());
-        let parent = opts
-            .init_from
-            .as_deref()
-            .map(|source| checkpoint::load(&checkpoint_file(source)))
-            .transpose()?;
+        let load_parent = |source: &Option<PathBuf>| {
+            source
+                .as_deref()
+                .map(|source| checkpoint::load(&checkpoint_file(source)))
+                .transpose()
+        };
+        let parent = load_parent(&opts.init_from)?;
+        let text_parent = load_parent(&opts.frozen_text_encoder)?;
         let initialised_from = parent.as_ref().map(|ck| ck.info.run_hash.clone());
-        let run_hash = run_identity(opts, text_spec, initialised_from.as_deref());
+        let frozen_text_encoder = text_parent.as_ref().map(|ck| ck.info.run_hash.clone());
+        let run_hash = run_identity(
+            opts,
+            text_spec,
+            initialised_from.as_deref(),
+            frozen_text_encoder.as_deref(),
+        );
 
         let (model, ema, adam, start) = if resuming {
             let ck = checkpoint::load(&checkpoint_path(out))?;
@@ -299,8 +327,15 @@ impl<'a> Session<'a> {
             if let (Some(source), Some(parent)) = (&opts.init_from, &parent) {
                 init_from(&model, source, parent)?;
             }
+            if let (Some(source), Some(parent)) = (&opts.frozen_text_encoder, &text_parent) {
+                take_text_encoder(&model, source, parent)?;
+            }
             let vars = model.named_vars();
-            let adam = AdamW::new(recipe.optimizer, vars.iter().map(|(n, v)| (n.as_str(), v)))?;
+            let trained = trained_vars(opts, &vars);
+            let adam = AdamW::new(
+                recipe.optimizer,
+                trained.iter().map(|(n, v)| (n.as_str(), v)),
+            )?;
             let ema = ema_init(&vars)?;
             // Also a given --tokenizer: the run directory alone must be enough to sample from.
             if opts.tokenizer.as_deref() != Some(tokenizer_path.as_path()) {
@@ -350,6 +385,7 @@ impl<'a> Session<'a> {
             text_spec,
             run_hash,
             initialised_from,
+            frozen_text_encoder,
             model,
             ema,
             adam,
@@ -397,12 +433,13 @@ impl<'a> Session<'a> {
             total: recipe.steps,
         });
         let vars = self.model.named_vars();
+        let trained = trained_vars(self.opts, &vars);
         let mut last_checkpoint = self.start;
         for step in self.start..recipe.steps {
             let began = Instant::now();
             let stepper = Stepper {
                 model: &self.model,
-                vars: &vars,
+                vars: &trained,
                 tokenizer: &self.tokenizer,
                 data: &self.data,
                 schedule: &self.schedule,
@@ -538,6 +575,7 @@ impl<'a> Session<'a> {
             config_hash: opts.config.hash(),
             run_hash: self.run_hash.clone(),
             initialised_from: self.initialised_from,
+            frozen_text_encoder: self.frozen_text_encoder,
             recipe: recipe.clone(),
             data: opts.data.clone(),
             skipped_inputs: self.skipped_inputs,
@@ -580,11 +618,13 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The run's identity: config hash, recipe, data, text encoder and the parent run's hash.
+/// The run's identity: config hash, recipe, data, text encoder, the parent run's hash and the
+/// frozen text encoder's run hash.
 fn run_identity(
     opts: &RunOptions,
     text_spec: TextEncoderSpec,
     initialised_from: Option<&str>,
+    frozen_text_encoder: Option<&str>,
 ) -> String {
     let mut identity = serde_json::json!({
         "config": opts.config.hash(),
@@ -594,6 +634,9 @@ fn run_identity(
     });
     if let Some(hash) = initialised_from {
         identity["init_from"] = serde_json::json!(hash);
+    }
+    if let Some(hash) = frozen_text_encoder {
+        identity["frozen_text_encoder"] = serde_json::json!(hash);
     }
     unetlab_files::sha256_hex(identity.to_string().as_bytes())
 }
@@ -732,6 +775,54 @@ fn init_from(
         });
     }
     Ok(())
+}
+
+/// Copies every text-encoder parameter (`text.*`) from another run's EMA weights; all must be
+/// there with the same shapes (the same text encoder size and vocabulary).
+fn take_text_encoder(
+    model: &ProxyModel,
+    source: &Path,
+    ck: &checkpoint::Checkpoint,
+) -> Result<(), TrainError> {
+    let path = checkpoint_file(source);
+    let vars = model.named_vars();
+    let text = vars.iter().filter(|(name, _)| is_text_encoder(name));
+    for (name, var) in text.clone() {
+        match ck.ema.get(name) {
+            Some(t) if t.dims() == var.dims() => var.set(t)?,
+            found => {
+                let shape = found.map_or("absent".to_string(), |t| format!("{:?}", t.dims()));
+                return Err(TrainError::Run {
+                    run: path,
+                    message: format!(
+                        "--frozen-text-encoder: `{name}` is {shape} there, {:?} here: the text \
+                         encoder must have the same layers, width and vocabulary",
+                        var.dims()
+                    ),
+                });
+            }
+        }
+    }
+    eprintln!(
+        "--frozen-text-encoder {}: {} text-encoder parameters taken and frozen",
+        path.display(),
+        text.count()
+    );
+    Ok(())
+}
+
+/// Whether a variable of [`ProxyModel::named_vars`] belongs to the text encoder.
+fn is_text_encoder(name: &str) -> bool {
+    name.starts_with("text.")
+}
+
+/// The variables the optimizer updates: all of them, or the UNet's alone when the text encoder
+/// is frozen.
+fn trained_vars(opts: &RunOptions, vars: &[(String, Var)]) -> Vec<(String, Var)> {
+    vars.iter()
+        .filter(|(name, _)| opts.frozen_text_encoder.is_none() || !is_text_encoder(name))
+        .cloned()
+        .collect()
 }
 
 fn diverged(step: u64, loss: f64, checkpoint_step: u64, run: &Path) -> TrainError {

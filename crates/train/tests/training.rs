@@ -35,6 +35,7 @@ fn options(out: &Path, steps: u64) -> RunOptions {
         data: DataSource::Shapes,
         tokenizer: None,
         init_from: None,
+        frozen_text_encoder: None,
         out: out.to_path_buf(),
         restart: false,
         metrics: None,
@@ -221,4 +222,58 @@ fn a_checkpoint_of_another_run_is_not_resumed() {
     assert!(err.contains("--restart"), "{err}");
     other.restart = true;
     train(&other, &mut |_| {}).unwrap();
+}
+
+/// A frozen text encoder: the child takes the parent's EMA text weights and tokenizer, its
+/// optimizer updates the UNet alone, and the text weights leave training bit for bit as they
+/// came; a text encoder of another size is refused.
+#[test]
+fn a_frozen_text_encoder_stays_as_taken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent_dir = tmp.path().join("parent");
+    let parent = train(&options(&parent_dir, 3), &mut |_| {}).unwrap();
+    let from_parent = unetlab_train::checkpoint::load(&parent_dir.join("checkpoint.safetensors"))
+        .unwrap()
+        .ema;
+
+    let child_dir = tmp.path().join("child");
+    let mut child = options(&child_dir, 3);
+    child.recipe.seed = 7;
+    child.frozen_text_encoder = Some(parent_dir.clone());
+    let summary = train(&child, &mut |_| {}).unwrap();
+    assert_eq!(
+        summary.frozen_text_encoder.as_deref(),
+        Some(parent.run_hash.as_str())
+    );
+    let unfrozen = train(&options(&tmp.path().join("unfrozen"), 3), &mut |_| {}).unwrap();
+    assert_ne!(summary.run_hash, unfrozen.run_hash);
+    assert_eq!(
+        std::fs::read(child_dir.join("tokenizer.json")).unwrap(),
+        std::fs::read(parent_dir.join("tokenizer.json")).unwrap()
+    );
+
+    let ck = unetlab_train::checkpoint::load(&child_dir.join("checkpoint.safetensors")).unwrap();
+    let bits = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let text: Vec<&String> = from_parent
+        .keys()
+        .filter(|n| n.starts_with("text."))
+        .collect();
+    assert!(!text.is_empty());
+    for name in &text {
+        assert_eq!(
+            bits(&ck.weights[*name]),
+            bits(&from_parent[*name]),
+            "{name}"
+        );
+        assert_eq!(bits(&ck.ema[*name]), bits(&from_parent[*name]), "{name}");
+    }
+    // The optimizer holds moments for the UNet's parameters and none for the text encoder's.
+    assert!(ck.adam_m.keys().all(|n| n.starts_with("unet.")));
+    assert!(ck.adam_m.len() + text.len() == ck.weights.len());
+
+    let mut deeper = options(&tmp.path().join("deeper"), 3);
+    deeper.recipe.text_layers += 1;
+    deeper.frozen_text_encoder = Some(parent_dir);
+    let err = train(&deeper, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("--frozen-text-encoder"), "{err}");
 }
