@@ -67,7 +67,34 @@ struct RecipeFile {
     /// --same-noise`), to show what changing only their words changes.
     #[serde(default)]
     same_noise: Option<SameNoise>,
+    /// Groups of experiments plotted together (`plots/<name>-<metric>`); without any, one group
+    /// `all` of every experiment.
+    #[serde(default)]
+    plots: Vec<PlotGroup>,
 }
+
+/// Some experiments' curves in one set of plots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlotGroup {
+    /// The plots' file-name prefix: lower-case letters, digits and `-`.
+    name: String,
+    /// What the group compares (in each plot's title).
+    title: String,
+    /// The experiments, by name.
+    experiments: Vec<String>,
+}
+
+/// The metrics plotted against images seen, with their titles.
+const CURVES: [(&str, &str); 4] = [
+    ("fd", "FD of the samples (lower is better)"),
+    (
+        "attribute_alignment",
+        "attribute alignment (higher is better)",
+    ),
+    ("text_alignment", "text alignment (higher is better)"),
+    ("validation_loss", "validation loss of the EMA weights"),
+];
 
 /// A same-noise grid per experiment: one row per caption, each column one initial noise.
 #[derive(Debug, Deserialize)]
@@ -196,6 +223,37 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
                     e.name
                 );
             }
+        }
+    }
+    for (i, g) in file.plots.iter().enumerate() {
+        let valid_name = !g.name.is_empty()
+            && g.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid_name || file.plots[..i].iter().any(|o| o.name == g.name) {
+            bail!(
+                "{}: plots[{i}].name: `{}` must be unique and of lower-case letters, digits and `-`",
+                args.file.display(),
+                g.name
+            );
+        }
+        if g.experiments.is_empty() {
+            bail!(
+                "{}: plots[{i}] ({}) names no experiment",
+                args.file.display(),
+                g.name
+            );
+        }
+        if let Some(unknown) = g
+            .experiments
+            .iter()
+            .find(|n| !file.experiments.iter().any(|e| &e.name == *n))
+        {
+            bail!(
+                "{}: plots[{i}] ({}): no experiment is named `{unknown}`",
+                args.file.display(),
+                g.name
+            );
         }
     }
     if let Some(r) = &file.rescore {
@@ -478,7 +536,7 @@ fn same_noise_grids(
     grid: &SameNoise,
 ) -> Result<()> {
     std::fs::create_dir_all(folder)?;
-    remove_stale_grids(folder, done)?;
+    remove_stale(folder, &|stem| done.iter().any(|(e, _, _)| stem == e.name))?;
     for (e, dir, _) in done {
         let out = folder.join(format!("{}.png", e.name));
         let mut command = Command::new(unetlab);
@@ -521,7 +579,7 @@ fn stdout_of(command: &mut Command, dir: &Path) -> Result<Vec<u8>> {
 fn write_samples(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Result<()> {
     let folder = out.join("samples");
     std::fs::create_dir_all(&folder)?;
-    remove_stale_grids(&folder, done)?;
+    remove_stale(&folder, &|stem| done.iter().any(|(e, _, _)| stem == e.name))?;
     for (e, dir, _) in done {
         let from = dir.join("samples.png");
         if let Ok(png) = std::fs::read(&from) {
@@ -533,15 +591,16 @@ fn write_samples(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Resu
     Ok(())
 }
 
-/// Removes the `<experiment>.png` grids in `folder` of experiments without a finished run in
-/// the study (renamed, or no longer in its file).
-fn remove_stale_grids(folder: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Result<()> {
+/// Removes the images (`.png`, `.svg`) in `folder` whose name `keep` does not accept: grids of
+/// experiments without a finished run (renamed, or no longer in the file), plots of old groups.
+fn remove_stale(folder: &Path, keep: &dyn Fn(&str) -> bool) -> Result<()> {
     for entry in std::fs::read_dir(folder)? {
         let path = entry?.path();
-        let stale = path.extension().is_some_and(|x| x == "png")
+        let stale = path.extension().is_some_and(|x| x == "png" || x == "svg")
             && path
                 .file_stem()
-                .is_some_and(|stem| !done.iter().any(|(e, _, _)| stem == e.name.as_str()));
+                .and_then(|stem| stem.to_str())
+                .is_some_and(|stem| !keep(stem));
         if stale {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
@@ -568,7 +627,7 @@ fn write(
     (build, started): (&Build, &str),
 ) -> Result<()> {
     std::fs::create_dir_all(out)?;
-    write_curves(out, done)?;
+    write_curves(out, done, &plot_groups(file))?;
     write_samples(out, done)?;
     let mut table = runs_table(done)?;
     write_tables(&mut table, out, "table")?;
@@ -589,7 +648,8 @@ fn write(
          `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
          - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
          value) along each run.\n- `sampler.{{md,csv,parquet}}`: the sampler settings, if the file asks for them.\n\
-         - `fd`, `attribute_alignment`, `validation_loss` (`.svg`, `.png`): the curves.\n\
+         - `plots/<group>-<metric>.{{png,svg}}`: the curves of FD, attribute and text alignment and validation loss \
+         against images seen, one set per group of experiments ({}).\n\
          - `samples/<experiment>.png`: each run's final EMA weights sampled on the first validation captions \
          (the run's `samples.png`).\n{}",
         file.study,
@@ -608,6 +668,11 @@ fn write(
         )),
         to_markdown(&table),
         sampler_section,
+        plot_groups(file)
+            .iter()
+            .map(|g| format!("`{}`: {}", g.name, g.title))
+            .collect::<Vec<_>>()
+            .join("; "),
         file.same_noise.as_ref().map_or(String::new(), |g| format!(
             "- `same-noise/<experiment>.png`: each run's final EMA weights on {} captions, one row each ({}), \
              {} columns, {} DDIM steps, guidance {}; every row of a column starts from the same noise \
@@ -623,8 +688,25 @@ fn write(
     Ok(())
 }
 
-/// `curves.{md,csv,parquet}` (experiment, images seen, metric, value) and the curve plots.
-fn write_curves(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Result<()> {
+/// The file's plot groups, or one group `all` of every experiment.
+fn plot_groups(file: &RecipeFile) -> Vec<PlotGroup> {
+    if !file.plots.is_empty() {
+        return file.plots.clone();
+    }
+    vec![PlotGroup {
+        name: "all".into(),
+        title: "every experiment".into(),
+        experiments: file.experiments.iter().map(|e| e.name.clone()).collect(),
+    }]
+}
+
+/// `curves.{md,csv,parquet}` (experiment, images seen, metric, value) and, per plot group with
+/// a finished run, `plots/<group>-<metric>.{png,svg}`; other plots in `plots/` are removed.
+fn write_curves(
+    out: &Path,
+    done: &[(Experiment, PathBuf, RunSummary)],
+    groups: &[PlotGroup],
+) -> Result<()> {
     // Long curves: experiment, images seen, metric, value.
     let (mut names, mut images, mut metrics, mut values) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -665,34 +747,36 @@ fn write_curves(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Resul
         ],
     )?;
     write_tables(&mut curves, out, "curves")?;
-    for (metric, title) in [
-        (
-            "fd",
-            "FD of the proxy's samples against images seen (lower is better)",
-        ),
-        (
-            "attribute_alignment",
-            "Attribute alignment against images seen (higher is better)",
-        ),
-        (
-            "validation_loss",
-            "Validation loss (EMA weights) against images seen",
-        ),
-    ] {
-        let series: Vec<(String, Vec<(f64, f64)>)> = done
+    let folder = out.join("plots");
+    std::fs::create_dir_all(&folder)?;
+    let mut written = Vec::new();
+    for group in groups {
+        let members: Vec<&Experiment> = done
             .iter()
-            .map(|(e, _, _)| {
-                let points = (0..names.len())
-                    .filter(|&i| names[i] == e.name && metrics[i] == metric && images[i] > 0.0)
-                    .map(|i| (images[i], values[i]))
-                    .collect();
-                (e.name.clone(), points)
-            })
+            .map(|(e, _, _)| e)
+            .filter(|e| group.experiments.contains(&e.name))
             .collect();
-        lines(&out.join(metric), title, "images seen", metric, &series)?;
+        if members.is_empty() {
+            continue;
+        }
+        for (metric, what) in CURVES {
+            let series: Vec<(String, Vec<(f64, f64)>)> = members
+                .iter()
+                .map(|e| {
+                    let points = (0..names.len())
+                        .filter(|&i| names[i] == e.name && metrics[i] == metric && images[i] > 0.0)
+                        .map(|i| (images[i], values[i]))
+                        .collect();
+                    (e.name.clone(), points)
+                })
+                .collect();
+            let stem = format!("{}-{metric}", group.name);
+            let title = format!("{}: {what}", group.title);
+            lines(&folder.join(&stem), &title, "images seen", metric, &series)?;
+            written.push(stem);
+        }
     }
-
-    Ok(())
+    remove_stale(&folder, &|stem| written.iter().any(|w| w == stem))
 }
 
 /// The images its `init_from` ancestors trained on (0 for a run from scratch).

@@ -63,7 +63,7 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
     let (out, runs) = (dir.path().join("out"), dir.path().join("runs"));
     let file = workspace().join("ablations/fixtures/tiny-recipe.yaml");
     // Grids of an experiment the file no longer lists are removed.
-    for folder in ["samples", "same-noise"] {
+    for folder in ["samples", "same-noise", "plots"] {
         std::fs::create_dir_all(out.join(folder)).unwrap();
         std::fs::write(out.join(folder).join("gone.png"), b"stale").unwrap();
     }
@@ -72,6 +72,32 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
     assert!(output.status.success(), "{stderr}");
     assert!(!out.join("samples/gone.png").exists());
     assert!(!out.join("same-noise/gone.png").exists());
+    assert!(!out.join("plots/gone.png").exists());
+
+    // One set of curves per plot group, each with its own experiments alone.
+    let mut plots: Vec<String> = std::fs::read_dir(out.join("plots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".svg"))
+        .collect();
+    plots.sort();
+    let metrics = [
+        "attribute_alignment",
+        "fd",
+        "text_alignment",
+        "validation_loss",
+    ];
+    let expected: Vec<String> = ["lite", "md"]
+        .iter()
+        .flat_map(|g| metrics.iter().map(move |m| format!("{g}-{m}.svg")))
+        .collect();
+    assert_eq!(plots, expected);
+    let svg = |name: &str| std::fs::read_to_string(out.join("plots").join(name)).unwrap();
+    let named = |svg: &str, run: &str| svg.contains(&format!(">\n{run}\n<"));
+    let md = svg("md-fd.svg");
+    assert!(named(&md, "md-8x2") && named(&md, "md-8x2-tuned") && !named(&md, "lite-4x2"));
+    let lite = svg("lite-attribute_alignment.svg");
+    assert!(named(&lite, "lite-4x2") && !named(&lite, "md-8x2"));
 
     // Every run, with its images seen and the attribute alignment split by kind.
     let table = read_csv(&out.join("table.csv")).unwrap();
@@ -211,7 +237,7 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
 }
 
 /// A run can only start from an experiment listed before it, and from a finished run or one
-/// that trains first.
+/// that trains first; a plot group names only experiments of the file.
 #[test]
 fn a_parent_must_come_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,6 +273,20 @@ fn a_parent_must_come_first() {
     assert!(!o.status.success());
     assert!(
         stderr.contains("experiments[1].frozen_text_encoder: `md-8x2-tuned` is not an experiment listed before `lite-4x2`"),
+        "{stderr}"
+    );
+
+    let unknown = dir.path().join("unknown-plot.yaml");
+    std::fs::write(
+        &unknown,
+        text.replace("experiments: [lite-4x2]", "experiments: [lite-8x2]"),
+    )
+    .unwrap();
+    let o = recipe(&unknown, &out, &runs, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("plots[1] (lite): no experiment is named `lite-8x2`"),
         "{stderr}"
     );
 
