@@ -245,50 +245,31 @@ fn a_parent_must_come_first() {
     let fixture = workspace().join("ablations/fixtures/tiny-recipe.yaml");
     let text = std::fs::read_to_string(&fixture).unwrap();
 
-    let backwards = dir.path().join("backwards.yaml");
-    std::fs::write(
-        &backwards,
-        text.replace("init_from: md-8x2", "init_from: md-8x2-later"),
-    )
-    .unwrap();
-    let o = recipe(&backwards, &out, &runs, &[]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    assert!(
-        stderr.contains("experiments[2].init_from: `md-8x2-later` is not an experiment listed before `md-8x2-tuned`"),
-        "{stderr}"
+    // The fixture with one edit is refused with `message`, before anything trains.
+    let refused = |file: &str, (from, to): (&str, &str), message: &str| {
+        let edited = dir.path().join(file);
+        std::fs::write(&edited, text.replace(from, to)).unwrap();
+        let o = recipe(&edited, &out, &runs, &[]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(stderr.contains(message), "{stderr}");
+    };
+    refused(
+        "backwards.yaml",
+        ("init_from: md-8x2", "init_from: md-8x2-later"),
+        "experiments[2].init_from: `md-8x2-later` is not an experiment listed before `md-8x2-tuned`",
     );
-
-    let backwards = dir.path().join("backwards-text.yaml");
-    std::fs::write(
-        &backwards,
-        text.replace(
-            "frozen_text_encoder: md-8x2",
-            "frozen_text_encoder: md-8x2-tuned",
-        ),
-    )
-    .unwrap();
-    let o = recipe(&backwards, &out, &runs, &[]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    assert!(
-        stderr.contains("experiments[1].frozen_text_encoder: `md-8x2-tuned` is not an experiment listed before `lite-4x2`"),
-        "{stderr}"
+    refused(
+        "backwards-text.yaml",
+        ("frozen_text_encoder: md-8x2", "frozen_text_encoder: md-8x2-tuned"),
+        "experiments[1].frozen_text_encoder: `md-8x2-tuned` is not an experiment listed before `lite-4x2`",
     );
-
-    let unknown = dir.path().join("unknown-plot.yaml");
-    std::fs::write(
-        &unknown,
-        text.replace("experiments: [lite-4x2]", "experiments: [lite-8x2]"),
-    )
-    .unwrap();
-    let o = recipe(&unknown, &out, &runs, &[]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
-    assert!(
-        stderr.contains("plots[1] (lite): no experiment is named `lite-8x2`"),
-        "{stderr}"
+    refused(
+        "unknown-plot.yaml",
+        ("experiments: [lite-4x2]", "experiments: [lite-8x2]"),
+        "plots[1] (lite): no experiment is named `lite-8x2`",
     );
+    assert!(!runs.exists());
 
     let o = recipe(&fixture, &out, &runs, &["--only", "md-8x2-tuned"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
