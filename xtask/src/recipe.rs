@@ -4,7 +4,8 @@
 //!
 //! Runs live in `target/recipe-runs/<experiment>/` and are resumable: `unetlab train` continues
 //! an interrupted run from its checkpoint and only re-scores a finished one (and refuses a run
-//! directory that holds another recipe's checkpoint).
+//! directory that holds another recipe's checkpoint). `--replot` redraws the plots from the
+//! study's curves alone.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,6 +47,11 @@ pub struct RecipeArgs {
     /// the budget's.
     #[arg(long, value_enum, default_value_t = Budget::Quick, hide_possible_values = true)]
     budget: Budget,
+    /// Only redraw `plots/` from the study's `curves.parquet` under the file's plot groups
+    /// (e.g. after regrouping them): nothing trains, scores or samples, and the tables, grids
+    /// and README stay as they are.
+    #[arg(long, conflicts_with_all = ["only", "runs", "jobs"])]
+    replot: bool,
 }
 
 /// A recipe file.
@@ -287,6 +293,18 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| workspace.join("results").join(&file.study));
+    if args.replot {
+        let path = out.join("curves.parquet");
+        let curves = unetlab_report::read_parquet(&path).with_context(|| {
+            format!(
+                "{}: no curves to redraw (run the study first)",
+                path.display()
+            )
+        })?;
+        draw_plots(&out.join("plots"), &curves, &plot_groups(&file))?;
+        eprintln!("redrew {}", out.join("plots").display());
+        return Ok(());
+    }
     let runs = args
         .runs
         .clone()
@@ -627,6 +645,8 @@ fn write(
     (build, started): (&Build, &str),
 ) -> Result<()> {
     std::fs::create_dir_all(out)?;
+    // The plots live in `plots/`; images beside the tables are an older layout's.
+    remove_stale(out, &|_| false)?;
     write_curves(out, done, &plot_groups(file))?;
     write_samples(out, done)?;
     let mut table = runs_table(done)?;
@@ -740,21 +760,39 @@ fn write_curves(
     let mut curves = DataFrame::new(
         names.len(),
         vec![
-            Column::new("experiment".into(), names.clone()),
-            Column::new("images".into(), images.clone()),
-            Column::new("metric".into(), metrics.clone()),
-            Column::new("value".into(), values.clone()),
+            Column::new("experiment".into(), names),
+            Column::new("images".into(), images),
+            Column::new("metric".into(), metrics),
+            Column::new("value".into(), values),
         ],
     )?;
     write_tables(&mut curves, out, "curves")?;
-    let folder = out.join("plots");
-    std::fs::create_dir_all(&folder)?;
+    draw_plots(&out.join("plots"), &curves, groups)
+}
+
+/// Per plot group with a curve in `curves` (experiment, images, metric, value),
+/// `<group>-<metric>.{png,svg}` in `folder`; other images in `folder` are removed.
+fn draw_plots(folder: &Path, curves: &DataFrame, groups: &[PlotGroup]) -> Result<()> {
+    use polars::prelude::DataType;
+    let text = |name: &str| -> Result<Vec<String>> {
+        let c = curves.column(name)?.str()?;
+        Ok((0..c.len())
+            .map(|i| c.get(i).unwrap_or_default().to_string())
+            .collect())
+    };
+    let number = |name: &str| -> Result<Vec<f64>> {
+        let c = curves.column(name)?.cast(&DataType::Float64)?;
+        Ok(c.f64()?.into_no_null_iter().collect())
+    };
+    let (names, metrics) = (text("experiment")?, text("metric")?);
+    let (images, values) = (number("images")?, number("value")?);
+    std::fs::create_dir_all(folder)?;
     let mut written = Vec::new();
     for group in groups {
-        let members: Vec<&Experiment> = done
+        let members: Vec<&String> = group
+            .experiments
             .iter()
-            .map(|(e, _, _)| e)
-            .filter(|e| group.experiments.contains(&e.name))
+            .filter(|e| names.contains(e))
             .collect();
         if members.is_empty() {
             continue;
@@ -764,10 +802,10 @@ fn write_curves(
                 .iter()
                 .map(|e| {
                     let points = (0..names.len())
-                        .filter(|&i| names[i] == e.name && metrics[i] == metric && images[i] > 0.0)
+                        .filter(|&i| &names[i] == *e && metrics[i] == metric && images[i] > 0.0)
                         .map(|i| (images[i], values[i]))
                         .collect();
-                    (e.name.clone(), points)
+                    (e.to_string(), points)
                 })
                 .collect();
             let stem = format!("{}-{metric}", group.name);
@@ -776,7 +814,7 @@ fn write_curves(
             written.push(stem);
         }
     }
-    remove_stale(&folder, &|stem| written.iter().any(|w| w == stem))
+    remove_stale(folder, &|stem| written.iter().any(|w| w == stem))
 }
 
 /// The images its `init_from` ancestors trained on (0 for a run from scratch).

@@ -67,31 +67,18 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
         std::fs::create_dir_all(out.join(folder)).unwrap();
         std::fs::write(out.join(folder).join("gone.png"), b"stale").unwrap();
     }
+    // So are the plots of the layout before plot groups, beside the tables.
+    std::fs::write(out.join("fd.png"), b"stale").unwrap();
     let output = recipe(&file, &out, &runs, &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(!out.join("samples/gone.png").exists());
     assert!(!out.join("same-noise/gone.png").exists());
     assert!(!out.join("plots/gone.png").exists());
+    assert!(!out.join("fd.png").exists());
 
     // One set of curves per plot group, each with its own experiments alone.
-    let mut plots: Vec<String> = std::fs::read_dir(out.join("plots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".svg"))
-        .collect();
-    plots.sort();
-    let metrics = [
-        "attribute_alignment",
-        "fd",
-        "text_alignment",
-        "validation_loss",
-    ];
-    let expected: Vec<String> = ["lite", "md"]
-        .iter()
-        .flat_map(|g| metrics.iter().map(move |m| format!("{g}-{m}.svg")))
-        .collect();
-    assert_eq!(plots, expected);
+    assert_eq!(plot_files(&out), group_plots(&["lite", "md"]));
     let svg = |name: &str| std::fs::read_to_string(out.join("plots").join(name)).unwrap();
     let named = |svg: &str, run: &str| svg.contains(&format!(">\n{run}\n<"));
     let md = svg("md-fd.svg");
@@ -234,6 +221,85 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
         std::fs::read_to_string(out.join("sampler.csv")).unwrap(),
         before
     );
+
+    // Regrouped, the plots are redrawn from the curves alone: no run is read, nothing trains or
+    // scores, and the tables and README stay as they were.
+    let regrouped = dir.path().join("regrouped.yaml");
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &regrouped,
+        yaml.replace("  - name: lite\n", "  - name: lite-only\n"),
+    )
+    .unwrap();
+    let (curves, readme) = (
+        std::fs::read(out.join("curves.parquet")).unwrap(),
+        std::fs::read(out.join("README.md")).unwrap(),
+    );
+    std::fs::remove_dir_all(&runs).unwrap();
+    let replot = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("recipe")
+        .arg(&regrouped)
+        .arg("--out")
+        .arg(&out)
+        .arg("--replot")
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&replot.stderr);
+    assert!(replot.status.success(), "{stderr}");
+    assert!(!stderr.contains("scoring"), "{stderr}");
+    assert_eq!(plot_files(&out), group_plots(&["lite-only", "md"]));
+    let md = std::fs::read_to_string(out.join("plots/md-fd.svg")).unwrap();
+    assert!(named(&md, "md-8x2") && named(&md, "md-8x2-tuned") && !named(&md, "lite-4x2"));
+    assert_eq!(std::fs::read(out.join("curves.parquet")).unwrap(), curves);
+    assert_eq!(std::fs::read(out.join("README.md")).unwrap(), readme);
+}
+
+/// The `.svg` plots in `out/plots`, sorted.
+fn plot_files(out: &Path) -> Vec<String> {
+    let mut plots: Vec<String> = std::fs::read_dir(out.join("plots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".svg"))
+        .collect();
+    plots.sort();
+    plots
+}
+
+/// The four curves' `.svg` plots of these groups, sorted.
+fn group_plots(groups: &[&str]) -> Vec<String> {
+    let metrics = [
+        "attribute_alignment",
+        "fd",
+        "text_alignment",
+        "validation_loss",
+    ];
+    groups
+        .iter()
+        .flat_map(|g| metrics.iter().map(move |m| format!("{g}-{m}.svg")))
+        .collect()
+}
+
+/// Without the study's curves there is nothing to redraw, and `--replot` says so.
+#[test]
+fn a_replot_needs_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("recipe")
+        .arg(workspace().join("ablations/fixtures/tiny-recipe.yaml"))
+        .arg("--out")
+        .arg(dir.path())
+        .arg("--replot")
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("curves.parquet: no curves to redraw"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("plots").exists());
 }
 
 /// A run can only start from an experiment listed before it, and from a finished run or one
