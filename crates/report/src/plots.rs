@@ -448,20 +448,22 @@ pub fn stacked_bars(
 fn xy_axes<'a, DB: DrawingBackend>(
     root: &'a DrawingArea<DB, Shift>,
     (title, x_label, y_label): (&str, &str, &str),
-    x_max: f64,
-    y_max: f64,
+    (xs, ys): (std::ops::Range<f64>, std::ops::Range<f64>),
 ) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let (x_tick, y_tick) = (span_tick(&xs), span_tick(&ys));
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .build_cartesian_2d(xs, ys)
         .map_err(plot_err)?;
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_label_formatter(&x_tick)
+        .y_label_formatter(&y_tick)
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(plot_err)?;
@@ -818,6 +820,9 @@ pub fn effects(
     )
 }
 
+/// Series of at most this many points mark each point on their line.
+const MARKED_POINTS: usize = 64;
+
 /// Named lines of (x, y) points.
 struct Lines<'a> {
     title: &'a str,
@@ -845,32 +850,31 @@ impl Chart for Lines<'_> {
         // The key sits beside the plot, so that no line is hidden under it.
         let (plot, key) = root.split_horizontally(self.size().0 - self.key_width());
         let root = &plot;
+        // Axes fitted to the data, so that curves close together stay apart.
         let points = || self.series.iter().flat_map(|(_, p)| p.iter());
-        let x_max = points().map(|p| p.0).fold(0.0f64, f64::max).max(1.0);
-        let y_max = points()
-            .map(|p| p.1)
-            .filter(|y| y.is_finite())
-            .fold(0.0f64, f64::max)
-            .max(f64::MIN_POSITIVE)
-            * 1.1;
+        let ranges = (fitted(points().map(|p| p.0)), fitted(points().map(|p| p.1)));
         let labels = (self.title, self.x_label, self.y_label);
-        let mut chart = xy_axes(root, labels, x_max, y_max)?;
+        let mut chart = xy_axes(root, labels, ranges)?;
         for (i, (name, line)) in self.series.iter().enumerate() {
-            let style = color(i).stroke_width(2);
-            // Past the palette, colours repeat: those series also mark their points (a
-            // transparent mark is not drawn).
-            let marked = i >= PALETTE.len();
-            let mark = if marked {
-                style.filled()
-            } else {
-                TRANSPARENT.filled()
+            let colour = color(i);
+            let style = colour.stroke_width(2);
+            // A short series marks its points (a single point is nothing but its mark); past
+            // the palette, colours repeat, and those series mark their points with triangles.
+            let repeated = i >= PALETTE.len();
+            let marked = repeated || line.len() <= MARKED_POINTS;
+            let mark = |p: (i32, i32)| -> DynElement<'static, DB, (i32, i32)> {
+                if repeated {
+                    TriangleMarker::new(p, 6, colour.filled()).into_dyn()
+                } else {
+                    Circle::new(p, 4, colour.filled()).into_dyn()
+                }
             };
             chart
                 .draw_series(LineSeries::new(line.iter().copied(), style))
                 .map_err(plot_err)?;
             if marked {
                 chart
-                    .draw_series(line.iter().map(|&p| Circle::new(p, 4, mark)))
+                    .draw_series(line.iter().map(|&p| EmptyElement::at(p) + mark((0, 0))))
                     .map_err(plot_err)?;
             }
             // Its key entry: rows of at most 20 pixels, closer when many series share the height.
@@ -878,7 +882,9 @@ impl Chart for Lines<'_> {
             let y = 48 + i as i32 * row;
             key.draw(&PathElement::new(vec![(8, y), (30, y)], style))
                 .map_err(plot_err)?;
-            key.draw(&Circle::new((19, y), 4, mark)).map_err(plot_err)?;
+            if marked {
+                key.draw(&mark((19, y))).map_err(plot_err)?;
+            }
             key.draw(&Text::new(
                 name.clone(),
                 (38, y - 7),
@@ -1012,39 +1018,65 @@ mod tests {
     }
 
     #[test]
-    fn lines_past_the_palette_mark_their_points() {
+    fn short_series_and_those_past_the_palette_mark_their_points() {
         let dir = tempfile::tempdir().unwrap();
-        let series = |n: usize| -> Vec<(String, Vec<(f64, f64)>)> {
+        let series = |n: usize, points: usize| -> Vec<(String, Vec<(f64, f64)>)> {
             (0..n)
                 .map(|i| {
-                    (
-                        format!("run {i}"),
-                        vec![(1.0, i as f64), (2.0, i as f64 + 0.5)],
-                    )
+                    let line = (0..points).map(|x| (x as f64, i as f64 + 0.01 * x as f64));
+                    (format!("run {i}"), line.collect())
                 })
                 .collect()
         };
-        let circles = |stem: &str, n: usize| {
+        // (circles, triangles) in the SVG of these series.
+        let marks = |stem: &str, series: &[(String, Vec<(f64, f64)>)]| {
             let stem = dir.path().join(stem);
-            lines(&stem, "t", "x", "y", &series(n)).unwrap();
-            std::fs::read_to_string(stem.with_extension("svg"))
-                .unwrap()
-                .matches("<circle")
-                .count()
+            lines(&stem, "t", "x", "y", series).unwrap();
+            let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+            (
+                svg.matches("<circle").count(),
+                svg.matches("<polygon").count(),
+            )
         };
+        // Long curves in distinct colours: plain lines.
         assert_eq!(
-            circles("ten", PALETTE.len()),
-            0,
-            "distinct colours: plain lines"
+            marks("long", &series(PALETTE.len(), MARKED_POINTS + 1)),
+            (0, 0)
         );
-        // The eleventh series repeats the first colour: its two points and its legend entry
-        // are marked.
-        assert_eq!(circles("eleven", PALETTE.len() + 1), 3);
+        // A series of one point is its mark, on the plot and in the key.
+        assert_eq!(marks("one", &series(1, 1)), (2, 0));
+        // Short curves: each point and key entry a circle; the eleventh series repeats the
+        // first colour and marks its two points and key entry with triangles.
+        let eleven = series(PALETTE.len() + 1, 2);
+        assert_eq!(marks("eleven", &eleven), (3 * PALETTE.len(), 3));
+        // A long curve past the palette is marked too.
+        let mut past = series(PALETTE.len(), MARKED_POINTS + 1);
+        past.push(("run 10".into(), vec![(0.0, 1.0), (1.0, 2.0)]));
+        past.push((
+            "run 11".into(),
+            (0..MARKED_POINTS + 1).map(|x| (x as f64, 3.0)).collect(),
+        ));
+        assert_eq!(marks("past", &past), (0, 3 + MARKED_POINTS + 2));
         // Every series is named in the key beside the plot.
         let svg = std::fs::read_to_string(dir.path().join("eleven.svg")).unwrap();
         for i in 0..=PALETTE.len() {
             assert!(svg.contains(&format!(">\nrun {i}\n<")), "run {i}");
         }
+    }
+
+    #[test]
+    fn line_axes_fit_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let stem = dir.path().join("fit");
+        let series = [("a".to_string(), vec![(16_000.0, 0.44), (64_000.0, 0.80)])];
+        lines(&stem, "t", "images", "y", &series).unwrap();
+        let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+        let label = |v: &str| svg.contains(&format!(">\n{v}\n<"));
+        // 0.44-0.80 padded by 8 %: ticks every 0.05 with two decimals, and no zero.
+        assert!(label("0.50") && label("0.75"), "{svg}");
+        assert!(!label("0.00") && !label("0.0") && !label("0"), "{svg}");
+        // Images seen, 12,160-67,840: whole numbers.
+        assert!(label("20000") && !label("20000.0"), "{svg}");
     }
 
     #[test]
