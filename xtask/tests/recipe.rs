@@ -53,6 +53,19 @@ fn recipe(file: &Path, out: &Path, runs: &Path, extra: &[&str]) -> std::process:
         .unwrap()
 }
 
+/// `cargo xtask recipe FILE --out OUT --replot`.
+fn replot(file: &Path, out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("recipe")
+        .arg(file)
+        .arg("--out")
+        .arg(out)
+        .arg("--replot")
+        .current_dir(workspace())
+        .output()
+        .unwrap()
+}
+
 fn run_json(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap()
 }
@@ -236,15 +249,7 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
         std::fs::read(out.join("README.md")).unwrap(),
     );
     std::fs::remove_dir_all(&runs).unwrap();
-    let replot = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("recipe")
-        .arg(&regrouped)
-        .arg("--out")
-        .arg(&out)
-        .arg("--replot")
-        .current_dir(workspace())
-        .output()
-        .unwrap();
+    let replot = replot(&regrouped, &out);
     let stderr = String::from_utf8_lossy(&replot.stderr);
     assert!(replot.status.success(), "{stderr}");
     assert!(!stderr.contains("scoring"), "{stderr}");
@@ -284,15 +289,10 @@ fn group_plots(groups: &[&str]) -> Vec<String> {
 #[test]
 fn a_replot_needs_curves() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("recipe")
-        .arg(workspace().join("ablations/fixtures/tiny-recipe.yaml"))
-        .arg("--out")
-        .arg(dir.path())
-        .arg("--replot")
-        .current_dir(workspace())
-        .output()
-        .unwrap();
+    let o = replot(
+        &workspace().join("ablations/fixtures/tiny-recipe.yaml"),
+        dir.path(),
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
