@@ -7,6 +7,7 @@ use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use unetlab_cost::ParamInfo;
 use unetlab_graph::Init;
 
@@ -37,22 +38,26 @@ impl ParamStore {
         device: &Device,
         dtype: DType,
     ) -> Result<Self, ModelError> {
-        let mut vars = BTreeMap::new();
-        for p in declared {
-            let n: usize = p.shape.iter().product();
-            let values: Vec<f32> = match p.init {
-                Init::Zeros => vec![0.0; n],
-                Init::Ones => vec![1.0; n],
-                Init::FanIn(fan_in) => {
-                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                    rng.set_stream(name_stream(&p.name));
-                    let bound = 1.0 / (fan_in as f32).sqrt();
-                    (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-                }
-            };
-            let t = Tensor::from_vec(values, p.shape.as_slice(), device)?.to_dtype(dtype)?;
-            vars.insert(p.name.clone(), Var::from_tensor(&t)?);
-        }
+        // Tensors in parallel: each has its own stream, so the values do not depend on the order
+        // (SD-sized models spend most of their start-up here).
+        let vars = declared
+            .par_iter()
+            .map(|p| {
+                let n: usize = p.shape.iter().product();
+                let values: Vec<f32> = match p.init {
+                    Init::Zeros => vec![0.0; n],
+                    Init::Ones => vec![1.0; n],
+                    Init::FanIn(fan_in) => {
+                        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                        rng.set_stream(name_stream(&p.name));
+                        let bound = 1.0 / (fan_in as f32).sqrt();
+                        (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+                    }
+                };
+                let t = Tensor::from_vec(values, p.shape.as_slice(), device)?.to_dtype(dtype)?;
+                Ok((p.name.clone(), Var::from_tensor(&t)?))
+            })
+            .collect::<Result<BTreeMap<_, _>, ModelError>>()?;
         Ok(ParamStore {
             vars,
             dtype,
