@@ -120,6 +120,9 @@ fn main() -> Result<()> {
 /// `cargo xtask test`: everything the README's test command promises.
 fn test() -> Result<()> {
     setup::run()?;
+    // The test binaries inherit the CLI's thread and spin settings through the environment
+    // (without them candle reads /proc/cpuinfo on every matmul: ~10 % of the evaluator's test).
+    unetlab_bench::prepare_process(None).map_err(anyhow::Error::msg)?;
     let status = tools::cargo()
         .current_dir(docs::workspace())
         .args(["test", "--workspace", "--release"])
