@@ -55,6 +55,43 @@ pub struct TrainPlan {
     /// Which runs to train: all, one shard's (a fine-tuning run goes with its parent), or none
     /// (merge: every run must be cached).
     pub work: Work,
+    /// A finished run whose text encoder every proxy takes and keeps frozen, if any.
+    pub frozen_text_encoder: Option<FrozenTextEncoder>,
+}
+
+/// A finished `unetlab train` run whose text encoder (EMA weights and tokenizer) every proxy of
+/// a study takes and keeps frozen (`unetlab train --frozen-text-encoder`).
+pub struct FrozenTextEncoder {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// SHA-256 of its checkpoint and tokenizer: part of every run's cache key, so another encoder
+    /// (or the same run trained further) trains again.
+    pub digest: String,
+}
+
+impl FrozenTextEncoder {
+    /// The finished run in `dir` (its `run.json`, `checkpoint.safetensors` and `tokenizer.json`).
+    pub fn open(dir: &Path) -> Result<FrozenTextEncoder> {
+        let context = |what: &str| {
+            format!(
+                "--frozen-text-encoder {}: {what} (give a finished `unetlab train` run)",
+                dir.display()
+            )
+        };
+        if !dir.join("run.json").is_file() {
+            bail!(context("no run.json"));
+        }
+        let mut digests = String::new();
+        for file in ["checkpoint.safetensors", "tokenizer.json"] {
+            let (_, digest) = unetlab_files::sha256_file(&dir.join(file))
+                .with_context(|| context(&format!("cannot read {file}")))?;
+            digests.push_str(&digest);
+        }
+        Ok(FrozenTextEncoder {
+            dir: dir.to_path_buf(),
+            digest: unetlab_files::sha256_hex(digests.as_bytes()),
+        })
+    }
 }
 
 /// One finished run, and whether it was read from the cache rather than trained by this sweep.
@@ -78,6 +115,9 @@ struct TrainConditions<'a> {
     /// The run this one is fine-tuned from, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     fine_tune: Option<FineTuneKey>,
+    /// [`FrozenTextEncoder::digest`], if the text encoder is frozen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frozen_text_encoder: Option<&'a str>,
 }
 
 /// A fine-tuning run's parent: its config hash and cache key digest, and the steps trained.
@@ -310,6 +350,10 @@ fn cache_keys(
                     evaluator: EvaluatorRecipe::for_budget(plan.budget).hash(),
                     code: Code::Training.identity(),
                     fine_tune,
+                    frozen_text_encoder: plan
+                        .frozen_text_encoder
+                        .as_ref()
+                        .map(|e| e.digest.as_str()),
                 })
                 .expect("conditions serialise")
             })
@@ -447,6 +491,9 @@ fn run_job(
     }
     if let (Some(steps), None) = (plan.steps, &job.parent) {
         cmd.args(["--steps", &steps.to_string()]);
+    }
+    if let Some(encoder) = &plan.frozen_text_encoder {
+        cmd.arg("--frozen-text-encoder").arg(&encoder.dir);
     }
     if let Some(parent) = &job.parent {
         cmd.arg("--init-from")

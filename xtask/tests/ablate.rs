@@ -699,3 +699,84 @@ fn claims_are_judged_from_the_seeds_and_a_fine_tuned_step_starts_from_its_parent
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("softmax is not in this study"), "{stderr}");
 }
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_frozen_text_encoder_is_every_proxys_and_part_of_the_cache_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let study = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "configs/fixtures/tiny-sd.yaml",
+            "--budget",
+            "smoke",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--runs",
+            runs.path().to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    // Without it, the proxy trains its own text encoder; that run is the encoder below.
+    let plain = study(&[]);
+    run(&strs(&plain));
+    let own = train_runs(dir.path());
+    assert_eq!(own.len(), 1);
+    assert!(own[0].get("frozen_text_encoder").is_none(), "{}", own[0]);
+    let encoder: Vec<PathBuf> = std::fs::read_dir(runs.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("run.json").is_file())
+        .collect();
+    assert_eq!(encoder.len(), 1, "{encoder:?}");
+    let encoder = encoder[0].to_str().unwrap();
+
+    // Not a finished run: refused before anything is measured (a fresh study folder stays
+    // without cached measurements).
+    let fresh = tempfile::tempdir().unwrap();
+    let out = ablate(&[
+        "configs/fixtures/tiny-sd.yaml",
+        "--budget",
+        "smoke",
+        "--out",
+        fresh.path().to_str().unwrap(),
+        "--frozen-text-encoder",
+        runs.path().to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no run.json"), "{stderr}");
+    assert_eq!(cache_files(fresh.path()), Vec::<PathBuf>::new());
+
+    // With it: another cache key, so the proxy trains again, under that run's text encoder.
+    let frozen = study(&["--frozen-text-encoder", encoder]);
+    run(&strs(&frozen));
+    let both = train_runs(dir.path());
+    assert_eq!(
+        both.len(),
+        2,
+        "the frozen run is cached beside the plain one"
+    );
+    let taken = both
+        .iter()
+        .find(|r| r.get("frozen_text_encoder").is_some())
+        .expect("a run under the frozen encoder");
+    assert_eq!(taken["frozen_text_encoder"], own[0]["run_hash"]);
+    let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
+    let hash = own[0]["run_hash"].as_str().unwrap();
+    assert!(
+        readme.contains(&format!(
+            "frozen text encoder, that of run `{}`",
+            &hash[..16]
+        )),
+        "{readme}"
+    );
+}

@@ -123,6 +123,12 @@ pub struct AblateArgs {
     /// Peak learning rate instead of the budget's (all runs).
     #[arg(long)]
     lr: Option<f64>,
+    /// A finished `unetlab train` run whose text encoder every proxy takes and keeps frozen,
+    /// training its UNet alone (`unetlab train --frozen-text-encoder`): the proxies then differ
+    /// only in their UNets and learn faster (results/README.md, "frozen text encoder"). Part of
+    /// every run's cache key.
+    #[arg(long, value_name = "RUN", conflicts_with = "no_train")]
+    frozen_text_encoder: Option<PathBuf>,
     /// Another study's folder (e.g. results/ablate-full): report the Spearman rank correlation
     /// of this study's FD and validation loss with its, over the configs both trained.
     #[arg(long, value_name = "DIR")]
@@ -187,11 +193,18 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
         .map(|r| Config::load(r).with_context(|| format!("loading {r}")))
         .collect::<Result<Vec<_>>>()?;
 
-    if !args.no_train {
-        // Before anything is measured: a fine-tuning parent must be in the study.
+    // Before anything is measured: a fine-tuning parent must be in the study, and the frozen
+    // text encoder a finished run.
+    let frozen_text_encoder = if args.no_train {
+        None
+    } else {
         let named: Vec<(String, &Config)> = plan.configs.iter().cloned().zip(&configs).collect();
         training::parents(&named, 1)?;
-    }
+        args.frozen_text_encoder
+            .as_deref()
+            .map(training::FrozenTextEncoder::open)
+            .transpose()?
+    };
     let (build, started) = (Build::current(), now_utc());
     let machine = Machine::current();
     let total = configs.len();
@@ -230,6 +243,7 @@ pub fn run(args: &AblateArgs, workspace: PathBuf) -> Result<()> {
     } else {
         Some(train_rows(
             args,
+            frozen_text_encoder,
             &plan.configs,
             &mut rows,
             (&cache, work),
@@ -323,6 +337,7 @@ fn measure(
 /// threads per job it ran with.
 fn train_rows(
     args: &AblateArgs,
+    frozen_text_encoder: Option<training::FrozenTextEncoder>,
     references: &[String],
     rows: &mut [Row],
     (cache, work): (&Cache, Work),
@@ -346,6 +361,7 @@ fn train_rows(
         evaluator_cache: crate::tools::target_dir(workspace).join("unetlab-cache"),
         force: args.force,
         work,
+        frozen_text_encoder,
     };
     let configs: Vec<(String, &Config)> = references
         .iter()

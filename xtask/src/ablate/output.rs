@@ -752,6 +752,13 @@ fn quality_section(rows: &[Row], parallelism: Option<(usize, usize)>) -> String 
             format!("{jobs} run(s) at a time, {threads} thread(s) each")
         }),
     );
+    if let Some(encoder) = &first.frozen_text_encoder {
+        s.push_str(&format!(
+            "Every proxy trained its UNet alone under one frozen text encoder, that of run `{}` \
+             (`--frozen-text-encoder`): the columns compare UNets under the same text encoder.\n\n",
+            &encoder[..encoder.len().min(16)]
+        ));
+    }
     if let Some(m) = &first.metrics {
         s.push_str(&format!(
             "Noise floor: real validation images against as many other real ones score FD {:.1}. The evaluator \

@@ -211,6 +211,7 @@ fn plan(setup: &Setup<'_>, target: &Path, steps: u64, seeds: u64) -> TrainPlan {
         evaluator_cache: target.join("unetlab-cache"),
         force: setup.force,
         work: setup.work,
+        frozen_text_encoder: None,
     }
 }
 
