@@ -31,7 +31,9 @@ pub struct BenchConditions {
     pub runs: usize,
     pub max_seconds: f64,
     pub per_block: bool,
-    pub cpu_model: String,
+    /// [`Machine::cpu`]: the model and its SIMD extensions (one model name covers CPUs with and
+    /// without AVX-512).
+    pub cpu: String,
     /// [`unetlab_provenance::Code::Latency`]'s identity: a change to the sources that run the forward re-measures.
     pub code: String,
 }
@@ -56,7 +58,7 @@ impl BenchConditions {
             runs: timing.runs,
             max_seconds: timing.max_seconds,
             per_block: timing.per_block,
-            cpu_model: machine.cpu_model.clone(),
+            cpu: machine.cpu(),
             code: Code::Latency.identity().into(),
         }
     }
@@ -337,11 +339,11 @@ pub fn cached_bench(
     }
 }
 
-/// The conditions without the machine (CPU model, threads).
+/// The conditions without the machine (CPU, threads).
 fn machine_free_key(conditions: &BenchConditions) -> Vec<u8> {
     key(&BenchConditions {
         threads: 0,
-        cpu_model: String::new(),
+        cpu: String::new(),
         ..conditions.clone()
     })
 }
@@ -367,7 +369,7 @@ mod tests {
             runs: 3,
             max_seconds: 5.0,
             per_block: true,
-            cpu_model: "test cpu".into(),
+            cpu: "test cpu".into(),
             code: code.into(),
         }
     }
@@ -417,6 +419,38 @@ mod tests {
     }
 
     #[test]
+    fn one_cpu_model_with_other_simd_extensions_is_another_machine() {
+        let config = Config::load("mobilediffusion").unwrap();
+        let timing = Timing {
+            latent_size: 8,
+            warmup: 0,
+            runs: 3,
+            max_seconds: 5.0,
+            per_block: false,
+        };
+        let run_on = DeviceArgs {
+            device: "cpu".into(),
+            dtype: "f32".into(),
+            threads: None,
+        };
+        let avx2 = Machine {
+            cpu_model: "AMD EPYC".into(),
+            simd: vec!["avx2".into(), "fma".into()],
+            ..Machine::current()
+        };
+        let avx512 = Machine {
+            simd: vec!["avx2".into(), "fma".into(), "avx512f".into()],
+            ..avx2.clone()
+        };
+        let (here, there) = (
+            BenchConditions::new(&config, &timing, &run_on, &avx2),
+            BenchConditions::new(&config, &timing, &run_on, &avx512),
+        );
+        assert_ne!(key(&here), key(&there));
+        assert_eq!(machine_free_key(&here), machine_free_key(&there));
+    }
+
+    #[test]
     fn a_result_whose_pointer_was_never_written_gets_it_when_read() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
@@ -432,7 +466,7 @@ mod tests {
         assert_eq!(found, result_with(&found));
         // Another machine's merge reads it by the machine-free key.
         let elsewhere = BenchConditions {
-            cpu_model: "another cpu".into(),
+            cpu: "another cpu".into(),
             threads: 64,
             ..ours.clone()
         };

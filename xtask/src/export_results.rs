@@ -76,7 +76,7 @@ fn readme(r: &Value) -> String {
          sizes and latencies do not depend on their values. Numbers are medians of 5 runs at batch 1, \
          64×64 latent, 77 tokens, after one warm-up; both runtimes use every CPU of the machine.\n",
         Build::current().label(),
-        m["cpu_model"].as_str().unwrap_or("?"),
+        Machine::cpu_of_json(m),
         m["cpus"],
         r["date"].as_str().unwrap_or("?"),
     );

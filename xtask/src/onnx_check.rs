@@ -260,7 +260,7 @@ fn record_ort_latencies(bundles: &[PathBuf], json: &Path) -> Result<()> {
             bundle.manifest.latent_size,
             bundle.manifest.latent_size,
             bundle.manifest.tokens,
-            machine.cpu_model,
+            machine.cpu(),
             r["ort_threads"]
         );
         bundle.record_latency(unetlab_export::Latency {

@@ -399,7 +399,7 @@ fn readme(command: &str, started: &str, rows: &[Row], table: &str, study: &str) 
          threads), started {started}. Nothing here is edited by hand; every report is in \
          `reports.json`.\n\n",
         build.label(),
-        machine.cpu_model,
+        machine.cpu(),
         machine.threads
     );
     s.push_str(

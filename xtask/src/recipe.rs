@@ -675,7 +675,7 @@ fn write(
         file.study,
         file.description.trim(),
         std::env::args().skip(2).collect::<Vec<_>>().join(" "),
-        machine.cpu_model,
+        machine.cpu(),
         build.label(),
         started,
         file.score_every_images,

@@ -156,7 +156,7 @@ fn render(results: &[BenchResult]) -> String {
         let m = &r.machine;
         out.push_str(&format!(
             "\n{} ({} CPUs, {} threads), candle {}, {} warm-up run(s), {} tokens. FLOPs = 2 × MACs (conv, linear, attention matmuls).\n",
-            m.cpu_model, m.cpus, m.threads, m.candle_version, r.warmup, r.tokens
+            m.cpu(), m.cpus, m.threads, m.candle_version, r.warmup, r.tokens
         ));
     }
     for r in results.iter().filter(|r| !r.profile.is_empty()) {
@@ -343,7 +343,7 @@ fn run_training(args: &BenchArgs) -> Result<()> {
         println!(
             "\n{} ({} CPUs, {} threads), candle {}, {} warm-up step(s). FLOPs = 3 × 2 × the proxy UNet's \
              forward MACs per image (text encoder not counted).",
-            m.cpu_model, m.cpus, m.threads, m.candle_version, r.warmup
+            m.cpu(), m.cpus, m.threads, m.candle_version, r.warmup
         );
     }
     for r in &results {

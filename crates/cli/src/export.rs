@@ -255,7 +255,7 @@ fn candle_latency(
             r.dtype,
             latent_size,
             latent_size,
-            r.machine.cpu_model,
+            r.machine.cpu(),
             r.machine.threads
         ),
     })

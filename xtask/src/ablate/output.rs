@@ -546,7 +546,7 @@ fn plots(out: &Path, rows: &[Row]) -> Result<()> {
             &out.join("latency"),
             &format!(
                 "Latency on {}: median, p10-p90 whiskers",
-                first.machine.cpu_model
+                first.machine.cpu()
             ),
             &names,
             &[Series {
@@ -557,7 +557,7 @@ fn plots(out: &Path, rows: &[Row]) -> Result<()> {
         )?;
         scatter(
             &out.join("latency_vs_gflops"),
-            &format!("Latency vs compute ({})", first.machine.cpu_model),
+            &format!("Latency vs compute ({})", first.machine.cpu()),
             "GFLOPs per UNet evaluation",
             "median latency (s)",
             &timed
@@ -691,7 +691,7 @@ fn readme(
          effect compares a config with the baseline its `paper:` block names.\n\n## Table\n\n{table_md}\n",
         description.map(|d| format!("{d}.\n\n")).unwrap_or_default(),
         run["command"].as_str().unwrap_or_default(),
-        run["machine"]["cpu_model"].as_str().unwrap_or_default(),
+        Machine::cpu_of_json(&run["machine"]),
         build.label(),
         run["date_utc"].as_str().unwrap_or_default(),
         run["budget"].as_str().unwrap_or_default(),

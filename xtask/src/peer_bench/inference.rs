@@ -342,7 +342,7 @@ pub(super) fn readme(r: &Value) -> String {
          `scripts/check_onnx.py --bench`, CPU execution provider). The ratio is the median of the \
          rounds' peer / unetlab latency ratios (above 1: unetlab is faster).\n",
         build_label(r),
-        m["cpu_model"].as_str().unwrap_or("?"),
+        Machine::cpu_of_json(m),
         m["cpus"],
         r["started_utc"].as_str().unwrap_or("?"),
         r["rounds"],

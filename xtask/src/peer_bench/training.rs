@@ -198,7 +198,7 @@ pub(super) fn readme(r: &Value) -> String {
          ratios (each from two measurements seconds apart; their range is shown), and steps/s \
          come from the median of all rounds' step times. unetlab's step also renders its batch \
          of `shapes` images and tokenizes captions; the peer draws random tensors.\n",
-        m["cpu_model"].as_str().unwrap_or("?"),
+        Machine::cpu_of_json(m),
         m["cpus"],
         r["started_utc"].as_str().unwrap_or("?"),
         r["rounds"],

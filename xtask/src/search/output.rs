@@ -519,7 +519,7 @@ fn predictor_plot(out: &Path, stage: &Stage<'_>, check: &[CheckRow]) -> Result<(
                 check.len(),
                 100.0 * median,
                 100.0 * p90,
-                stage.machine.cpu_model
+                stage.machine.cpu()
             ),
             "measured latency (s, whole forward, median)",
             "predicted latency (s)",
@@ -658,7 +658,7 @@ fn readme(
          command; measurements are cached in `cache/` and carry the build that made them.\n\n",
         run["command"].as_str().unwrap_or(""),
         build.label(),
-        run["machine"]["cpu_model"].as_str().unwrap_or("?"),
+        Machine::cpu_of_json(&run["machine"]),
         run["machine"]["threads"],
         run["date_utc"].as_str().unwrap_or("")
     ));
