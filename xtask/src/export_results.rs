@@ -135,7 +135,11 @@ fn readme(r: &Value) -> String {
          step boundary rounds one way in each runtime, and over hundreds of quantized layers the \
          two int8 computations drift apart by about as much as either differs from f32, so the \
          last column compares each one's RMS error against the f32 model's output (relative to \
-         its RMS; the check requires ONNX Runtime's to be at most 1.25 times candle's). Each \
+         its RMS). The check requires ONNX Runtime's error to be at most 1.25 times candle's \
+         with its QDQ fusion off (`session.disable_quant_qdq`: every pair computed as written), \
+         and with its default fused u8×s8 kernels (this column) only on CPUs with VNNI (AVX-512 \
+         VNNI, AVX-VNNI or AMX): without VNNI they add products in pairs into saturating 16-bit \
+         sums. Each \
          bundle's manifest and model card also record its ONNX Runtime latency \
          (`Bundle::record_latency`). On CPU, candle computes f16 by converting to f32 around \
          each matmul and conv, and ONNX Runtime inserts casts to f32 for f16 ops it has no CPU \

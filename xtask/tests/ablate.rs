@@ -756,20 +756,77 @@ fn a_frozen_text_encoder_is_every_proxys_and_part_of_the_cache_key() {
     assert!(stderr.contains("no run.json"), "{stderr}");
     assert_eq!(cache_files(fresh.path()), Vec::<PathBuf>::new());
 
-    // With it: another cache key, so the proxy trains again, under that run's text encoder.
-    let frozen = study(&["--frozen-text-encoder", encoder]);
+    // With it: another cache key, so the proxy trains again, under that run's text encoder; and
+    // a step fine-tuned from it (as chain-06 from chain-05) starts from that run and keeps the
+    // same frozen encoder.
+    let configs = tempfile::tempdir().unwrap();
+    let child = configs.path().join("relu.yaml");
+    std::fs::write(
+        &child,
+        format!(
+            "extends: {}\npaper:\n  step: ReLU attention\n  claim: no loss\n  baseline: tiny-sd\n  \
+             expect: {{validation_loss: no_loss}}\n  fine_tune: {{from: tiny-sd, fraction: 0.5}}\n\
+             unet:\n  attention: {{kernel: relu}}\n",
+            workspace().join("configs/fixtures/tiny-sd.yaml").display()
+        ),
+    )
+    .unwrap();
+    let frozen = study(&["--frozen-text-encoder", encoder, child.to_str().unwrap()]);
     run(&strs(&frozen));
-    let both = train_runs(dir.path());
+    let parents = train_runs_of(dir.path(), "tiny-sd");
     assert_eq!(
-        both.len(),
+        parents.len(),
         2,
         "the frozen run is cached beside the plain one"
     );
-    let taken = both
+    let taken = parents
         .iter()
         .find(|r| r.get("frozen_text_encoder").is_some())
         .expect("a run under the frozen encoder");
     assert_eq!(taken["frozen_text_encoder"], own[0]["run_hash"]);
+    let tuned = train_runs_of(dir.path(), "relu");
+    assert_eq!(tuned.len(), 1);
+    assert_eq!(tuned[0]["initialised_from"], taken["run_hash"]);
+    assert_eq!(tuned[0]["frozen_text_encoder"], own[0]["run_hash"]);
+    // Its text encoder is the encoder run's EMA weights, untouched by either run's optimizer.
+    let checkpoint_of = |hash: &serde_json::Value| {
+        let dir = std::fs::read_dir(runs.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                std::fs::read_to_string(p.join("run.json")).is_ok_and(|t| {
+                    serde_json::from_str::<serde_json::Value>(&t).unwrap()["run_hash"] == *hash
+                })
+            })
+            .unwrap_or_else(|| panic!("no run directory of {hash}"));
+        candle_core::safetensors::load(
+            dir.join("checkpoint.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (source, tuned_weights) = (
+        checkpoint_of(&own[0]["run_hash"]),
+        checkpoint_of(&tuned[0]["run_hash"]),
+    );
+    let text: Vec<&String> = tuned_weights
+        .keys()
+        .filter(|k| k.starts_with("model.text."))
+        .collect();
+    assert!(!text.is_empty());
+    for name in text {
+        let ema = source[&name.replacen("model.", "ema.", 1)]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let got = tuned_weights[name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(got, ema, "{name}");
+    }
     let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
     let hash = own[0]["run_hash"].as_str().unwrap();
     assert!(
