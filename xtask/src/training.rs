@@ -70,7 +70,8 @@ pub struct FrozenTextEncoder {
 }
 
 impl FrozenTextEncoder {
-    /// The finished run in `dir` (its `run.json`, `checkpoint.safetensors` and `tokenizer.json`).
+    /// The finished run in `dir` (its `run.json`, `checkpoint.safetensors` and `tokenizer.json`),
+    /// or its text encoder kept alone by `unetlab text-encoder` (the same three files).
     pub fn open(dir: &Path) -> Result<FrozenTextEncoder> {
         let context = |what: &str| {
             format!(

@@ -10,6 +10,7 @@ mod precision;
 mod sample;
 mod score;
 mod table;
+mod text_encoder;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,7 @@ enum Command {
     Export(export::ExportArgs),
     Precision(precision::PrecisionArgs),
     Train(train::TrainArgs),
+    TextEncoder(text_encoder::TextEncoderArgs),
     Sample(sample::SampleArgs),
     Score(score::ScoreArgs),
 }
@@ -49,6 +51,7 @@ fn main() {
         Command::Export(args) => export::run(&args),
         Command::Precision(args) => precision::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::TextEncoder(args) => text_encoder::run(&args),
         Command::Sample(args) => sample::run(&args),
         Command::Score(args) => score::run(&args),
     };

@@ -99,7 +99,8 @@ pub struct TrainArgs {
     init_from: Option<PathBuf>,
     /// Take another run's text encoder (its EMA weights and tokenizer.json) and keep it frozen,
     /// training the UNet alone, as the paper trains its UNets under a frozen pretrained CLIP
-    /// text encoder; that run's hash becomes part of this run's.
+    /// text encoder; that run's hash becomes part of this run's. A folder written by `unetlab
+    /// text-encoder` (the run's text encoder alone) is taken like the run itself.
     #[arg(long, value_name = "CHECKPOINT_OR_RUN")]
     frozen_text_encoder: Option<PathBuf>,
     /// The run directory (default: `runs/<config name>`).

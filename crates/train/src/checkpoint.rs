@@ -53,8 +53,28 @@ pub fn save(
     let moments = adam.moment_tensors()?;
     named.extend(moments.iter().map(|(k, m, _)| (format!("adam_m.{k}"), m)));
     named.extend(moments.iter().map(|(k, _, v)| (format!("adam_v.{k}"), v)));
+    write(path, info, adam.step, &named)
+}
+
+/// Writes a checkpoint that holds some EMA weights alone (no weights, no optimizer moments):
+/// what a frozen copy of part of a run needs, read back by [`load`].
+pub fn save_ema_only(
+    path: &Path,
+    info: &CheckpointInfo,
+    ema: &BTreeMap<String, Tensor>,
+) -> Result<(), TrainError> {
+    let named: Vec<(String, &Tensor)> = ema.iter().map(|(k, v)| (format!("ema.{k}"), v)).collect();
+    write(path, info, 0, &named)
+}
+
+fn write(
+    path: &Path,
+    info: &CheckpointInfo,
+    adam_step: u64,
+    named: &[(String, &Tensor)],
+) -> Result<(), TrainError> {
     let refs: Vec<(&str, &Tensor)> = named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let meta = serde_json::json!({"info": info, "adam_step": adam.step});
+    let meta = serde_json::json!({"info": info, "adam_step": adam_step});
     let metadata = HashMap::from([(META_KEY.to_string(), meta.to_string())]);
     write_safetensors(path, &refs, metadata)?;
     Ok(())

@@ -24,6 +24,7 @@ pub mod run_report;
 pub mod sample;
 pub mod schedule;
 pub mod step;
+pub mod text_encoder;
 pub mod throughput;
 pub mod tokenizer;
 pub mod trainer;

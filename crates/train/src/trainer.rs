@@ -737,7 +737,7 @@ pub fn validation_loss(
 }
 
 /// The checkpoint of `--init-from`: a file, or a run directory's checkpoint.
-fn checkpoint_file(source: &Path) -> PathBuf {
+pub(crate) fn checkpoint_file(source: &Path) -> PathBuf {
     if source.is_dir() {
         source.join("checkpoint.safetensors")
     } else {
@@ -812,7 +812,7 @@ fn take_text_encoder(
 }
 
 /// Whether a variable of [`ProxyModel::named_vars`] belongs to the text encoder.
-fn is_text_encoder(name: &str) -> bool {
+pub(crate) fn is_text_encoder(name: &str) -> bool {
     name.starts_with("text.")
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use unetlab_spec::{Config, TransformerSpec};
 use unetlab_train::data::DataSource;
 use unetlab_train::proxy::{proxy_spec, ProxyShape};
+use unetlab_train::text_encoder::keep_text_encoder;
 use unetlab_train::{train, Budget, Recipe, RunOptions, TrainError};
 
 fn repo(rel: &str) -> PathBuf {
@@ -276,4 +277,61 @@ fn a_frozen_text_encoder_stays_as_taken() {
     deeper.frozen_text_encoder = Some(parent_dir);
     let err = train(&deeper, &mut |_| {}).unwrap_err().to_string();
     assert!(err.contains("--frozen-text-encoder"), "{err}");
+}
+
+/// A run's text encoder kept alone (`unetlab text-encoder`): EMA text weights only, the run's
+/// identity, tokenizer and run.json; a run under it is bit for bit the run under the whole
+/// source run. An unfinished run is refused.
+#[test]
+fn a_kept_text_encoder_trains_as_its_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    let summary = train(&options(&source, 3), &mut |_| {}).unwrap();
+    let kept_dir = tmp.path().join("kept");
+    let kept = keep_text_encoder(&source, &kept_dir).unwrap();
+    assert_eq!(kept.run_hash, summary.run_hash);
+    assert_eq!(kept.parameters, summary.text_encoder_params);
+
+    let whole = unetlab_train::checkpoint::load(&source.join("checkpoint.safetensors")).unwrap();
+    let alone = unetlab_train::checkpoint::load(&kept_dir.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(alone.info, whole.info);
+    assert!(alone.weights.is_empty() && alone.adam_m.is_empty() && alone.adam_v.is_empty());
+    let text: Vec<&String> = whole
+        .ema
+        .keys()
+        .filter(|n| n.starts_with("text."))
+        .collect();
+    assert_eq!(alone.ema.keys().collect::<Vec<_>>(), text);
+    let bits = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for name in text {
+        assert_eq!(bits(&alone.ema[name]), bits(&whole.ema[name]), "{name}");
+    }
+    for file in ["run.json", "tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(kept_dir.join(file)).unwrap(),
+            std::fs::read(source.join(file)).unwrap()
+        );
+    }
+    let readme = std::fs::read_to_string(kept_dir.join("README.md")).unwrap();
+    assert!(readme.contains(&summary.run_hash[..16]), "{readme}");
+
+    let under = |frozen: &Path, out: &str| {
+        let mut child = options(&tmp.path().join(out), 3);
+        child.recipe.seed = 7;
+        child.frozen_text_encoder = Some(frozen.to_path_buf());
+        let run = train(&child, &mut |_| {}).unwrap();
+        let checkpoint = std::fs::read(tmp.path().join(out).join("checkpoint.safetensors"));
+        (run.run_hash, run.validation_loss, checkpoint.unwrap())
+    };
+    assert_eq!(
+        under(&kept_dir, "under-kept"),
+        under(&source, "under-source")
+    );
+
+    // A run without run.json (unfinished, or not a run) is refused.
+    std::fs::remove_file(source.join("run.json")).unwrap();
+    let err = keep_text_encoder(&source, &tmp.path().join("none"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no finished run"), "{err}");
 }

@@ -123,8 +123,9 @@ pub struct AblateArgs {
     /// Peak learning rate instead of the budget's (all runs).
     #[arg(long)]
     lr: Option<f64>,
-    /// A finished `unetlab train` run whose text encoder every proxy takes and keeps frozen,
-    /// training its UNet alone (`unetlab train --frozen-text-encoder`): the proxies then differ
+    /// A finished `unetlab train` run (or its text encoder kept alone by `unetlab
+    /// text-encoder`) whose text encoder every proxy takes and keeps frozen, training its UNet
+    /// alone (`unetlab train --frozen-text-encoder`): the proxies then differ
     /// only in their UNets and learn faster (results/README.md, "frozen text encoder"). Part of
     /// every run's cache key.
     #[arg(long, value_name = "RUN", conflicts_with = "no_train")]
