@@ -21,6 +21,9 @@ use unetlab_train::RunSummary;
 
 use crate::ablate::Budget;
 
+mod kept;
+use kept::Kept;
+
 /// Train the experiments of a recipe file (`ablations/recipe.yaml`) and compare their quality
 /// against images seen: curves, table, plots and README in `results/<study>/`.
 #[derive(clap::Args)]
@@ -345,6 +348,8 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
             Some((e.clone(), dir, serde_json::from_str(&text).ok()?))
         })
         .collect();
+    let trained: Vec<&str> = done.iter().map(|(e, _, _)| e.name.as_str()).collect();
+    let kept = Kept::read(&out, &file.experiments, &trained)?;
     let rescored = match &file.rescore {
         Some(r) if done.iter().any(|(e, _, _)| e.name == r.experiment) => rescore(
             &unetlab,
@@ -355,12 +360,12 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
         _ => Vec::new(),
     };
     if let Some(grid) = &file.same_noise {
-        same_noise_grids(&unetlab, &out.join("same-noise"), &done, grid)?;
+        same_noise_grids(&unetlab, &out.join("same-noise"), (&done, &kept), grid)?;
     }
     write(
         &out,
         &file,
-        &done,
+        (&done, &kept),
         &rescored,
         args.budget,
         (&build, &started),
@@ -550,11 +555,11 @@ fn rescore(
 fn same_noise_grids(
     unetlab: &Path,
     folder: &Path,
-    done: &[(Experiment, PathBuf, RunSummary)],
+    (done, kept): (&[(Experiment, PathBuf, RunSummary)], &Kept),
     grid: &SameNoise,
 ) -> Result<()> {
     std::fs::create_dir_all(folder)?;
-    remove_stale(folder, &|stem| done.iter().any(|(e, _, _)| stem == e.name))?;
+    remove_stale(folder, &|stem| shown(stem, done, kept))?;
     for (e, dir, _) in done {
         let out = folder.join(format!("{}.png", e.name));
         let mut command = Command::new(unetlab);
@@ -594,10 +599,13 @@ fn stdout_of(command: &mut Command, dir: &Path) -> Result<Vec<u8>> {
 }
 
 /// Each finished run's sample grid, as `samples/<experiment>.png`.
-fn write_samples(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Result<()> {
+fn write_samples(
+    out: &Path,
+    (done, kept): (&[(Experiment, PathBuf, RunSummary)], &Kept),
+) -> Result<()> {
     let folder = out.join("samples");
     std::fs::create_dir_all(&folder)?;
-    remove_stale(&folder, &|stem| done.iter().any(|(e, _, _)| stem == e.name))?;
+    remove_stale(&folder, &|stem| shown(stem, done, kept))?;
     for (e, dir, _) in done {
         let from = dir.join("samples.png");
         if let Ok(png) = std::fs::read(&from) {
@@ -607,6 +615,11 @@ fn write_samples(out: &Path, done: &[(Experiment, PathBuf, RunSummary)]) -> Resu
         }
     }
     Ok(())
+}
+
+/// Whether the study shows the experiment `name`: trained here, or kept from the committed study.
+fn shown(name: &str, done: &[(Experiment, PathBuf, RunSummary)], kept: &Kept) -> bool {
+    done.iter().any(|(e, _, _)| e.name == name) || kept.names.iter().any(|k| k == name)
 }
 
 /// Removes the images (`.png`, `.svg`) in `folder` whose name `keep` does not accept: grids of
@@ -639,7 +652,7 @@ fn read_log(path: &Path) -> Vec<Vec<f64>> {
 fn write(
     out: &Path,
     file: &RecipeFile,
-    done: &[(Experiment, PathBuf, RunSummary)],
+    (done, kept): (&[(Experiment, PathBuf, RunSummary)], &Kept),
     rescored: &[(usize, f64, RunMetrics)],
     budget: Budget,
     (build, started): (&Build, &str),
@@ -647,11 +660,11 @@ fn write(
     std::fs::create_dir_all(out)?;
     // The plots live in `plots/`; images beside the tables are an older layout's.
     remove_stale(out, &|_| false)?;
-    write_curves(out, done, &plot_groups(file))?;
-    write_samples(out, done)?;
-    let mut table = runs_table(done)?;
+    write_curves(out, file, (done, kept))?;
+    write_samples(out, (done, kept))?;
+    let mut table = kept.table(&runs_table(done)?, &file.experiments)?;
     write_tables(&mut table, out, "table")?;
-    let sampler_section = sampler_section(out, file, rescored)?;
+    let sampler_section = sampler_section(out, file, (rescored, kept))?;
     let scoring = MetricOptions::for_budget(budget.training());
     let real_fd = done
         .iter()
@@ -661,7 +674,7 @@ fn write(
         "# Study `{}`\n\n{}\n\nProduced by `cargo xtask recipe {}` on {} (build {}, {} UTC); each run is `unetlab train` \
          with the arguments in `table.md`, scored every {} images seen on the {} scoring ({} validation captions, {} DDIM \
          steps, guidance {}){}. `trained by` names the build that ran each run's last training step (for runs recorded before that was kept, the build of their last session, which may only have re-scored them). Nothing here is \
-         edited by hand.\n\n## Runs\n\n{}\n\n`images` and the curves count the images of the run an experiment started from (`init_from`, shown as `--init-from` \
+         edited by hand.{}\n\n## Runs\n\n{}\n\n`images` and the curves count the images of the run an experiment started from (`init_from`, shown as `--init-from` \
          in `arguments`); a run with `--frozen-text-encoder` takes that run's text encoder and trains its UNet alone, and counts only its own images. The attribute columns (`count` … `size`) split the attribute alignment by kind. \
          `direction` is not one of them: of the `direction scenes` drawn with the caption's two colours on its axis, the \
          fraction in the caption's order (chance 0.5; both empty where no scene could be judged, and for runs scored before it existed). \
@@ -686,6 +699,7 @@ fn write(
         real_fd.map_or(String::new(), |f| format!(
             "; real images against other real ones score FD {f:.1}"
         )),
+        kept_note(kept),
         to_markdown(&table),
         sampler_section,
         plot_groups(file)
@@ -708,6 +722,24 @@ fn write(
     Ok(())
 }
 
+/// What the README says of the rows kept from the committed study, if any.
+fn kept_note(kept: &Kept) -> String {
+    if kept.names.is_empty() {
+        return String::new();
+    }
+    format!(
+        " The rows of {} experiments whose runs this machine did not hold are kept from the study \
+         as it was, with their curves and grids, where the recipe file still states them the same \
+         way; `trained by` names the build that trained each: {}.",
+        kept.names.len(),
+        kept.names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// The file's plot groups, or one group `all` of every experiment.
 fn plot_groups(file: &RecipeFile) -> Vec<PlotGroup> {
     if !file.plots.is_empty() {
@@ -724,8 +756,8 @@ fn plot_groups(file: &RecipeFile) -> Vec<PlotGroup> {
 /// a finished run, `plots/<group>-<metric>.{png,svg}`; other plots in `plots/` are removed.
 fn write_curves(
     out: &Path,
-    done: &[(Experiment, PathBuf, RunSummary)],
-    groups: &[PlotGroup],
+    file: &RecipeFile,
+    (done, kept): (&[(Experiment, PathBuf, RunSummary)], &Kept),
 ) -> Result<()> {
     // Long curves: experiment, images seen, metric, value.
     let (mut names, mut images, mut metrics, mut values) =
@@ -757,7 +789,7 @@ fn write_curves(
             }
         }
     }
-    let mut curves = DataFrame::new(
+    let fresh = DataFrame::new(
         names.len(),
         vec![
             Column::new("experiment".into(), names),
@@ -766,8 +798,9 @@ fn write_curves(
             Column::new("value".into(), values),
         ],
     )?;
+    let mut curves = kept.curves(&fresh, &file.experiments)?;
     write_tables(&mut curves, out, "curves")?;
-    draw_plots(&out.join("plots"), &curves, groups)
+    draw_plots(&out.join("plots"), &curves, &plot_groups(file))
 }
 
 /// Per plot group with a curve in `curves` (experiment, images, metric, value),
@@ -930,9 +963,12 @@ fn by_kind_columns(scores: &[Option<&unetlab_train::metrics::Quality>]) -> Vec<C
 fn sampler_section(
     out: &Path,
     file: &RecipeFile,
-    rescored: &[(usize, f64, RunMetrics)],
+    (rescored, kept): (&[(usize, f64, RunMetrics)], &Kept),
 ) -> Result<String> {
-    if let (Some(r), false) = (&file.rescore, rescored.is_empty()) {
+    let Some(r) = &file.rescore else {
+        return Ok(String::new());
+    };
+    let sampler = if !rescored.is_empty() {
         let q = |f: fn(&unetlab_train::metrics::Quality) -> f64| {
             rescored
                 .iter()
@@ -964,16 +1000,21 @@ fn sampler_section(
             .collect(),
         )?;
         write_tables(&mut sampler, out, "sampler")?;
-        let captions = r.images.map_or("the budget's captions".to_string(), |n| {
-            format!("the first {n} validation captions")
-        });
-        return Ok(format!(
-            "\n## Sampler settings\n\nThe final weights of `{}` scored with other DDIM step counts and guidance scales \
-             (`unetlab score` on {captions}; the same noise and evaluator for every setting; the \
-             by-kind columns are the attribute alignment of each kind):\n\n{}\n",
-            r.experiment,
-            to_markdown(&sampler)
-        ));
-    }
-    Ok(String::new())
+        sampler
+    } else if kept.names.contains(&r.experiment) && out.join("sampler.parquet").is_file() {
+        // Its run is not here: the settings as the study scored them.
+        unetlab_report::read_parquet(&out.join("sampler.parquet"))?
+    } else {
+        return Ok(String::new());
+    };
+    let captions = r.images.map_or("the budget's captions".to_string(), |n| {
+        format!("the first {n} validation captions")
+    });
+    Ok(format!(
+        "\n## Sampler settings\n\nThe final weights of `{}` scored with other DDIM step counts and guidance scales \
+         (`unetlab score` on {captions}; the same noise and evaluator for every setting; the \
+         by-kind columns are the attribute alignment of each kind):\n\n{}\n",
+        r.experiment,
+        to_markdown(&sampler)
+    ))
 }

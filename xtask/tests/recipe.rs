@@ -258,6 +258,44 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
     assert!(named(&md, "md-8x2") && named(&md, "md-8x2-tuned") && !named(&md, "lite-4x2"));
     assert_eq!(std::fs::read(out.join("curves.parquet")).unwrap(), curves);
     assert_eq!(std::fs::read(out.join("README.md")).unwrap(), readme);
+
+    // A fresh checkout (the runs are gone) that trains one experiment again keeps the others'
+    // rows as the study held them, with their curves and grids; a row the file now states
+    // otherwise (md-8x2-tuned's steps) is dropped with its grids.
+    let line_of = |name: &str| {
+        std::fs::read_to_string(out.join("table.csv"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with(&format!("{name},")))
+            .map(String::from)
+    };
+    let lite_row = line_of("lite-4x2").expect("lite-4x2's row");
+    let fresh = dir.path().join("fresh.yaml");
+    let tuned = "    steps: 4\n    args: [--uniform-weighting]\n    init_from";
+    assert!(yaml.contains(tuned));
+    std::fs::write(&fresh, yaml.replace(tuned, &tuned.replace('4', "3"))).unwrap();
+    let again = recipe(&fresh, &out, &runs, &["--only", "md-8x2"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("md-8x2-tuned: its committed row is dropped"),
+        "{stderr}"
+    );
+    assert_eq!(line_of("lite-4x2").as_ref(), Some(&lite_row));
+    assert!(line_of("md-8x2").is_some() && line_of("md-8x2-tuned").is_none());
+    let curves = read_csv(&out.join("curves.csv")).unwrap();
+    let experiments: Vec<String> = column(&curves, "experiment").iter().map(text).collect();
+    assert!(experiments.iter().any(|e| e == "lite-4x2"));
+    assert!(!experiments.iter().any(|e| e == "md-8x2-tuned"));
+    for folder in ["samples", "same-noise"] {
+        assert!(out.join(folder).join("lite-4x2.png").is_file(), "{folder}");
+        assert!(
+            !out.join(folder).join("md-8x2-tuned.png").exists(),
+            "{folder}"
+        );
+    }
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(readme.contains("trained each: `lite-4x2`."), "{readme}");
 }
 
 /// The `.svg` plots in `out/plots`, sorted.
