@@ -25,7 +25,7 @@ use unetlab_provenance::{Code, Provenance};
 use unetlab_spec::Config;
 
 pub use device_args::DeviceArgs;
-pub use machine::{peak_rss_bytes, Machine};
+pub use machine::{peak_rss_bytes, Machine, SIMD_FLAGS};
 pub use process::prepare_process;
 pub use progress::progress_bar;
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// AVX-512), and those that ONNX Runtime's int8 and the bf16 paths use (VNNI, AVX-512 BF16, AMX).
 /// Two CPUs with one model name can differ here (one cloud "AMD EPYC" has AVX-512, another not),
 /// and a latency means nothing without them.
-const SIMD_FLAGS: [&str; 11] = [
+pub const SIMD_FLAGS: [&str; 11] = [
     "avx2",
     "fma",
     "f16c",
