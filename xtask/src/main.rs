@@ -2,6 +2,7 @@
 
 mod ablate;
 mod cache;
+mod claims;
 mod counts;
 mod docs;
 mod export_results;

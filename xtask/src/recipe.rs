@@ -21,6 +21,7 @@ use unetlab_train::RunSummary;
 
 use crate::ablate::Budget;
 
+mod claims;
 mod kept;
 use kept::Kept;
 
@@ -79,16 +80,21 @@ struct RecipeFile {
     /// Groups of experiments plotted together (`plots/<name>-<metric>`); without any, one group
     /// `all` of every experiment.
     #[serde(default)]
-    plots: Vec<PlotGroup>,
+    plots: Vec<Group>,
+    /// Groups of experiments of several configs trained the same way, seeds apart, whose
+    /// configs' paper claims are judged against each other (`claims/<name>.*`).
+    #[serde(default)]
+    claims: Vec<Group>,
 }
 
-/// Some experiments' curves in one set of plots.
+/// Some experiments shown together: curves in one set of plots, or configs whose claims are
+/// judged against each other.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PlotGroup {
-    /// The plots' file-name prefix: lower-case letters, digits and `-`.
+struct Group {
+    /// The files' name (prefix): lower-case letters, digits and `-`.
     name: String,
-    /// What the group compares (in each plot's title).
+    /// What the group compares (in titles).
     title: String,
     /// The experiments, by name.
     experiments: Vec<String>,
@@ -234,37 +240,10 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
             }
         }
     }
-    for (i, g) in file.plots.iter().enumerate() {
-        let valid_name = !g.name.is_empty()
-            && g.name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !valid_name || file.plots[..i].iter().any(|o| o.name == g.name) {
-            bail!(
-                "{}: plots[{i}].name: `{}` must be unique and of lower-case letters, digits and `-`",
-                args.file.display(),
-                g.name
-            );
-        }
-        if g.experiments.is_empty() {
-            bail!(
-                "{}: plots[{i}] ({}) names no experiment",
-                args.file.display(),
-                g.name
-            );
-        }
-        if let Some(unknown) = g
-            .experiments
-            .iter()
-            .find(|n| !file.experiments.iter().any(|e| &e.name == *n))
-        {
-            bail!(
-                "{}: plots[{i}] ({}): no experiment is named `{unknown}`",
-                args.file.display(),
-                g.name
-            );
-        }
+    for (field, groups) in [("plots", &file.plots), ("claims", &file.claims)] {
+        check_groups(&args.file, field, groups, &file.experiments)?;
     }
+    claims::check(&args.file, &file.claims, &file.experiments)?;
     if let Some(r) = &file.rescore {
         if !file.experiments.iter().any(|e| e.name == r.experiment) {
             bail!(
@@ -371,6 +350,48 @@ pub fn run(args: &RecipeArgs, workspace: PathBuf) -> Result<()> {
         (&build, &started),
     )?;
     eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Checks the groups of `field` (`plots` or `claims`): unique file names, at least one
+/// experiment, every experiment listed in the file.
+fn check_groups(
+    file: &Path,
+    field: &str,
+    groups: &[Group],
+    experiments: &[Experiment],
+) -> Result<()> {
+    for (i, g) in groups.iter().enumerate() {
+        let valid_name = !g.name.is_empty()
+            && g.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid_name || groups[..i].iter().any(|o| o.name == g.name) {
+            bail!(
+                "{}: {field}[{i}].name: `{}` must be unique and of lower-case letters, digits and `-`",
+                file.display(),
+                g.name
+            );
+        }
+        if g.experiments.is_empty() {
+            bail!(
+                "{}: {field}[{i}] ({}) names no experiment",
+                file.display(),
+                g.name
+            );
+        }
+        if let Some(unknown) = g
+            .experiments
+            .iter()
+            .find(|n| !experiments.iter().any(|e| &e.name == *n))
+        {
+            bail!(
+                "{}: {field}[{i}] ({}): no experiment is named `{unknown}`",
+                file.display(),
+                g.name
+            );
+        }
+    }
     Ok(())
 }
 
@@ -665,6 +686,7 @@ fn write(
     let mut table = kept.table(&runs_table(done)?, &file.experiments)?;
     write_tables(&mut table, out, "table")?;
     let sampler_section = sampler_section(out, file, (rescored, kept))?;
+    let claims_sections = claims::write(out, &file.claims, &file.experiments, &table)?;
     let scoring = MetricOptions::for_budget(budget.training());
     let real_fd = done
         .iter()
@@ -678,11 +700,11 @@ fn write(
          in `arguments`); a run with `--frozen-text-encoder` takes that run's text encoder and trains its UNet alone, and counts only its own images. The attribute columns (`count` … `size`) split the attribute alignment by kind. \
          `direction` is not one of them: of the `direction scenes` drawn with the caption's two colours on its axis, the \
          fraction in the caption's order (chance 0.5; both empty where no scene could be judged, and for runs scored before it existed). \
-         `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}\n## Files\n\n\
+         `training s` is the training time of the run's last session (one thread, two runs at a time).\n{}{}\n## Files\n\n\
          - `table.{{md,csv,parquet}}`: one row per run.\n- `curves.{{md,csv,parquet}}`: (experiment, images seen, metric, \
          value) along each run.\n- `sampler.{{md,csv,parquet}}`: the sampler settings, if the file asks for them.\n\
          - `plots/<group>-<metric>.{{png,svg}}`: the curves of FD, attribute and text alignment and validation loss \
-         against images seen, one set per group of experiments ({}).\n\
+         against images seen, one set per group of experiments ({}).\n{}\
          - `samples/<experiment>.png`: each run's final EMA weights sampled on the first validation captions \
          (the run's `samples.png`).\n{}",
         file.study,
@@ -702,11 +724,22 @@ fn write(
         kept_note(kept),
         to_markdown(&table),
         sampler_section,
+        if claims_sections.is_empty() {
+            String::new()
+        } else {
+            format!("\n{claims_sections}")
+        },
         plot_groups(file)
             .iter()
             .map(|g| format!("`{}`: {}", g.name, g.title))
             .collect::<Vec<_>>()
             .join("; "),
+        if file.claims.is_empty() {
+            ""
+        } else {
+            "- `claims/<group>.{md,csv,parquet,png,svg}`: per claim group, each claim of its configs with the \
+             effect against the baseline, 2σ and the verdict (the section above).\n"
+        },
         file.same_noise.as_ref().map_or(String::new(), |g| format!(
             "- `same-noise/<experiment>.png`: each run's final EMA weights on {} captions, one row each ({}), \
              {} columns, {} DDIM steps, guidance {}; every row of a column starts from the same noise \
@@ -741,11 +774,11 @@ fn kept_note(kept: &Kept) -> String {
 }
 
 /// The file's plot groups, or one group `all` of every experiment.
-fn plot_groups(file: &RecipeFile) -> Vec<PlotGroup> {
+fn plot_groups(file: &RecipeFile) -> Vec<Group> {
     if !file.plots.is_empty() {
         return file.plots.clone();
     }
-    vec![PlotGroup {
+    vec![Group {
         name: "all".into(),
         title: "every experiment".into(),
         experiments: file.experiments.iter().map(|e| e.name.clone()).collect(),
@@ -805,7 +838,7 @@ fn write_curves(
 
 /// Per plot group with a curve in `curves` (experiment, images, metric, value),
 /// `<group>-<metric>.{png,svg}` in `folder`; other images in `folder` are removed.
-fn draw_plots(folder: &Path, curves: &DataFrame, groups: &[PlotGroup]) -> Result<()> {
+fn draw_plots(folder: &Path, curves: &DataFrame, groups: &[Group]) -> Result<()> {
     use polars::prelude::DataType;
     let text = |name: &str| -> Result<Vec<String>> {
         let c = curves.column(name)?.str()?;

@@ -384,3 +384,128 @@ fn a_parent_must_come_first() {
     );
     assert!(!runs.join("md-8x2-tuned").exists());
 }
+
+/// A claim group judges each config's paper claims on quality against its baseline in the
+/// group, with the seed σ of the config that has two experiments: every number of
+/// `claims/<group>.csv` recomputed here from `table.csv`. A group whose experiments train
+/// otherwise than seeds apart is refused before anything trains.
+#[test]
+fn a_claim_group_judges_the_configs_claims_from_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, runs) = (dir.path().join("out"), dir.path().join("runs"));
+    let fixture = workspace().join("ablations/fixtures/tiny-claims.yaml");
+    let yaml = std::fs::read_to_string(&fixture).unwrap();
+    let uneven = dir.path().join("uneven.yaml");
+    let chain03 = "    steps: 2\n    args: [--uniform-weighting]\n    note: cross";
+    assert!(yaml.contains(chain03));
+    std::fs::write(&uneven, yaml.replace(chain03, &chain03.replace('2', "3"))).unwrap();
+    let o = recipe(&uneven, &out, &runs, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("claims[0] (chains): `chain03` trains otherwise than `chain01-seed0`"),
+        "{stderr}"
+    );
+    assert!(!runs.exists());
+
+    let o = recipe(&fixture, &out, &runs, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = read_csv(&out.join("table.csv")).unwrap();
+    let names: Vec<String> = column(&table, "experiment").iter().map(text).collect();
+    let value = |experiment: &str, metric: &str| {
+        let row = names.iter().position(|n| n == experiment).unwrap();
+        number(&column(&table, metric)[row])
+    };
+    let claims = read_csv(&out.join("claims/chains.csv")).unwrap();
+    let rows: Vec<(String, String)> = (0..claims.height())
+        .map(|i| {
+            (
+                text(&column(&claims, "config")[i]),
+                text(&column(&claims, "metric")[i]),
+            )
+        })
+        .collect();
+    // chain-02's three quality claims and chain-03's two: its latency claim is ablate's.
+    let expected = [
+        ("chain-02-no-transformers-high-res", "fd"),
+        ("chain-02-no-transformers-high-res", "validation_loss"),
+        ("chain-02-no-transformers-high-res", "attribute_alignment"),
+        ("chain-03-cross-attention-only-high-res", "fd"),
+        ("chain-03-cross-attention-only-high-res", "validation_loss"),
+    ];
+    assert_eq!(
+        rows,
+        expected.map(|(c, m)| (c.to_string(), m.to_string())),
+        "{claims}"
+    );
+    for (i, (config, metric)) in expected.iter().enumerate() {
+        let column_name = match *metric {
+            "fd" => "FD",
+            "validation_loss" => "validation loss",
+            _ => "attribute alignment",
+        };
+        let (s0, s1) = (
+            value("chain01-seed0", column_name),
+            value("chain01-seed1", column_name),
+        );
+        let base = (s0 + s1) / 2.0;
+        let step = value(&config[..8].replace('-', ""), column_name);
+        // The seed σ of chain-01's two runs (one degree of freedom), for means of 1 and 2 runs.
+        let sd = (s0 - s1).abs() / 2f64.sqrt();
+        let sigma = sd * (1.0 + 0.5f64).sqrt() / base.abs();
+        let worse = if *metric == "attribute_alignment" {
+            base - step
+        } else {
+            step - base
+        } / base.abs();
+        let close = |field: &str, want: f64| {
+            let got = number(&column(&claims, field)[i]);
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{config} {metric} {field}: {got} vs {want}"
+            );
+        };
+        close("baseline value", base);
+        close("value", step);
+        close("effect (% worse)", 100.0 * worse);
+        close("2 sigma (%)", 200.0 * sigma);
+        assert_eq!(text(&column(&claims, "seeds")[i]), "1 vs 2");
+        let tolerance = match *metric {
+            "fd" => 0.10,
+            "validation_loss" => 0.03,
+            _ => 0.05,
+        };
+        let verdict = if config.starts_with("chain-02") {
+            if worse > 2.0 * sigma {
+                "reproduced"
+            } else if worse < -2.0 * sigma {
+                "contradicted"
+            } else {
+                "unresolved"
+            }
+        } else if worse + 2.0 * sigma <= tolerance {
+            "reproduced"
+        } else if worse - 2.0 * sigma > tolerance {
+            "contradicted"
+        } else {
+            "unresolved"
+        };
+        assert_eq!(
+            text(&column(&claims, "verdict")[i]),
+            verdict,
+            "{config} {metric}"
+        );
+    }
+    for ext in ["md", "parquet", "png", "svg"] {
+        assert!(out.join(format!("claims/chains.{ext}")).is_file(), "{ext}");
+    }
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        readme.contains("## The paper's claims: chain-01, -02 and -03"),
+        "{readme}"
+    );
+    assert!(
+        readme.contains("chain-01-uvit-middle (`chain01-seed0`, `chain01-seed1`)"),
+        "{readme}"
+    );
+}

@@ -1,6 +1,5 @@
 //! `cargo xtask ablate`: count and time every config, then write tables, plots and `run.json`.
 
-mod claims;
 mod origins;
 mod output;
 mod ranking;
@@ -12,9 +11,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device};
 use unetlab_bench::{BenchResult, DeviceArgs, Machine};
 use unetlab_cost::{count, Conditions, CostReport};
-use unetlab_spec::Config;
+use unetlab_spec::{ClaimMetric, Config, PaperNote};
 
 use crate::cache::{cached_bench, BenchConditions, Cache, Timing};
+use crate::claims::{Measured, Subject};
 use crate::shard::{ShardArgs, Work};
 use crate::training;
 use unetlab_provenance::{now_utc, Build};
@@ -172,6 +172,57 @@ pub struct Row {
     pub bench_cached: bool,
     /// The proxy's runs (one per seed), or why training failed; `None` with --no-train.
     pub trained: Option<training::Trained>,
+}
+
+/// A study's config for its claims: counts exact, latency with its spread, quality per seed.
+impl Subject for Row {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn paper(&self) -> Option<&PaperNote> {
+        self.config.paper.as_ref()
+    }
+
+    fn measures(&self, _: ClaimMetric) -> bool {
+        true
+    }
+
+    fn seed_values(&self, metric: ClaimMetric) -> Option<Vec<f64>> {
+        let runs = self.trained.as_ref()?.as_ref().ok()?;
+        let value = |s: &unetlab_train::RunSummary| match metric {
+            ClaimMetric::ValidationLoss => Some(s.validation_loss),
+            _ => {
+                let q = &s.metrics.as_ref()?.quality;
+                match metric {
+                    ClaimMetric::Fd => Some(q.fd),
+                    ClaimMetric::AttributeAlignment => Some(q.attribute_alignment),
+                    ClaimMetric::TextAlignment => Some(q.text_alignment),
+                    _ => None,
+                }
+            }
+        };
+        let values: Option<Vec<f64>> = runs.iter().map(|r| value(&r.summary)).collect();
+        values.filter(|v| !v.is_empty())
+    }
+
+    fn counted(&self, metric: ClaimMetric) -> Option<Measured> {
+        let exact = |v: u64| Measured {
+            mean: v as f64,
+            n: 1,
+            spread: 0.0,
+        };
+        match metric {
+            ClaimMetric::Params => Some(exact(self.cost.params())),
+            ClaimMetric::Macs => Some(exact(self.cost.macs.total())),
+            ClaimMetric::Latency => self.bench.as_ref().ok().map(|b| Measured {
+                mean: b.median_s,
+                n: 1,
+                spread: (b.p90_s - b.p10_s) / 2.56,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// Runs `cargo xtask ablate`.

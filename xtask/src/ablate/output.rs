@@ -14,10 +14,10 @@ use unetlab_report::{
 use unetlab_cost::{Direction, Place};
 use unetlab_train::RunSummary;
 
-use super::claims;
 use super::origins;
 use super::ranking;
 use super::{AblateArgs, Row};
+use crate::claims;
 use crate::training::Run;
 use unetlab_provenance::{Build, Provenance};
 
@@ -48,7 +48,11 @@ pub fn write(
     let mut claims_table = claims::frame(&verdicts)?;
     if !verdicts.is_empty() {
         write_tables(&mut claims_table, out, "claims")?;
-        claims::plot(out, &verdicts)?;
+        claims::plot(
+            &out.join("claims"),
+            "The paper's claims: effect of each step against its baseline, ± 2σ",
+            &verdicts,
+        )?;
     }
 
     let origins = origins::origins(rows);
@@ -78,8 +82,17 @@ pub fn write(
             &run,
             &to_markdown(&wide),
             parallelism,
-        ) + &claims::section(rows, &verdicts, &to_markdown(&claims_table))
-            + &ranking::section(&correlations)
+        ) + &claims::section(
+            rows,
+            &verdicts,
+            &to_markdown(&claims_table),
+            &claims::SectionText {
+                heading: "## The paper's claims",
+                pooled_over: "the study",
+                plot: "claims.png",
+                no_seeds: "run with `--seeds 2` or more",
+            },
+        ) + &ranking::section(&correlations)
             + &origins::section(&origins, build, started_utc)),
     )?;
     Ok(())

@@ -1,5 +1,7 @@
 //! The paper's claims read by the tool: each `paper.expect` entry of a config, measured against
-//! its baseline, with the seed spread, and a verdict.
+//! its baseline, with the seed spread, and a verdict. Shared by `ablate` (the configs of a study,
+//! each trained with its seeds) and `recipe` (claim groups of experiments at longer training);
+//! each holds its configs as [`Subject`]s.
 //!
 //! The effect is "how much worse" the step makes the metric (positive = worse, whichever way the
 //! metric points). Its uncertainty σ is the standard error of the difference of two means:
@@ -19,10 +21,34 @@ use std::path::Path;
 use polars::prelude::{Column, DataFrame};
 use serde::Serialize;
 use unetlab_report::{effects, Effect};
-use unetlab_spec::{ClaimDirection, ClaimMetric};
-use unetlab_train::RunSummary;
+use unetlab_spec::{ClaimDirection, ClaimMetric, PaperNote};
 
-use super::Row;
+/// One config as a study measured it: what its claims are judged on.
+pub trait Subject {
+    /// The config's name (what another config's `paper.baseline` names).
+    fn name(&self) -> &str;
+    /// Its `paper:` block, if it has one.
+    fn paper(&self) -> Option<&PaperNote>;
+    /// Whether the study measures `metric` at all (a study that trains but does not time
+    /// states no latency verdicts).
+    fn measures(&self, metric: ClaimMetric) -> bool;
+    /// One value per seed of a quality metric ([`is_quality`]), if it trained and every run was
+    /// scored.
+    fn seed_values(&self, metric: ClaimMetric) -> Option<Vec<f64>>;
+    /// A counted or timed metric (params, MACs, latency): its value and spread.
+    fn counted(&self, metric: ClaimMetric) -> Option<Measured>;
+}
+
+/// Whether a metric comes from training (one value per seed) rather than counting or timing.
+pub fn is_quality(metric: ClaimMetric) -> bool {
+    matches!(
+        metric,
+        ClaimMetric::Fd
+            | ClaimMetric::ValidationLoss
+            | ClaimMetric::AttributeAlignment
+            | ClaimMetric::TextAlignment
+    )
+}
 
 /// What the data says about one claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,19 +112,22 @@ pub struct Verdict {
     pub outcome: Outcome,
 }
 
-/// The verdict of every `expect` entry in the study whose baseline is in the study too.
-pub fn verdicts(rows: &[Row]) -> Vec<Verdict> {
-    let by_name: HashMap<&str, &Row> = rows.iter().map(|r| (r.config.name.as_str(), r)).collect();
+/// The verdict of every `expect` entry in the study whose baseline is in the study too, of the
+/// metrics the study measures.
+pub fn verdicts<S: Subject>(subjects: &[S]) -> Vec<Verdict> {
+    let by_name: HashMap<&str, &S> = subjects.iter().map(|s| (s.name(), s)).collect();
     let mut out = Vec::new();
-    for row in rows {
-        let Some(paper) = &row.config.paper else {
+    for subject in subjects {
+        let Some(paper) = subject.paper() else {
             continue;
         };
         let Some(base) = paper.baseline.as_deref().and_then(|b| by_name.get(b)) else {
             continue;
         };
         for (&metric, &direction) in &paper.expect {
-            out.push(judge(rows, row, base, metric, direction));
+            if subject.measures(metric) {
+                out.push(judge(subjects, subject, base, metric, direction));
+            }
         }
     }
     out
@@ -106,33 +135,33 @@ pub fn verdicts(rows: &[Row]) -> Vec<Verdict> {
 
 /// Mean, and σ of that mean's contribution to a difference (before the √(1/n) factor for
 /// seeded metrics), of one config's metric.
-struct Measured {
-    mean: f64,
+pub struct Measured {
+    /// The value (the mean over seeds for quality metrics).
+    pub mean: f64,
     /// Seeds averaged (quality metrics), 1 otherwise.
-    n: usize,
+    pub n: usize,
     /// Per-config spread (latency only; quality metrics use the pooled σ).
-    spread: f64,
+    pub spread: f64,
 }
 
-fn judge(
-    rows: &[Row],
-    row: &Row,
-    base: &Row,
+fn judge<S: Subject>(
+    subjects: &[S],
+    subject: &S,
+    base: &S,
     metric: ClaimMetric,
     direction: ClaimDirection,
 ) -> Verdict {
-    let (a, b) = (measure(row, metric), measure(base, metric));
-    let seeded = quality_metric(metric).is_some();
+    let (a, b) = (measure(subject, metric), measure(base, metric));
+    let seeded = is_quality(metric);
     let sigma = match (&a, &b) {
-        (Some(a), Some(b)) if seeded => {
-            pooled_sd(rows, metric).map(|s| s * (1.0 / a.n as f64 + 1.0 / b.n as f64).sqrt())
-        }
+        (Some(a), Some(b)) if seeded => pooled_sd(subjects, metric)
+            .map(|(s, _)| s * (1.0 / a.n as f64 + 1.0 / b.n as f64).sqrt()),
         (Some(a), Some(b)) => Some((a.spread.powi(2) + b.spread.powi(2)).sqrt()),
         _ => None,
     };
     let mut verdict = Verdict {
-        config: row.config.name.clone(),
-        baseline: base.config.name.clone(),
+        config: subject.name().to_string(),
+        baseline: base.name().to_string(),
         metric: metric.name(),
         expected: direction.name(),
         baseline_value: b.as_ref().map(|m| m.mean),
@@ -192,61 +221,24 @@ fn decide(direction: ClaimDirection, worse: f64, sigma: f64, tolerance: f64) -> 
     }
 }
 
-/// The run summary field of a quality metric.
-fn quality_metric(metric: ClaimMetric) -> Option<fn(&RunSummary) -> Option<f64>> {
-    match metric {
-        ClaimMetric::Fd => Some(|s| s.metrics.as_ref().map(|m| m.quality.fd)),
-        ClaimMetric::ValidationLoss => Some(|s| Some(s.validation_loss)),
-        ClaimMetric::AttributeAlignment => {
-            Some(|s| s.metrics.as_ref().map(|m| m.quality.attribute_alignment))
-        }
-        ClaimMetric::TextAlignment => {
-            Some(|s| s.metrics.as_ref().map(|m| m.quality.text_alignment))
-        }
-        ClaimMetric::Params | ClaimMetric::Macs | ClaimMetric::Latency => None,
+fn measure<S: Subject>(subject: &S, metric: ClaimMetric) -> Option<Measured> {
+    if !is_quality(metric) {
+        return subject.counted(metric);
     }
-}
-
-/// Per-seed values of a quality metric, if the config trained and every run was scored.
-fn seed_values(row: &Row, f: fn(&RunSummary) -> Option<f64>) -> Option<Vec<f64>> {
-    let runs = row.trained.as_ref()?.as_ref().ok()?;
-    let values: Option<Vec<f64>> = runs.iter().map(|r| f(&r.summary)).collect();
-    values.filter(|v| !v.is_empty())
-}
-
-fn measure(row: &Row, metric: ClaimMetric) -> Option<Measured> {
-    let exact = |v: u64| {
-        Some(Measured {
-            mean: v as f64,
-            n: 1,
-            spread: 0.0,
-        })
-    };
-    match metric {
-        ClaimMetric::Params => exact(row.cost.params()),
-        ClaimMetric::Macs => exact(row.cost.macs.total()),
-        ClaimMetric::Latency => row.bench.as_ref().ok().map(|b| Measured {
-            mean: b.median_s,
-            n: 1,
-            spread: (b.p90_s - b.p10_s) / 2.56,
-        }),
-        _ => {
-            let values = seed_values(row, quality_metric(metric)?)?;
-            Some(Measured {
-                mean: values.iter().sum::<f64>() / values.len() as f64,
-                n: values.len(),
-                spread: 0.0,
-            })
-        }
-    }
+    let values = subject.seed_values(metric).filter(|v| !v.is_empty())?;
+    Some(Measured {
+        mean: values.iter().sum::<f64>() / values.len() as f64,
+        n: values.len(),
+        spread: 0.0,
+    })
 }
 
 /// The seed standard deviation of a quality metric pooled over every config with two or more
-/// seeds: √(Σ (n_i − 1) s_i² / Σ (n_i − 1)); None when no config has two seeds.
-pub fn pooled_sd(rows: &[Row], metric: ClaimMetric) -> Option<f64> {
-    let f = quality_metric(metric)?;
+/// seeds, √(Σ (n_i − 1) s_i² / Σ (n_i − 1)), with its degrees of freedom Σ (n_i − 1); None when
+/// no config has two seeds.
+pub fn pooled_sd<S: Subject>(subjects: &[S], metric: ClaimMetric) -> Option<(f64, usize)> {
     let (mut squares, mut dof) = (0.0, 0usize);
-    for values in rows.iter().filter_map(|r| seed_values(r, f)) {
+    for values in subjects.iter().filter_map(|s| s.seed_values(metric)) {
         if values.len() < 2 {
             continue;
         }
@@ -254,7 +246,7 @@ pub fn pooled_sd(rows: &[Row], metric: ClaimMetric) -> Option<f64> {
         squares += values.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
         dof += values.len() - 1;
     }
-    (dof > 0).then(|| (squares / dof as f64).sqrt())
+    (dof > 0).then(|| ((squares / dof as f64).sqrt(), dof))
 }
 
 /// The verdicts as a table: one row per claim.
@@ -293,8 +285,8 @@ pub fn frame(verdicts: &[Verdict]) -> anyhow::Result<DataFrame> {
     )?)
 }
 
-/// `claims.{svg,png}`: each claim's effect ± 2σ, coloured by verdict.
-pub fn plot(out: &Path, verdicts: &[Verdict]) -> anyhow::Result<()> {
+/// `<stem>.{svg,png}`: each claim's effect ± 2σ, coloured by verdict.
+pub fn plot(stem: &Path, title: &str, verdicts: &[Verdict]) -> anyhow::Result<()> {
     let rows: Vec<Effect> = verdicts
         .iter()
         .filter_map(|v| {
@@ -311,8 +303,8 @@ pub fn plot(out: &Path, verdicts: &[Verdict]) -> anyhow::Result<()> {
         return Ok(());
     }
     effects(
-        &out.join("claims"),
-        "The paper's claims: effect of each step against its baseline, ± 2σ",
+        stem,
+        title,
         "% worse than the baseline (negative: better)",
         &rows,
         &[(0.0, "no effect".into())],
@@ -320,13 +312,26 @@ pub fn plot(out: &Path, verdicts: &[Verdict]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The README's claims section: the rule, the pooled σ and the table.
-pub fn section(rows: &[Row], verdicts: &[Verdict], table_md: &str) -> String {
-    let mut s = String::from(
-        "## The paper's claims
+/// What a README's claims section says around the table.
+pub struct SectionText<'a> {
+    /// The heading line (`## The paper's claims`).
+    pub heading: &'a str,
+    /// What the seed σ is pooled over (`the study`).
+    pub pooled_over: &'a str,
+    /// The plot's file name.
+    pub plot: &'a str,
+    /// What to do when no config has two seeds.
+    pub no_seeds: &'a str,
+}
 
-",
-    );
+/// A README's claims section: the rule, the pooled σ and the table.
+pub fn section<S: Subject>(
+    subjects: &[S],
+    verdicts: &[Verdict],
+    table_md: &str,
+    text: &SectionText,
+) -> String {
+    let mut s = format!("{}\n\n", text.heading);
     if verdicts.is_empty() {
         s.push_str("No config of this study states a machine-readable claim (`paper.expect`) against a baseline in the study.\n\n");
         return s;
@@ -335,15 +340,17 @@ pub fn section(rows: &[Row], verdicts: &[Verdict], table_md: &str) -> String {
     s.push_str(&format!(
         "Each `paper.expect` entry, measured against the config's baseline: {} reproduced, {} contradicted, {} unresolved, {} not measured. \
          The effect is how much worse the step makes the metric, relative to the baseline (negative: better). \
-         σ is the standard error of the difference: for quality metrics the seed standard deviation pooled over the study \
+         σ is the standard error of the difference: for quality metrics the seed standard deviation pooled over {} \
          (configs with two or more seeds) times √(1/n₁ + 1/n₂); for latency each config's p10–p90 spread / 2.56 in quadrature; \
          counts are exact. `worse`/`better` claims are reproduced beyond 2σ in their direction, contradicted beyond 2σ the other way, \
          unresolved otherwise; `no loss` claims are reproduced when the effect + 2σ stays within the metric's tolerance \
-         (FD 10 %, validation loss 3 %, alignment 5 %), contradicted when the effect − 2σ exceeds it. Plot: `claims.png`.\n\n",
+         (FD 10 %, validation loss 3 %, alignment 5 %), contradicted when the effect − 2σ exceeds it. Plot: `{}`.\n\n",
         count(Outcome::Reproduced),
         count(Outcome::Contradicted),
         count(Outcome::Unresolved),
         count(Outcome::NotMeasured),
+        text.pooled_over,
+        text.plot,
     ));
     let pooled: Vec<String> = [
         ClaimMetric::Fd,
@@ -352,10 +359,13 @@ pub fn section(rows: &[Row], verdicts: &[Verdict], table_md: &str) -> String {
         ClaimMetric::TextAlignment,
     ]
     .iter()
-    .filter_map(|&m| pooled_sd(rows, m).map(|sd| format!("{} {sd:.4}", m.name())))
+    .filter_map(|&m| pooled_sd(subjects, m).map(|(sd, _)| format!("{} {sd:.4}", m.name())))
     .collect();
     if pooled.is_empty() {
-        s.push_str("No config has two seeds, so quality claims cannot be judged (run with `--seeds 2` or more).\n\n");
+        s.push_str(&format!(
+            "No config has two seeds, so quality claims cannot be judged ({}).\n\n",
+            text.no_seeds
+        ));
     } else {
         s.push_str(&format!(
             "Pooled seed standard deviation: {}.\n\n",
