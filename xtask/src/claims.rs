@@ -23,6 +23,8 @@ use serde::Serialize;
 use unetlab_report::{effects, Effect};
 use unetlab_spec::{ClaimDirection, ClaimMetric, PaperNote};
 
+use crate::stats;
+
 /// One config as a study measured it: what its claims are judged on.
 pub trait Subject {
     /// The config's name (what another config's `paper.baseline` names).
@@ -227,7 +229,7 @@ fn measure<S: Subject>(subject: &S, metric: ClaimMetric) -> Option<Measured> {
     }
     let values = subject.seed_values(metric).filter(|v| !v.is_empty())?;
     Some(Measured {
-        mean: values.iter().sum::<f64>() / values.len() as f64,
+        mean: stats::mean(&values)?,
         n: values.len(),
         spread: 0.0,
     })
@@ -237,16 +239,10 @@ fn measure<S: Subject>(subject: &S, metric: ClaimMetric) -> Option<Measured> {
 /// seeds, √(Σ (n_i − 1) s_i² / Σ (n_i − 1)), with its degrees of freedom Σ (n_i − 1); None when
 /// no config has two seeds.
 pub fn pooled_sd<S: Subject>(subjects: &[S], metric: ClaimMetric) -> Option<(f64, usize)> {
-    let (mut squares, mut dof) = (0.0, 0usize);
-    for values in subjects.iter().filter_map(|s| s.seed_values(metric)) {
-        if values.len() < 2 {
-            continue;
-        }
-        let mean = values.iter().sum::<f64>() / values.len() as f64;
-        squares += values.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
-        dof += values.len() - 1;
-    }
-    (dof > 0).then(|| ((squares / dof as f64).sqrt(), dof))
+    stats::pooled_sd(subjects.iter().filter_map(|s| {
+        let values = s.seed_values(metric)?;
+        Some((stats::mean_sd(&values)?.1?, values.len()))
+    }))
 }
 
 /// The verdicts as a table: one row per claim.

@@ -16,6 +16,7 @@ pub(crate) mod search;
 mod setup;
 mod shard;
 mod slurm;
+mod stats;
 mod tools;
 mod training;
 

@@ -14,6 +14,7 @@ use unetlab_bench::Machine;
 use unetlab_provenance::{now_utc, Build};
 use unetlab_report::{to_markdown, write_csv, write_parquet, write_text};
 
+use crate::stats;
 use crate::tools::{build_unetlab, target_dir};
 
 /// Measure f16, bf16 and int8 errors and f16 headroom (`unetlab precision`) for a few configs at
@@ -279,7 +280,7 @@ impl Row {
                     .iter()
                     .map(|r| 100.0 * r[field][metric].as_f64().unwrap_or(f64::NAN))
                     .collect();
-                mean_sd(&values)
+                stats::mean_sd(&values).expect("a row has at least one report")
             })
             .collect();
         let headroom = reports
@@ -306,15 +307,6 @@ impl Row {
             non_finite,
         }
     }
-}
-
-/// Mean and sample standard deviation (none for one value).
-fn mean_sd(values: &[f64]) -> (f64, Option<f64>) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let sd = (values.len() > 1)
-        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
-    (mean, sd)
 }
 
 fn frame(rows: &[Row]) -> Result<DataFrame> {

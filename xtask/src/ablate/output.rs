@@ -18,6 +18,7 @@ use super::origins;
 use super::ranking;
 use super::{AblateArgs, Row};
 use crate::claims;
+use crate::stats;
 use crate::training::Run;
 use unetlab_provenance::{Build, Provenance};
 
@@ -243,23 +244,12 @@ fn measurements(rows: &[Row], build: &Build, started_utc: &str) -> Vec<Measureme
     out
 }
 
-/// Mean and sample standard deviation (0 for one value).
-fn mean_sd(values: &[f64]) -> (f64, f64) {
-    let n = values.len().max(1) as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let var = if values.len() > 1 {
-        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
-}
-
 /// A quality number of a row's runs: (mean, sd) over seeds, if it trained and was scored.
 fn quality(row: &Row, f: &dyn Fn(&RunSummary) -> Option<f64>) -> Option<(f64, f64)> {
     let runs = row.trained.as_ref()?.as_ref().ok()?;
     let values: Option<Vec<f64>> = runs.iter().map(|run| f(&run.summary)).collect();
-    values.filter(|v| !v.is_empty()).map(|v| mean_sd(&v))
+    let (mean, sd) = stats::mean_sd(&values?)?;
+    Some((mean, sd.unwrap_or(0.0)))
 }
 
 fn fd(s: &RunSummary) -> Option<f64> {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use unetlab_train::RunSummary;
 
 use super::Row;
+use crate::stats;
 
 /// One rank correlation.
 #[derive(Debug, Clone, Serialize)]
@@ -124,8 +125,7 @@ pub fn against(rows: &[Row], other: &Path) -> Result<Vec<Correlation>> {
             .filter_map(|r| {
                 let runs = r.trained.as_ref()?.as_ref().ok()?;
                 let values: Option<Vec<f64>> = runs.iter().map(|run| f(&run.summary)).collect();
-                let values = values.filter(|v| !v.is_empty())?;
-                let mean = values.iter().sum::<f64>() / values.len() as f64;
+                let mean = stats::mean(&values?)?;
                 Some((mean, *theirs.get(&r.config.name)?))
             })
             .unzip();

@@ -25,6 +25,7 @@ use unetlab_spec::Config;
 
 use crate::ablate::Budget;
 use crate::shard::{ShardArgs, Work};
+use crate::stats;
 
 /// Walk a search file's space, predict latency from a measured per-block table, and write the
 /// Pareto front as configs ready for `ablate`, `bench` and `export`.
@@ -290,10 +291,8 @@ fn record_quality(
         };
         for m in Metric::ALL.into_iter().filter(|m| m.needs_training()) {
             let v: Option<Vec<f64>> = runs.iter().map(|r| quality::metric(r, m)).collect();
-            if let Some(v) = v.filter(|v| !v.is_empty()) {
-                e.candidate
-                    .values
-                    .set(m, v.iter().sum::<f64>() / v.len() as f64);
+            if let Some(mean) = v.as_deref().and_then(stats::mean) {
+                e.candidate.values.set(m, mean);
             }
         }
     }

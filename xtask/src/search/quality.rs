@@ -17,6 +17,7 @@ use unetlab_train::{Recipe, RunSummary};
 use super::candidate_name;
 use crate::ablate::Budget;
 use crate::cache::Cache;
+use crate::stats;
 use crate::training::{train_all, TrainPlan};
 
 /// A config's outcome at one rung: its name, hash, and runs (one per seed) or why training
@@ -344,9 +345,9 @@ pub fn finalists(
             let mut sd = Values::default();
             for m in Metric::ALL.into_iter().filter(|m| m.needs_training()) {
                 let v: Option<Vec<f64>> = runs.iter().map(|r| metric(r, m)).collect();
-                if let Some((mean, s)) = v.as_deref().and_then(mean_sd) {
+                if let Some((mean, s)) = v.as_deref().and_then(stats::mean_sd) {
                     values.set(m, mean);
-                    if runs.len() > 1 {
+                    if let Some(s) = s {
                         sd.set(m, s);
                     }
                 }
@@ -371,29 +372,8 @@ pub fn finalists(
     out
 }
 
-/// Mean and sample standard deviation (0 for one value); `None` for none.
-fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    Some((mean, var.sqrt()))
-}
-
-/// The seed standard deviation of `m` pooled over the finalists with several seeds (the root
-/// of their mean variance), as `ablate` pools it.
+/// The seed standard deviation of `m` pooled over the finalists with several seeds, each
+/// weighted by its degrees of freedom, as `ablate` pools it.
 pub fn pooled_sd(finals: &[Finalist], m: Metric) -> Option<f64> {
-    let variances: Vec<f64> = finals
-        .iter()
-        .filter(|f| f.seeds > 1)
-        .filter_map(|f| f.sd.get(m))
-        .map(|s| s * s)
-        .collect();
-    (!variances.is_empty()).then(|| (variances.iter().sum::<f64>() / variances.len() as f64).sqrt())
+    stats::pooled_sd(finals.iter().filter_map(|f| Some((f.sd.get(m)?, f.seeds)))).map(|(sd, _)| sd)
 }
