@@ -227,7 +227,7 @@ fn measure<S: Subject>(subject: &S, metric: ClaimMetric) -> Option<Measured> {
     if !is_quality(metric) {
         return subject.counted(metric);
     }
-    let values = subject.seed_values(metric).filter(|v| !v.is_empty())?;
+    let values = subject.seed_values(metric)?;
     Some(Measured {
         mean: stats::mean(&values)?,
         n: values.len(),
