@@ -136,6 +136,23 @@ fn readme_text((run, out): (&Path, &Path), summary: &RunSummary, kept: &KeptText
         trained.build.label(),
         trained.measured_utc,
     );
+    if let Some(parent) = &summary.initialised_from {
+        let _ = writeln!(
+            s,
+            "\nThe source run started from the final EMA weights of run `{}` (`--init-from`), its \
+             text encoder's included, so this encoder has seen that run's images too; `images` \
+             counts the source run's own.",
+            &parent[..16]
+        );
+    }
+    if let Some(frozen) = &summary.frozen_text_encoder {
+        let _ = writeln!(
+            s,
+            "\nThe source run kept the text encoder of run `{}` frozen: these are that run's \
+             weights.",
+            &frozen[..16]
+        );
+    }
     if let Some(m) = &summary.metrics {
         let q = &m.quality;
         let _ = writeln!(

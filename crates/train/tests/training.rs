@@ -335,3 +335,43 @@ fn a_kept_text_encoder_trains_as_its_run() {
         .to_string();
     assert!(err.contains("no finished run"), "{err}");
 }
+
+/// The README of an encoder kept from a run that started from another run's weights names that
+/// run, whose images the encoder has also seen.
+#[test]
+fn a_kept_text_encoder_names_the_run_it_started_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent_dir = tmp.path().join("parent");
+    let parent = train(&options(&parent_dir, 2), &mut |_| {}).unwrap();
+    let child_dir = tmp.path().join("child");
+    let mut child = options(&child_dir, 2);
+    child.init_from = Some(parent_dir.clone());
+    let summary = train(&child, &mut |_| {}).unwrap();
+    assert_eq!(
+        summary.initialised_from.as_deref(),
+        Some(parent.run_hash.as_str())
+    );
+
+    let readme = |run: &Path, out: &str| {
+        keep_text_encoder(run, &tmp.path().join(out)).unwrap();
+        std::fs::read_to_string(tmp.path().join(out).join("README.md")).unwrap()
+    };
+    let child_readme = readme(&child_dir, "kept-child");
+    assert!(
+        child_readme.contains(&format!("run `{}` (`--init-from`)", &parent.run_hash[..16])),
+        "{child_readme}"
+    );
+    let parent_readme = readme(&parent_dir, "kept-parent");
+    assert!(!parent_readme.contains("--init-from"), "{parent_readme}");
+    assert!(!parent_readme.contains("frozen:"), "{parent_readme}");
+
+    let under_dir = tmp.path().join("under");
+    let mut under = options(&under_dir, 2);
+    under.frozen_text_encoder = Some(parent_dir);
+    train(&under, &mut |_| {}).unwrap();
+    let under_readme = readme(&under_dir, "kept-under");
+    assert!(
+        under_readme.contains(&format!("run `{}` frozen:", &parent.run_hash[..16])),
+        "{under_readme}"
+    );
+}
