@@ -50,9 +50,9 @@ pub fn keep_text_encoder(run: &Path, out: &Path) -> Result<KeptTextEncoder, Trai
         return Err(bad(format!(
             "the checkpoint (run {}, step {}) is not the finished run of run.json (run {}, step \
              {}): resume the run to its end first",
-            &ck.info.run_hash[..16],
+            short(&ck.info.run_hash),
             ck.info.step,
-            &summary.run_hash[..16],
+            short(&summary.run_hash),
             summary.steps
         )));
     }
@@ -102,7 +102,7 @@ fn readme_text((run, out): (&Path, &Path), summary: &RunSummary, kept: &KeptText
     let mut s = format!(
         "# Text encoder of run `{}`\n\nWritten by `unetlab text-encoder {} --out {}` (build `{}`, \
          {}). Nothing here is edited by hand.\n\n",
-        &summary.run_hash[..16],
+        short(&summary.run_hash),
         run.display(),
         out.display(),
         Build::current().label(),
@@ -124,7 +124,7 @@ fn readme_text((run, out): (&Path, &Path), summary: &RunSummary, kept: &KeptText
          weighting | noise shift | validation loss | trained by |\n|---|---|---:|---|---:|---:|\
          ---|---:|---:|---|\n| `{}` | {} | {} | {} x {} | {} | {} | {weighting} | {} | {:.4} | \
          {} {} |",
-        &summary.run_hash[..16],
+        short(&summary.run_hash),
         summary.config,
         r.proxy.base_width,
         summary.steps,
@@ -142,7 +142,7 @@ fn readme_text((run, out): (&Path, &Path), summary: &RunSummary, kept: &KeptText
             "\nThe source run started from the final EMA weights of run `{}` (`--init-from`), its \
              text encoder's included, so this encoder has seen that run's images too; `images` \
              counts the source run's own.",
-            &parent[..16]
+            short(parent)
         );
     }
     if let Some(frozen) = &summary.frozen_text_encoder {
@@ -150,7 +150,7 @@ fn readme_text((run, out): (&Path, &Path), summary: &RunSummary, kept: &KeptText
             s,
             "\nThe source run kept the text encoder of run `{}` frozen: these are that run's \
              weights.",
-            &frozen[..16]
+            short(frozen)
         );
     }
     if let Some(m) = &summary.metrics {
@@ -170,4 +170,10 @@ fn readme_text((run, out): (&Path, &Path), summary: &RunSummary, kept: &KeptText
         );
     }
     s
+}
+
+/// A run hash's first 16 characters, as the READMEs and messages name runs (the whole string if
+/// a hand-edited `run.json` holds a shorter one).
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
 }
