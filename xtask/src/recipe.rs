@@ -695,7 +695,7 @@ fn write(
     let readme = format!(
         "# Study `{}`\n\n{}\n\nProduced by `cargo xtask recipe {}` on {} (build {}, {} UTC); each run is `unetlab train` \
          with the arguments in `table.md`, scored every {} images seen on the {} scoring ({} validation captions, {} DDIM \
-         steps, guidance {}){}. `trained by` names the build that ran each run's last training step (for runs recorded before that was kept, the build of their last session, which may only have re-scored them). Nothing here is \
+         steps, guidance {}){}. `trained by` names the build that ran each run's last training step (for runs recorded before that was kept, the build of their last session, which may only have re-scored them), and `trained on` the machine (empty for runs recorded before that was kept). Nothing here is \
          edited by hand.{}\n\n## Runs\n\n{}\n\n`images` and the curves count the images of the run an experiment started from (`init_from`, shown as `--init-from` \
          in `arguments`); a run with `--frozen-text-encoder` takes that run's text encoder and trains its UNet alone, and counts only its own images. The attribute columns (`count` … `size`) split the attribute alignment by kind. \
          `direction` is not one of them: of the `direction scenes` drawn with the caption's two colours on its axis, the \
@@ -949,6 +949,12 @@ fn runs_table(done: &[(Experiment, PathBuf, RunSummary)]) -> Result<DataFrame> {
             Column::new(
                 "trained by".into(),
                 text(&|_, s| s.trained_by.as_ref().unwrap_or(&s.provenance).build.label()),
+            ),
+            Column::new(
+                "trained on".into(),
+                done.iter()
+                    .map(|(_, _, s)| s.trained_on.as_ref().map(unetlab_bench::Machine::cpu))
+                    .collect::<Vec<_>>(),
             ),
             Column::new("note".into(), text(&|e, _| e.note.clone())),
         ])

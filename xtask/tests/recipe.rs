@@ -2,7 +2,7 @@
 //! table with its images and by-kind scores, the curves at the asked-for points, a run started
 //! from another's weights, a run under another's frozen text encoder, and the rescored sampler
 //! settings equal to `unetlab score` run here on the same weights and read back, not sampled
-//! again, by the next invocation.
+//! again, by the next invocation; the rows of a study kept from an earlier session.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -99,10 +99,15 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
     let lite = svg("lite-attribute_alignment.svg");
     assert!(named(&lite, "lite-4x2") && !named(&lite, "md-8x2"));
 
-    // Every run, with its images seen and the attribute alignment split by kind.
+    // Every run, with its images seen, the attribute alignment split by kind and the machine
+    // that trained it.
     let table = read_csv(&out.join("table.csv")).unwrap();
     let names: Vec<String> = column(&table, "experiment").iter().map(text).collect();
     assert_eq!(names.len(), 3, "{names:?}");
+    let this_cpu = unetlab_bench::Machine::current().cpu();
+    for machine in column(&table, "trained on") {
+        assert_eq!(text(&machine), this_cpu);
+    }
     for (name, images) in [("md-8x2", 16.0), ("lite-4x2", 8.0), ("md-8x2-tuned", 24.0)] {
         let row = names.iter().position(|n| n == name).expect(name);
         assert_eq!(number(&column(&table, "images")[row]), images, "{name}");
@@ -296,6 +301,26 @@ fn a_smoke_recipe_trains_scores_and_rescores() {
     }
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(readme.contains("trained each: `lite-4x2`."), "{readme}");
+
+    // A study written before a column existed keeps its rows, empty in that column.
+    let path = out.join("table.parquet");
+    let mut older = unetlab_report::read_parquet(&path)
+        .unwrap()
+        .drop("trained on")
+        .unwrap();
+    unetlab_report::write_parquet(&mut older, &path).unwrap();
+    let again = recipe(&fresh, &out, &runs, &["--only", "md-8x2"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let table = read_csv(&out.join("table.csv")).unwrap();
+    let machines = column(&table, "trained on");
+    let names: Vec<String> = column(&table, "experiment").iter().map(text).collect();
+    let row = |name: &str| names.iter().position(|n| n == name).unwrap();
+    assert_eq!(text(&machines[row("md-8x2")]), this_cpu);
+    assert_eq!(machines[row("lite-4x2")], AnyValue::Null);
 }
 
 /// The `.svg` plots in `out/plots`, sorted.

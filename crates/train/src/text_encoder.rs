@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::Serialize;
+use unetlab_bench::Machine;
 use unetlab_provenance::{now_utc, Build};
 
 use crate::checkpoint;
@@ -121,9 +122,9 @@ fn readme_text((run, out): (&Path, &Path), summary: &RunSummary, kept: &KeptText
     let _ = writeln!(
         s,
         "| source run | config | proxy base width | steps x batch | images | peak lr | loss \
-         weighting | noise shift | validation loss | trained by |\n|---|---|---:|---|---:|---:|\
-         ---|---:|---:|---|\n| `{}` | {} | {} | {} x {} | {} | {} | {weighting} | {} | {:.4} | \
-         {} {} |",
+         weighting | noise shift | validation loss | trained by | trained on |\n|---|---|---:|---|---:|\
+         ---:|---|---:|---:|---|---|\n| `{}` | {} | {} | {} x {} | {} | {} | {weighting} | {} | \
+         {:.4} | {} {} | {} |",
         short(&summary.run_hash),
         summary.config,
         r.proxy.base_width,
@@ -135,6 +136,10 @@ fn readme_text((run, out): (&Path, &Path), summary: &RunSummary, kept: &KeptText
         summary.validation_loss,
         trained.build.label(),
         trained.measured_utc,
+        summary
+            .trained_on
+            .as_ref()
+            .map_or("not recorded".to_string(), Machine::cpu),
     );
     if let Some(parent) = &summary.initialised_from {
         let _ = writeln!(

@@ -15,6 +15,7 @@ use candle_core::{Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use unetlab_bench::Machine;
 use unetlab_data::Example;
 use unetlab_graph::TextEncoderSpec;
 use unetlab_provenance::{Code, Provenance};
@@ -198,6 +199,10 @@ pub struct RunSummary {
     /// `provenance`). None in run files recorded before this field.
     #[serde(default)]
     pub trained_by: Option<Provenance>,
+    /// The machine that ran the last training step, carried over like `trained_by`. None in run
+    /// files recorded before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_on: Option<Machine>,
 }
 
 /// Runs (or resumes) a training run in three parts: set-up (tokenizer, identity, weights, run
@@ -605,7 +610,14 @@ impl<'a> Session<'a> {
             trained_by: if trained {
                 Some(provenance.clone())
             } else {
-                previous.and_then(|p| p.trained_by.or(Some(p.provenance)))
+                previous
+                    .clone()
+                    .and_then(|p| p.trained_by.or(Some(p.provenance)))
+            },
+            trained_on: if trained {
+                Some(Machine::current())
+            } else {
+                previous.and_then(|p| p.trained_on)
             },
             provenance,
         };

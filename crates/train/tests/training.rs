@@ -84,12 +84,19 @@ fn validation_loss_falls_within_forty_steps() {
     assert_eq!(losses.lines().count(), 41, "header + one row per step");
 
     // A session with nothing left to train (a re-score) keeps the training session's figures:
-    // its throughput and the build that trained, here marked with a time no build could stamp.
+    // its throughput, the build that trained, here marked with a time no build could stamp, and
+    // the machine, marked with a CPU no machine reports.
     assert_eq!(summary.trained_by.as_ref(), Some(&summary.provenance));
+    let machine = summary
+        .trained_on
+        .as_ref()
+        .expect("a fresh session records its machine");
+    assert_eq!(machine, &unetlab_bench::Machine::current());
     let run_json = tmp.path().join("run.json");
     let mut recorded: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
     recorded["trained_by"]["measured_utc"] = "2000-01-01T00:00:00Z".into();
+    recorded["trained_on"]["cpu_model"] = "a CPU of another machine".into();
     std::fs::write(&run_json, recorded.to_string()).unwrap();
     let again = train(&options(tmp.path(), 40), &mut |_| {}).unwrap();
     assert_eq!(again.resumed_from, Some(40));
@@ -98,6 +105,8 @@ fn validation_loss_falls_within_forty_steps() {
     let trained_by = again.trained_by.expect("carried over");
     assert_eq!(trained_by.measured_utc, "2000-01-01T00:00:00Z");
     assert_ne!(again.provenance.measured_utc, trained_by.measured_utc);
+    let trained_on = again.trained_on.expect("carried over");
+    assert_eq!(trained_on.cpu_model, "a CPU of another machine");
 }
 
 #[test]
@@ -314,6 +323,8 @@ fn a_kept_text_encoder_trains_as_its_run() {
     }
     let readme = std::fs::read_to_string(kept_dir.join("README.md")).unwrap();
     assert!(readme.contains(&summary.run_hash[..16]), "{readme}");
+    let machine = summary.trained_on.as_ref().unwrap().cpu();
+    assert!(readme.contains(&format!("| {machine} |")), "{readme}");
 
     let under = |frozen: &Path, out: &str| {
         let mut child = options(&tmp.path().join(out), 3);

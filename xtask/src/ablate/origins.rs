@@ -1,10 +1,11 @@
-//! Where a study's rows came from: which build measured each latency and training run, when, and
-//! whether this sweep measured it or read it from the cache. Rendered into `run.json` and the
+//! Where a study's rows came from: which build measured each latency and training run, on which
+//! machine, when, and whether this sweep measured it or read it from the cache. Rendered into `run.json` and the
 //! study README, so a table never passes off an older build's numbers as the current one's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
+use unetlab_bench::Machine;
 use unetlab_provenance::{Build, Provenance};
 
 use super::Row;
@@ -18,6 +19,9 @@ pub struct Origin {
     pub row: String,
     /// Who measured it and when.
     pub provenance: Provenance,
+    /// The CPU it was measured on ([`Machine::cpu`]); None for training runs recorded before
+    /// runs kept their machine.
+    pub machine: Option<String>,
     /// Read from the cache rather than measured by this sweep.
     pub cached: bool,
 }
@@ -31,6 +35,7 @@ pub fn origins(rows: &[Row]) -> Vec<Origin> {
                 kind: "latency",
                 row: r.config.name.clone(),
                 provenance: b.provenance.clone(),
+                machine: Some(b.machine.cpu()),
                 cached: r.bench_cached,
             });
         }
@@ -46,6 +51,7 @@ pub fn origins(rows: &[Row]) -> Vec<Origin> {
                     r.config.name.clone()
                 },
                 provenance: run.summary.provenance.clone(),
+                machine: run.summary.trained_on.as_ref().map(Machine::cpu),
                 cached: run.cached,
             });
         }
@@ -53,24 +59,27 @@ pub fn origins(rows: &[Row]) -> Vec<Origin> {
     out
 }
 
-/// The rows of one build and kind of measurement with one source state.
+/// The rows of one build and kind of measurement with one source state, on one machine.
 struct Group<'a> {
     build: &'a Build,
     kind: &'static str,
     code: &'a str,
+    machine: Option<&'a str>,
     rows: Vec<&'a Origin>,
 }
 
 fn groups(origins: &[Origin]) -> Vec<Group<'_>> {
-    let mut by_key: BTreeMap<(String, &str, &str), Group> = BTreeMap::new();
+    let mut by_key: BTreeMap<(String, &str, &str, Option<&str>), Group> = BTreeMap::new();
     for o in origins {
         let p = &o.provenance;
+        let machine = o.machine.as_deref();
         by_key
-            .entry((p.build.label(), o.kind, p.code.as_str()))
+            .entry((p.build.label(), o.kind, p.code.as_str(), machine))
             .or_insert_with(|| Group {
                 build: &p.build,
                 kind: o.kind,
                 code: &p.code,
+                machine,
                 rows: Vec::new(),
             })
             .rows
@@ -93,10 +102,20 @@ fn first_time<'a>(g: &Group<'a>) -> &'a str {
 /// Whether the rows come from more than one build, or one kind of measurement from more than one
 /// state of its sources.
 fn mixed(groups: &[Group]) -> bool {
-    let labels: std::collections::BTreeSet<String> =
-        groups.iter().map(|g| g.build.label()).collect();
-    let kinds: std::collections::BTreeSet<&str> = groups.iter().map(|g| g.kind).collect();
-    labels.len() > 1 || kinds.len() < groups.len()
+    let labels: BTreeSet<String> = groups.iter().map(|g| g.build.label()).collect();
+    let kinds: BTreeSet<&str> = groups.iter().map(|g| g.kind).collect();
+    let sources: BTreeSet<(&str, &str)> = groups.iter().map(|g| (g.kind, g.code)).collect();
+    labels.len() > 1 || kinds.len() < sources.len()
+}
+
+/// Whether the rows that name their machine name more than one.
+fn mixed_machines(groups: &[Group]) -> bool {
+    groups
+        .iter()
+        .filter_map(|g| g.machine)
+        .collect::<BTreeSet<_>>()
+        .len()
+        > 1
 }
 
 /// `measured`: this sweep measured at least one row; `re-rendered`: every row came from the cache.
@@ -117,12 +136,14 @@ pub fn to_json(origins: &[Origin], rendered_by: &Build) -> Value {
         "rows_measured": origins.iter().filter(|o| !o.cached).count(),
         "rows_from_cache": origins.iter().filter(|o| o.cached).count(),
         "mixed_builds": mixed(&groups),
+        "mixed_machines": mixed_machines(&groups),
         "builds": groups.iter().map(|g| json!({
             "build": g.build.label(),
             "commit": g.build.commit,
             "dirty": g.build.dirty,
             "kind": g.kind,
             "code": g.code,
+            "machine": g.machine,
             "rows": g.rows.iter().map(|o| json!({
                 "row": o.row,
                 "measured_utc": o.provenance.measured_utc,
@@ -139,7 +160,8 @@ pub fn section(origins: &[Origin], rendered_by: &Build, started_utc: &str) -> St
     let mut s = format!(
         "\n## Provenance\n\nThese files were written by build `{}` (started {started_utc}); {}. \
          Counts (parameters, MACs) are computed by that build on every run. The measured rows come \
-         from these builds (`+dirty`: the build's sources differed from the commit):\n\n",
+         from these builds and machines (`+dirty`: the build's sources differed from the commit; \
+         training runs recorded before runs kept their machine do not name it):\n\n",
         rendered_by.label(),
         if measured == 0 {
             "it measured nothing and re-rendered every row from the cache".to_string()
@@ -173,10 +195,12 @@ pub fn section(origins: &[Origin], rendered_by: &Build, started_utc: &str) -> St
             .map(|o| format!("{}{}", o.row, if o.cached { " (cache)" } else { "" }))
             .collect();
         s.push_str(&format!(
-            "- `{}` ({}, sources `{}`), {span}: {}\n",
+            "- `{}` ({}, sources `{}`, {}), {span}: {}\n",
             g.build.label(),
             g.kind,
             &g.code[..g.code.len().min(12)],
+            g.machine
+                .map_or("machine not recorded".to_string(), |m| format!("on {m}")),
             rows.join(", ")
         ));
     }
@@ -185,6 +209,13 @@ pub fn section(origins: &[Origin], rendered_by: &Build, started_utc: &str) -> St
             "\n**This study mixes rows measured by different builds or source states**: a \
              difference between rows of different builds may come from the code, not the design. \
              Re-run with `--force` to measure every row with one build.\n",
+        );
+    }
+    if mixed_machines(&groups) {
+        s.push_str(
+            "\n**This study mixes rows measured on different machines**: a latency describes its \
+             CPU alone, and a CPU with other SIMD extensions rounds a training run differently, \
+             so rows of different machines may differ by the machine, not the design.\n",
         );
     }
     s
@@ -206,6 +237,7 @@ mod tests {
                 code: code.into(),
                 measured_utc: format!("2026-11-2{}T00:00:00Z", row.len() % 10),
             },
+            machine: Some("AMD EPYC [avx2 fma]".into()),
             cached,
         }
     }
@@ -220,11 +252,46 @@ mod tests {
         let text = section(&rows, &Build::current(), "now");
         assert!(!text.contains("mixes rows"), "{text}");
         assert!(text.contains("measured 2 of 3 rows"), "{text}");
+        assert!(text.contains("on AMD EPYC [avx2 fma]), "), "{text}");
         assert!(text.contains("sd15 (cache), md"), "{text}");
         let json = to_json(&rows, &Build::current());
         assert_eq!(json["mode"], "measured");
         assert_eq!(json["mixed_builds"], false);
+        assert_eq!(json["mixed_machines"], false);
         assert_eq!(json["builds"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_study_mixing_two_machines_says_so_and_names_each() {
+        let mut rows = vec![
+            origin("training", "sd15", "aaaaaaa1", "train1", true),
+            origin("training", "md", "aaaaaaa1", "train1", false),
+            origin("training", "sdxl", "aaaaaaa1", "train1", true),
+        ];
+        rows[0].machine = Some("Intel Xeon [avx2 fma avx512f]".into());
+        rows[2].machine = None;
+        let text = section(&rows, &Build::current(), "now");
+        assert!(
+            text.contains("mixes rows measured on different machines"),
+            "{text}"
+        );
+        assert!(!text.contains("different builds"), "{text}");
+        assert!(
+            text.contains("(training, sources `train1`, on Intel Xeon [avx2 fma avx512f])"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(training, sources `train1`, machine not recorded)"),
+            "{text}"
+        );
+        let json = to_json(&rows, &Build::current());
+        assert_eq!(json["mixed_machines"], true);
+        assert_eq!(json["mixed_builds"], false);
+        assert_eq!(json["builds"].as_array().unwrap().len(), 3);
+
+        // A run that does not name its machine is not a second machine.
+        rows[0].machine = rows[1].machine.clone();
+        assert_eq!(to_json(&rows, &Build::current())["mixed_machines"], false);
     }
 
     #[test]
@@ -236,11 +303,11 @@ mod tests {
         let text = section(&rows, &Build::current(), "now");
         assert!(text.contains("mixes rows"), "{text}");
         assert!(
-            text.contains("- `aaaaaaa` (latency, sources `lat1`)"),
+            text.contains("- `aaaaaaa` (latency, sources `lat1`, on "),
             "{text}"
         );
         assert!(
-            text.contains("- `bbbbbbb` (latency, sources `lat2`)"),
+            text.contains("- `bbbbbbb` (latency, sources `lat2`, on "),
             "{text}"
         );
         assert!(to_json(&rows, &Build::current())["mixed_builds"] == true);

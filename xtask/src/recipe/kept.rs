@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use polars::prelude::DataFrame;
+use polars::prelude::{Column, DataFrame};
 
 use super::Experiment;
 
@@ -111,21 +111,16 @@ impl Kept {
     }
 }
 
-/// The rows of `df` whose `experiment` is `name`, with the columns (and types) of `like`.
+/// The rows of `df` whose `experiment` is `name`, with the columns (and types) of `like`; a
+/// column `df` lacks (one added since the study was written, such as `trained on`) is empty.
 fn rows_of(df: &DataFrame, name: &str, like: &DataFrame) -> Result<DataFrame> {
     let experiment = text_column(df, "experiment")?;
     let columns = like
         .columns()
         .iter()
-        .map(|c| {
-            let column = df.column(c.name()).with_context(|| {
-                format!(
-                    "the committed study has no column `{}` (an older layout): re-run all its \
-                     experiments, or write to another --out",
-                    c.name()
-                )
-            })?;
-            Ok(column.cast(c.dtype())?)
+        .map(|c| match df.column(c.name()) {
+            Ok(column) => Ok(column.cast(c.dtype())?),
+            Err(_) => Ok(Column::full_null(c.name().clone(), df.height(), c.dtype())),
         })
         .collect::<Result<Vec<_>>>()?;
     let all = DataFrame::new(df.height(), columns)?;
