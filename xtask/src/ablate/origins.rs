@@ -1,6 +1,7 @@
 //! Where a study's rows came from: which build measured each latency and training run, on which
-//! machine, when, and whether this sweep measured it or read it from the cache. Rendered into `run.json` and the
-//! study README, so a table never passes off an older build's numbers as the current one's.
+//! machine, when, and whether this sweep measured it or read it from the cache. Rendered into
+//! `run.json` and the study README, so a table never passes off an older build's numbers as the
+//! current one's.
 
 use std::collections::{BTreeMap, BTreeSet};
 
