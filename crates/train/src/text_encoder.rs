@@ -122,8 +122,8 @@ fn readme_text((run, out): (&Path, &Path), summary: &RunSummary, kept: &KeptText
     let _ = writeln!(
         s,
         "| source run | config | proxy base width | steps x batch | images | peak lr | loss \
-         weighting | noise shift | validation loss | trained by | trained on |\n|---|---|---:|---|---:|\
-         ---:|---|---:|---:|---|---|\n| `{}` | {} | {} | {} x {} | {} | {} | {weighting} | {} | \
+         weighting | noise shift | validation loss | trained by | trained on |\n|---|---|---:|\
+         ---|---:|---:|---|---:|---:|---|---|\n| `{}` | {} | {} | {} x {} | {} | {} | {weighting} | {} | \
          {:.4} | {} {} | {} |",
         short(&summary.run_hash),
         summary.config,
